@@ -1,0 +1,194 @@
+"""Dispatch: one adapted linear layer's output, by the fastest path that exists for it.
+
+    adapted_linear(x, W, bias, [AdapterCall, ...])
+        |
+        +-- backend "reference": F.linear(x, W + sum of dense deltas)   (tests, debugging)
+        +-- only additive adapters (bone, bone-mini): base GEMM + s @ B per adapter
+        +-- one adapter: its fast path (GPU kernel if registered for CUDA, else PyTorch)
+        +-- several, mixed: W' = weight-reading adapters applied in order (rebuilt in
+            backward, never saved), then the additive ones as cheap updates
+
+A GPU kernel slots in per variant with :func:`register_gpu_path`; the PyTorch path stays
+the fallback everywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import BoneConfigError
+from ..variants import VARIANTS
+from . import torch_ops as T
+
+
+@dataclass
+class AdapterCall:
+    """What a layer hands to the dispatcher for one active adapter.
+
+    ``params`` are already cast to the compute dtype (the cast is part of autograd, so
+    gradients flow back to the float32 master weights).
+    """
+
+    variant: str
+    r: int
+    params: dict[str, Tensor]
+    dropout: nn.Module | None = None
+    mini_r: int | None = field(default=None)
+
+    def bone_b(self, out: int) -> Tensor:
+        """``B`` of shape ``(r, out)`` for the additive variants (bone-mini tiled)."""
+        b = self.params["B"]
+        return b if b.shape[1] == out else b.repeat(1, out // b.shape[1])
+
+
+FastPath = Callable[[Tensor, Tensor, "Tensor | None", AdapterCall], Tensor]
+
+BACKENDS = ("auto", "torch", "reference")
+_backend = os.environ.get("FLASHBONE_BACKEND", "auto")
+_GPU_PATHS: dict[str, FastPath] = {}
+
+
+def set_backend(name: str) -> None:
+    """Choose ``"auto"`` (GPU kernels where registered), ``"torch"`` or ``"reference"``."""
+    global _backend
+    if name not in BACKENDS:
+        raise BoneConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Temporarily switch the backend: ``with use_backend("reference"): ...``."""
+    old = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+def register_gpu_path(variant: str, fn: FastPath) -> None:
+    """Register a CUDA implementation of one variant's single-adapter forward."""
+    _GPU_PATHS[variant] = fn
+
+
+# -- PyTorch fast paths: (x (T, in), W (out, in), bias, call) -> y (T, out) ---------------
+
+
+def _bone(x: Tensor, w: Tensor, bias: Tensor | None, c: AdapterCall) -> Tensor:
+    return T.BoneLinear.apply(x, w, bias, c.bone_b(w.shape[0]), c.r)
+
+
+def _bat_row(x, w, bias, c):
+    return T.RowAffineLinear.apply(x, w, bias, c.params["B"], None, c.r)
+
+
+def _bone_ab(x, w, bias, c):
+    return T.RowAffineLinear.apply(x, w, bias, c.params["A"], c.params["B"], c.r)
+
+
+def _bat(x, w, bias, c):
+    return T.WeightSpaceLinear.apply(x, w.contiguous(), bias, T.bat_build, T.bat_grad, c.params["B"])
+
+
+def _bat_hadamard(x, w, bias, c):
+    return T.WeightSpaceLinear.apply(
+        x, w.contiguous(), bias, T.bat_hadamard_build, T.bat_hadamard_grad, c.params["B"]
+    )
+
+
+TORCH_PATHS: dict[str, FastPath] = {
+    "bone": _bone,
+    "bone-mini": _bone,
+    "bat": _bat,
+    "bat-row": _bat_row,
+    "bat-hadamard": _bat_hadamard,
+    "bone-ab": _bone_ab,
+}
+
+
+def _single_path(x: Tensor, variant: str) -> FastPath:
+    if _backend == "auto" and x.is_cuda and variant in _GPU_PATHS:
+        return _GPU_PATHS[variant]
+    return TORCH_PATHS[variant]
+
+
+def _composite_build(calls: Sequence[AdapterCall]) -> T.WeightBuild:
+    """Apply weight-reading adapters in order: ``W <- W + dW_k(W)`` (dense reference math)."""
+    variants = [VARIANTS[c.variant] for c in calls]
+    names = [VARIANTS[c.variant].param_names for c in calls]
+    rs = [c.r for c in calls]
+
+    def build(w: Tensor, flat: Sequence[Tensor]) -> Tensor:
+        it = iter(flat)
+        for v, ns, r in zip(variants, names, rs):
+            w = w + v.delta(w, {n: next(it) for n in ns}, r)
+        return w
+
+    return build
+
+
+def _additive_update(x: Tensor, out: int, c: AdapterCall) -> Tensor:
+    xd = c.dropout(x) if c.dropout is not None else x
+    return T.block_sum(xd, c.r) @ c.bone_b(out)
+
+
+def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
+                   calls: Sequence[AdapterCall]) -> Tensor:
+    """``x @ W_adapted^T + bias`` for ``x`` of shape ``(..., in)`` and ``W`` ``(out, in)``."""
+    lead, out = x.shape[:-1], w.shape[0]
+    x2 = x.reshape(-1, x.shape[-1])
+    if _backend == "reference":
+        return F.linear(x, _reference_weight(w, calls), bias)
+    heavy = [c for c in calls if VARIANTS[c.variant].reads_weight]
+    light = [c for c in calls if not VARIANTS[c.variant].reads_weight]
+    if len(calls) == 1 and calls[0].dropout is None and not w.requires_grad:
+        c = calls[0]
+        y = _single_path(x2, c.variant)(x2, w, bias, c)
+        return y.view(*lead, out)
+    if not heavy:
+        y = F.linear(x2, w, bias)
+    elif len(heavy) == 1 and not w.requires_grad:
+        y = _single_path(x2, heavy[0].variant)(x2, w, bias, heavy[0])
+    elif not w.requires_grad:
+        flat = [p for c in heavy for p in c.params.values()]
+        build = _composite_build(heavy)
+        y = T.WeightSpaceLinear.apply(
+            x2, w.contiguous(), bias, build, T.autograd_weight_grad(build), *flat
+        )
+    else:  # the base weight trains too: plain autograd through the dense weight
+        y = F.linear(x2, _composite_build(heavy)(w, [p for c in heavy for p in c.params.values()]), bias)
+    for c in light:
+        y = y + _additive_update(x2, out, c)
+    return y.view(*lead, out)
+
+
+def _reference_weight(w: Tensor, calls: Sequence[AdapterCall]) -> Tensor:
+    """Dense ``W + dW`` with weight-reading adapters first: the semantics every path matches."""
+    heavy = [c for c in calls if VARIANTS[c.variant].reads_weight]
+    light = [c for c in calls if not VARIANTS[c.variant].reads_weight]
+    for c in heavy + light:
+        w = w + VARIANTS[c.variant].delta(w, c.params, c.r)
+    return w
+
+
+__all__ = [
+    "AdapterCall",
+    "adapted_linear",
+    "set_backend",
+    "get_backend",
+    "use_backend",
+    "register_gpu_path",
+    "TORCH_PATHS",
+]
