@@ -111,3 +111,160 @@ def test_bat_delta_pins_block_convention():
         for bb in range(inn // r):
             blk = w[a * r:(a + 1) * r, bb * r:(bb + 1) * r]
             torch.testing.assert_close(d[a * r:(a + 1) * r, bb * r:(bb + 1) * r], (blk + eye) @ b[a])
+
+
+# -- memory behaviour: what the fast paths build and what they keep for backward -----------
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+
+class _Sizes(TorchDispatchMode):
+    """Records the numel of every new tensor an aten op allocates (forward and backward);
+    views of existing tensors (``W.t()``) allocate nothing and are skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.numels = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves(
+            (args, kwargs)) if isinstance(a, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.numels.append(t.numel())
+        return out
+
+
+def _saved_during(fn):
+    """Tensors autograd saves for backward while ``fn`` runs."""
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn()
+    return y, saved
+
+
+# out=16, in=64, r=8, T=6 tokens: a (out, in) tensor is larger than anything else involved
+@pytest.mark.parametrize("variant", ["bone", "bat-row"])
+def test_cheap_forms_never_build_a_weight_sized_tensor(variant):
+    out, inn, r = 16, 64, 8
+    w = torch.randn(out, inn, dtype=torch.float64)
+    x = torch.randn(2, 3, inn, dtype=torch.float64, requires_grad=True)
+    ad = _random_adapter(variant, out, inn, r, None)
+    with _Sizes() as sizes:
+        y = adapted_linear(x, w, None, [ad.call(torch.float64)])
+        y.sum().backward()
+    assert ad.B.grad is not None and x.grad is not None
+    assert max(sizes.numels) < out * inn, "a weight-sized tensor (dW or W') was built"
+
+
+def test_bone_saves_only_the_block_sum_not_x():
+    out, inn, r = 16, 64, 8
+    w = torch.randn(out, inn, dtype=torch.float64)
+    x = torch.randn(6, inn, dtype=torch.float64, requires_grad=True)
+    ad = _random_adapter("bone", out, inn, r, None)
+    _, saved = _saved_during(lambda: adapted_linear(x, w, None, [ad.call(torch.float64)]))
+    assert all(t.data_ptr() != x.data_ptr() for t in saved)
+    assert sorted(t.numel() for t in saved) == sorted([out * inn, r * out, 6 * r])  # W, B, s
+
+
+@pytest.mark.parametrize("variant", ["bat", "bat-hadamard"])
+def test_weight_space_path_does_not_keep_w_prime(variant):
+    """bat builds W' in forward but saves only x, the base W and B: W' is rebuilt."""
+    out, inn, r = 16, 64, 8
+    w = torch.randn(out, inn, dtype=torch.float64)
+    x = torch.randn(6, inn, dtype=torch.float64, requires_grad=True)
+    ad = _random_adapter(variant, out, inn, r, None)
+    y, saved = _saved_during(lambda: adapted_linear(x, w, None, [ad.call(torch.float64)]))
+    big = [t for t in saved if t.numel() == out * inn]
+    assert len(big) == 1 and big[0].data_ptr() == w.data_ptr()
+    # and backward still gives the reference gradients after W' was thrown away
+    y.backward(torch.ones_like(y))
+    with use_backend("reference"):
+        ref = adapted_linear(x.detach().requires_grad_(), w, None, [ad.call(torch.float64)])
+    g_ref = torch.autograd.grad(ref, ad.B, torch.ones_like(ref))[0]
+    torch.testing.assert_close(ad.B.grad, g_ref, rtol=1e-10, atol=1e-10)
+
+
+# -- the layer-level path: BoneLayer over nn.Linear and GPT-2 Conv1D ---------------------
+
+from transformers.pytorch_utils import Conv1D  # noqa: E402
+
+from flashbone.layer import BoneLayer  # noqa: E402
+
+
+def _layer(kind, variant, out, inn, r, mini_r=None, names=("a",)):
+    torch.manual_seed(3)
+    base = torch.nn.Linear(inn, out, dtype=torch.float64) if kind == "linear" else Conv1D(out, inn)
+    base = base.double().requires_grad_(False)
+    if kind == "conv1d":
+        torch.nn.init.normal_(base.weight)
+        torch.nn.init.normal_(base.bias)
+    layer = BoneLayer(base)
+    for n in names:
+        layer.add_adapter(n, _random_adapter(variant, out, inn, r, mini_r))
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("case", CASES[::2], ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-r{c[3]}")
+def test_bone_layer_matches_reference_and_dense_weight(kind, case):
+    variant, out, inn, r, m = case
+    layer = _layer(kind, variant, out, inn, r, m)
+    x = torch.randn(2, 3, inn, dtype=torch.float64, requires_grad=True)
+    params = [x, *layer.adapters["a"].parameters()]
+    y = layer(x)
+    g = torch.autograd.grad(y.square().sum(), params)
+    with use_backend("reference"):
+        y_ref = layer(x)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), params)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # and the layer's (out, in) view of a Conv1D weight is the right one: the plain
+    # layer with the dense adapted weight gives the same output
+    dense = VARIANTS[variant].delta(layer.weight, layer.adapters["a"].tensors(), r)
+    expect = torch.nn.functional.linear(x, layer.weight + dense, layer.bias)
+    torch.testing.assert_close(y, expect, rtol=1e-10, atol=1e-10)
+
+
+def test_bone_dropout_applies_to_the_adapter_input_only():
+    layer = _layer("linear", "bone", 16, 32, 8)
+    layer.adapters["a"].dropout = torch.nn.Dropout(0.5)
+    x = torch.randn(4, 32, dtype=torch.float64)
+    torch.manual_seed(7)
+    y = layer(x)
+    torch.manual_seed(7)
+    xd = torch.nn.functional.dropout(x, 0.5, training=True)
+    expect = layer.base_layer(x) + block_sum(xd, 8) @ layer.adapters["a"].B
+    torch.testing.assert_close(y, expect)
+    layer.eval()  # no dropout at eval: the fast path
+    no_drop = layer.base_layer(x) + block_sum(x, 8) @ layer.adapters["a"].B
+    torch.testing.assert_close(layer(x), no_drop)
+
+
+@pytest.mark.parametrize("variant", ["bone", "bat", "bat-row"])
+def test_autocast_computes_in_bf16_like_nn_linear(variant):
+    """Under autocast the layer returns what nn.Linear returns there, and trains its
+    float32 master tensors."""
+    base = torch.nn.Linear(32, 16).requires_grad_(False)
+    layer = BoneLayer(base)
+    ad = BlockAdapter(variant, 8, 16, 32)
+    with torch.no_grad():
+        ad.B.normal_(0, 0.1)
+    layer.add_adapter("a", ad)
+    x = torch.randn(3, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        plain = base(x)
+    assert y.dtype == plain.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert ad.B.dtype == ad.B.grad.dtype == torch.float32
+    dense = base.weight + VARIANTS[variant].delta(base.weight, {"B": ad.B.detach()}, 8)
+    ref = torch.nn.functional.linear(x, dense, base.bias)
+    torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-2)

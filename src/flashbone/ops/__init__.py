@@ -2,11 +2,12 @@
 
     adapted_linear(x, W, bias, [AdapterCall, ...])
         |
-        +-- backend "reference": F.linear(x, W + sum of dense deltas)   (tests, debugging)
-        +-- only additive adapters (bone, bone-mini): base GEMM + s @ B per adapter
-        +-- one adapter: its fast path (GPU kernel if registered for CUDA, else PyTorch)
-        +-- several, mixed: W' = weight-reading adapters applied in order (rebuilt in
-            backward, never saved), then the additive ones as cheap updates
+        +-- backend "reference": F.linear(x, reference_weight(W, calls))   (tests, debugging)
+        +-- weight-reading adapters (bat, bat-row, bat-hadamard, bone-ab):
+        |     one:   its fast path (a registered GPU kernel on CUDA, else PyTorch)
+        |     more:  W' = each applied in order, rebuilt in backward, never saved
+        |     none:  the base GEMM, fused with the first additive adapter where it can be
+        +-- then every additive adapter (bone, bone-mini): + (sum_b x_b) @ B
 
 A GPU kernel slots in per variant with :func:`register_gpu_path`; the PyTorch path stays
 the fallback everywhere else.
@@ -99,12 +100,12 @@ def _bone_ab(x, w, bias, c):
 
 
 def _bat(x, w, bias, c):
-    return T.WeightSpaceLinear.apply(x, w.contiguous(), bias, T.bat_build, T.bat_grad, c.params["B"])
+    return T.WeightSpaceLinear.apply(x, w, bias, T.bat_build, T.bat_grad, c.params["B"])
 
 
 def _bat_hadamard(x, w, bias, c):
     return T.WeightSpaceLinear.apply(
-        x, w.contiguous(), bias, T.bat_hadamard_build, T.bat_hadamard_grad, c.params["B"]
+        x, w, bias, T.bat_hadamard_build, T.bat_hadamard_grad, c.params["B"]
     )
 
 
@@ -126,14 +127,12 @@ def _single_path(x: Tensor, variant: str) -> FastPath:
 
 def _composite_build(calls: Sequence[AdapterCall]) -> T.WeightBuild:
     """Apply weight-reading adapters in order: ``W <- W + dW_k(W)`` (dense reference math)."""
-    variants = [VARIANTS[c.variant] for c in calls]
-    names = [VARIANTS[c.variant].param_names for c in calls]
-    rs = [c.r for c in calls]
+    steps = [(VARIANTS[c.variant], list(c.params), c.r) for c in calls]
 
     def build(w: Tensor, flat: Sequence[Tensor]) -> Tensor:
         it = iter(flat)
-        for v, ns, r in zip(variants, names, rs):
-            w = w + v.delta(w, {n: next(it) for n in ns}, r)
+        for v, names, r in steps:
+            w = w + v.delta(w, {n: next(it) for n in names}, r)
         return w
 
     return build
@@ -146,35 +145,40 @@ def _additive_update(x: Tensor, out: int, c: AdapterCall) -> Tensor:
 
 def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
                    calls: Sequence[AdapterCall]) -> Tensor:
-    """``x @ W_adapted^T + bias`` for ``x`` of shape ``(..., in)`` and ``W`` ``(out, in)``."""
+    """``x @ W_adapted^T + bias`` for ``x`` of shape ``(..., in)`` and ``W`` ``(out, in)``.
+
+    ``W_adapted`` applies the weight-reading adapters in order, then adds the additive ones
+    (:func:`reference_weight` spells this out densely).
+    """
+    if _backend == "reference":
+        return F.linear(x, reference_weight(w, calls), bias)
     lead, out = x.shape[:-1], w.shape[0]
     x2 = x.reshape(-1, x.shape[-1])
-    if _backend == "reference":
-        return F.linear(x, _reference_weight(w, calls), bias)
     heavy = [c for c in calls if VARIANTS[c.variant].reads_weight]
     light = [c for c in calls if not VARIANTS[c.variant].reads_weight]
-    if len(calls) == 1 and calls[0].dropout is None and not w.requires_grad:
-        c = calls[0]
-        y = _single_path(x2, c.variant)(x2, w, bias, c)
-        return y.view(*lead, out)
-    if not heavy:
-        y = F.linear(x2, w, bias)
-    elif len(heavy) == 1 and not w.requires_grad:
-        y = _single_path(x2, heavy[0].variant)(x2, w, bias, heavy[0])
-    elif not w.requires_grad:
-        flat = [p for c in heavy for p in c.params.values()]
+    if w.requires_grad:  # the base weight trains too: plain autograd through the dense weight
+        y = F.linear(x2, _composite_build(heavy)(w, _flat(heavy)), bias)
+    elif len(heavy) > 1:  # W' of all weight-reading adapters, rebuilt in backward
         build = _composite_build(heavy)
-        y = T.WeightSpaceLinear.apply(
-            x2, w.contiguous(), bias, build, T.autograd_weight_grad(build), *flat
-        )
-    else:  # the base weight trains too: plain autograd through the dense weight
-        y = F.linear(x2, _composite_build(heavy)(w, [p for c in heavy for p in c.params.values()]), bias)
+        y = T.WeightSpaceLinear.apply(x2, w, bias, build, T.autograd_weight_grad(build),
+                                      *_flat(heavy))
+    elif heavy:
+        y = _single_path(x2, heavy[0].variant)(x2, w, bias, heavy[0])
+    elif light and light[0].dropout is None:  # the first additive adapter fused with the base GEMM
+        y = _single_path(x2, light[0].variant)(x2, w, bias, light[0])
+        light = light[1:]
+    else:
+        y = F.linear(x2, w, bias)
     for c in light:
         y = y + _additive_update(x2, out, c)
     return y.view(*lead, out)
 
 
-def _reference_weight(w: Tensor, calls: Sequence[AdapterCall]) -> Tensor:
+def _flat(calls: Sequence[AdapterCall]) -> list[Tensor]:
+    return [p for c in calls for p in c.params.values()]
+
+
+def reference_weight(w: Tensor, calls: Sequence[AdapterCall]) -> Tensor:
     """Dense ``W + dW`` with weight-reading adapters first: the semantics every path matches."""
     heavy = [c for c in calls if VARIANTS[c.variant].reads_weight]
     light = [c for c in calls if not VARIANTS[c.variant].reads_weight]
@@ -190,5 +194,6 @@ __all__ = [
     "get_backend",
     "use_backend",
     "register_gpu_path",
+    "reference_weight",
     "TORCH_PATHS",
 ]
