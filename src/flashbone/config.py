@@ -7,7 +7,7 @@ to and from PEFT's ``MISS`` / legacy ``BONE`` files.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,7 +61,6 @@ class BoneConfig:
     adapter_dtype: str = "float32"
     base_model_name_or_path: str | None = None
     task_type: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         variant = get_variant(self.variant)

@@ -46,10 +46,11 @@ class AdapterFile:
     tensors: dict[str, dict[str, Tensor]]  # module path -> {"B": ..., "A": ...}
     saved: dict[str, Tensor] = field(default_factory=dict)  # modules_to_save parameters
     source_format: str = PEFT_TYPE
+    keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (module, "B") -> file key
 
 
-def _peft_init_weights(variant: str) -> bool | str:
-    return get_variant(variant).peft_init_weights  # type: ignore[return-value]
+# PEFT's init_weights -> our variant (False is PEFT's random init of the same variant)
+_FROM_INIT_WEIGHTS = {True: "bone", False: "bone", "bat": "bat", "mini": "bone-mini"}
 
 
 def config_to_json(config: BoneConfig, modules: list[str]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def config_to_json(config: BoneConfig, modules: list[str]) -> dict[str, Any]:
     if get_variant(config.variant).peft_init_weights is not None:
         return {"peft_type": "MISS", "auto_mapping": None, **common,
                 "miss_dropout": config.dropout, "mini_r": config.mini_r or 1,
-                "init_weights": _peft_init_weights(config.variant)}
+                "init_weights": get_variant(config.variant).peft_init_weights}
     from . import __version__
 
     return {"peft_type": PEFT_TYPE, "flashbone_version": __version__, **common,
@@ -84,7 +85,12 @@ def config_from_json(d: dict[str, Any], where: str) -> tuple[BoneConfig, str]:
     try:
         if peft_type in ("MISS", "BONE"):
             init = d.get("init_weights", True)
-            variant = {"bat": "bat", "mini": "bone-mini"}.get(init, "bone") if isinstance(init, str) else "bone"
+            variant = _FROM_INIT_WEIGHTS.get(init) if isinstance(init, (bool, str)) else None
+            if variant is None or (peft_type == "BONE" and init == "mini"):
+                raise AdapterFileError(
+                    f"{where}: init_weights={init!r} is not a {peft_type} variant; expected "
+                    f"true, false, 'bat'" + (" or 'mini'" if peft_type == "MISS" else "")
+                )
             dropout = d.get("miss_dropout", d.get("bone_dropout", 0.0)) or 0.0
             cfg = BoneConfig(variant=variant, r=int(d["r"]),
                              mini_r=d.get("mini_r") if variant == "bone-mini" else None,
@@ -194,6 +200,7 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
     config, fmt = config_from_json(raw, str(cfg_path))
     tensors: dict[str, dict[str, Tensor]] = {}
     saved: dict[str, Tensor] = {}
+    keys: dict[tuple[str, str], str] = {}
     for key, t in read_safetensors(w_path).items():
         m = _KEY_RE.match(key)
         if m is None:
@@ -201,6 +208,7 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
             continue
         name = "A" if m["kind"] == "miss_A" else "B"
         tensors.setdefault(m["module"], {})[name] = t
+        keys[(m["module"], name)] = key
     if not tensors:
         raise AdapterFileError(f"{w_path} holds no adapter tensors (no '*.miss_block' keys)")
     expected = set(VARIANTS[config.variant].param_names)
@@ -210,7 +218,7 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
                 f"{w_path}: module {module!r} has tensors {sorted(params)} but variant "
                 f"{config.variant!r} needs {sorted(expected)}"
             )
-    return AdapterFile(config, tensors, saved, fmt)
+    return AdapterFile(config, tensors, saved, fmt, keys)
 
 
 def lora_tensors(b_full: Tensor, in_features: int) -> tuple[Tensor, Tensor]:

@@ -7,6 +7,10 @@
     forward(x) = x @ W_eff^T + bias,  W_eff = W, then every active weight-reading adapter
                  (bat*, bone-ab) in order, then the additive ones (bone, bone-mini)
 
+    SavedModule                                       (modules_to_save, e.g. a classifier)
+      original_module: the model's module             (frozen, never changed)
+      copies:     {"default": trained copy, ...}      (one per adapter that lists it)
+
 The math lives in :mod:`flashbone.variants` (dense reference) and :mod:`flashbone.ops`
 (fast paths). This file only holds parameters and bookkeeping: which adapters are
 active, merged or disabled.
@@ -14,6 +18,7 @@ active, merged or disabled.
 
 from __future__ import annotations
 
+import copy
 from typing import Iterable, Protocol, runtime_checkable
 
 import torch
@@ -46,6 +51,14 @@ def is_supported(module: nn.Module) -> bool:
     return isinstance(module, kinds) and module.weight.is_floating_point()
 
 
+def features(module: nn.Module) -> tuple[int, int]:
+    """``(out_features, in_features)`` of a supported layer or a :class:`BoneLayer`."""
+    if isinstance(module, BoneLayer):
+        return module.out_features, module.in_features
+    out, inn = module.weight.shape
+    return (out, inn) if isinstance(module, nn.Linear) else (inn, out)  # Conv1D is (in, out)
+
+
 class BlockAdapter(nn.Module):
     """The trainable tensors of one adapter on one layer (``B``, and ``A`` for bone-ab)."""
 
@@ -66,6 +79,10 @@ class BlockAdapter(nn.Module):
 
     def tensors(self) -> dict[str, Tensor]:
         return {n: p for n, p in self.named_parameters(recurse=False)}
+
+    def detached(self, dtype: torch.dtype) -> dict[str, Tensor]:
+        """The tensors without autograd, in ``dtype`` (for merge arithmetic)."""
+        return {n: p.detach().to(dtype) for n, p in self.named_parameters(recurse=False)}
 
     def call(self, dtype: torch.dtype) -> AdapterCall:
         params = {n: p.to(dtype) for n, p in self.named_parameters(recurse=False)}
@@ -93,8 +110,7 @@ class BoneLayer(nn.Module):
         # each merge: (adapter names in applied order, copy of the weight before, or None)
         self._merges: list[tuple[list[str], Tensor | None]] = []
         self.is_conv1d = not isinstance(base_layer, nn.Linear)
-        w = base_layer.weight
-        self.out_features, self.in_features = (w.shape[1], w.shape[0]) if self.is_conv1d else w.shape
+        self.out_features, self.in_features = features(base_layer)
 
     # -- weights ------------------------------------------------------------------------
     @property
@@ -151,37 +167,44 @@ class BoneLayer(nn.Module):
             return self.base_layer(x, *args, **kwargs)
         if not live:
             return self.base_layer(x, *args, **kwargs)
-        dtype = _compute_dtype(x, self.base_layer.weight)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        # the base weight's dtype, or autocast's: the base GEMM never runs upcast, and float32
+        # adapter tensors are cast down (the cast is part of autograd: gradients reach them)
+        dtype = torch.get_autocast_dtype(x.device.type) if autocast else self.weight.dtype
         w, bias = self.weight, self.bias
         with torch.autocast(x.device.type, enabled=False):
             calls = [self.adapters[a].call(dtype) for a in self._ordered(live)]
             y = adapted_linear(x.to(dtype), w.to(dtype), None if bias is None else bias.to(dtype), calls)
-        return y.to(x.dtype)
+        # the dtype the base layer itself returns: autocast's under autocast, else the input's
+        return y if autocast else y.to(x.dtype)
 
-    # -- merge --------------------------------------------------------------------------
-    def merged_weight(self, names: Iterable[str], weight: Tensor | None = None) -> Tensor:
-        """``W`` with the named adapters applied, computed in float32 (float64 stays)."""
-        w = self.weight if weight is None else weight
-        w = w.to(torch.promote_types(w.dtype, torch.float32))
+    # -- merge ------------------------------------------------------------------------
+    # Merging computes in float32 (float64 stays) and casts to the base dtype once. Merged
+    # adapters become part of the base weight: adapters still live apply on top of it.
+
+    def merged_weight(self, names: Iterable[str]) -> Tensor:
+        """``W`` with the named adapters applied (weight-reading ones first), in float32."""
+        w = _wide(self.weight)
         for n in self._ordered(names):
-            ad = self.adapters[n]
-            params = {k: p.detach().to(w.dtype) for k, p in ad.tensors().items()}
-            w = w + VARIANTS[ad.variant].delta(w, params, ad.r)
+            w = w + self._delta(n, w)
         return w
 
-    def merge(self, names: Iterable[str] | None = None, safe: bool = False,
+    def merge(self, names: Iterable[str] | None = None, *, safe: bool = False,
               keep_original: bool = False) -> None:
-        """Fold adapters into the base weight (computed in float32, cast once).
+        """Fold adapters (default: the active ones) into the base weight.
 
         ``safe`` refuses NaN/Inf results before touching the weight. ``keep_original``
         keeps a copy of the weight so that :meth:`unmerge` is exact and needs no inverse.
         """
-        names = [n for n in (self.active_adapters if names is None else names)
-                 if n not in self.merged_adapters]
+        names = list(self.active_adapters if names is None else names)
+        unknown = [n for n in names if n not in self.adapters]
+        if unknown:
+            raise BoneConfigError(f"no adapter {unknown} on this layer; it has {list(self.adapters)}")
+        names = [n for n in names if n not in self.merged_adapters]
         if not names:
             return
         with torch.no_grad():
-            new = self.merged_weight(names)
+            new = self.merged_weight(names).to(self.weight.dtype)
             if safe and not torch.isfinite(new).all():
                 raise MergeError(
                     f"merging adapter(s) {names} gives NaN/Inf weights; the layer is unchanged"
@@ -194,37 +217,79 @@ class BoneLayer(nn.Module):
     def merged_adapters(self) -> list[str]:
         return [n for names, _ in self._merges for n in names]
 
-    def unmerge(self) -> None:
-        """Undo every merge, last first: exact from a kept original, else by inversion."""
-        with torch.no_grad():
-            while self._merges:
-                names, original = self._merges[-1]
-                if original is not None:
-                    self._set_weight(original)
-                    names.clear()
-                while names:  # an undo that raises leaves the weight and this list consistent
-                    self._set_weight(self._undo(names[-1]))
-                    names.pop()
-                self._merges.pop()
+    def unmerged_weight(self) -> Tensor:
+        """The weight with every merge undone, last first, in float32; changes nothing.
 
-    def _undo(self, name: str) -> Tensor:
+        A kept original is used as is; otherwise additive adapters are subtracted and
+        weight-reading ones inverted (raises :class:`MergeError` for a singular block).
+        """
+        w = _wide(self.weight)
+        for names, original in reversed(self._merges):
+            if original is not None:
+                w = _wide(original)
+                continue
+            for n in reversed(names):
+                ad, v = self.adapters[n], VARIANTS[self.adapters[n].variant]
+                params = ad.detached(w.dtype)
+                w = v.undo(w, params, ad.r) if v.reads_weight else w - v.delta(w, params, ad.r)
+        return w
+
+    def unmerge(self) -> None:
+        """Undo every merge; the weight is written once, cast to its dtype once."""
+        if self._merges:
+            with torch.no_grad():
+                self._set_weight(self.unmerged_weight())
+            self._merges.clear()
+
+    def _delta(self, name: str, w: Tensor) -> Tensor:
         ad = self.adapters[name]
-        v = VARIANTS[ad.variant]
-        w = self.weight.to(torch.promote_types(self.weight.dtype, torch.float32))
-        params = {k: p.detach().to(w.dtype) for k, p in ad.tensors().items()}
-        return v.undo(w, params, ad.r) if v.reads_weight else w - v.delta(w, params, ad.r)
+        return VARIANTS[ad.variant].delta(w, ad.detached(w.dtype), ad.r)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"active={self.active_adapters}, merged={self.merged_adapters}")
 
 
-def _compute_dtype(x: Tensor, w: Tensor) -> torch.dtype:
-    """Autocast's dtype when autocast is on, else the base weight's dtype.
+def _wide(w: Tensor) -> Tensor:
+    """``w`` in float32 for merge arithmetic (float64 stays float64)."""
+    return w.detach().to(torch.promote_types(w.dtype, torch.float32))
 
-    The base GEMM therefore never runs upcast: a bf16 base computes in bf16 and float32
-    adapter tensors are cast down to it.
+
+class SavedModule(nn.Module):
+    """A module that adapters train in full (``modules_to_save``): one copy per adapter.
+
+    The original stays frozen and unchanged, as in PEFT's ``ModulesToSaveWrapper``: two
+    adapters never overwrite each other's head, and ``disable_adapter()`` / ``unload()``
+    give back the original. ``forward`` runs the copy of the first active adapter that
+    has one, else the original; other attributes are read from that module too.
     """
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return w.dtype
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.original_module = original
+        self.copies = nn.ModuleDict()
+        self.active_adapters: list[str] = []
+        self.adapters_disabled = False
+
+    def add_copy(self, name: str) -> None:
+        self.copies[name] = copy.deepcopy(self.original_module)
+
+    def set_active(self, names: Iterable[str]) -> None:
+        self.active_adapters = [n for n in names if n in self.copies]
+
+    @property
+    def current(self) -> nn.Module:
+        if not self.adapters_disabled and self.active_adapters:
+            return self.copies[self.active_adapters[0]]
+        return self.original_module
+
+    def forward(self, *args, **kwargs):
+        return self.current(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if "adapters_disabled" not in self.__dict__:  # still being built or copied
+                raise
+            return getattr(self.current, name)

@@ -2,7 +2,8 @@
 
     get_bone_model(hf_model, BoneConfig(...))  ->  BoneModel
         plan:   find targets, build every adapter (shape errors surface here)
-        commit: swap nn.Linear/Conv1D -> BoneLayer, freeze the rest   (all or nothing)
+        commit: swap nn.Linear/Conv1D -> BoneLayer, modules_to_save -> SavedModule,
+                freeze the rest                                  (all or nothing)
 
     BoneModel: forward/generate pass through; add/set/disable/delete adapters;
                merge/unmerge/merge_and_unload/unload; save_adapter/export_lora
@@ -16,15 +17,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from . import io
 from .config import BoneConfig
-from .errors import AdapterFileError, BoneConfigError, MergeError, TargetError
-from .layer import AdapterModule, BlockAdapter, BoneLayer, is_supported
+from .errors import AdapterFileError, BoneConfigError, MergeError
+from .layer import AdapterModule, BlockAdapter, BoneLayer, SavedModule, features, is_supported
 from .targets import find_targets, modules_to_save_names
 from .variants import VARIANTS
 
@@ -49,13 +50,14 @@ class TrainableReport:
 
 
 def get_adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
-    """All adapter parameters of any module that follows the :class:`AdapterModule` protocol."""
-    out: dict[str, nn.Parameter] = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, AdapterModule) and not isinstance(mod, nn.ModuleDict):
-            for pname in mod.adapter_params():
-                out[f"{name}.{pname}" if name else pname] = mod.get_parameter(pname)
-    return out
+    """Every adapter parameter (all adapters, active or not) by its full name.
+
+    Any module that follows the :class:`AdapterModule` protocol (``adapter_params()``
+    lists its adapter parameter names) is included, as in torchtune.
+    """
+    return {f"{name}.{p}" if name else p: mod.get_parameter(p)
+            for name, mod in model.named_modules() if isinstance(mod, AdapterModule)
+            for p in mod.adapter_params()}
 
 
 def _check_name(name: str) -> None:
@@ -65,23 +67,27 @@ def _check_name(name: str) -> None:
         )
 
 
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
 class BoneModel(nn.Module):
     """A model with block-affine adapters in its linear layers.
 
-    The wrapped model is changed in place (its target layers become :class:`BoneLayer`);
-    attributes not found here are looked up on it, so ``bone_model.config`` and
-    ``bone_model.generate(...)`` work as on the original.
+    The wrapped model is changed in place (its target layers become :class:`BoneLayer`,
+    its ``modules_to_save`` become :class:`SavedModule`); attributes not found here are
+    looked up on it, so ``bone_model.config`` and ``bone_model.generate(...)`` work as on
+    the original.
     """
 
     def __init__(self, model: nn.Module, config: BoneConfig, adapter_name: str = "default"):
         super().__init__()
         self.model = model
         self.configs: dict[str, BoneConfig] = {}
-        self._saved_modules: dict[str, list[str]] = {}
-        self.active_adapter = adapter_name
+        self.active_adapters: list[str] = []
         self.add_adapter(adapter_name, config)
 
-    # -- pass-through ---------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
@@ -94,11 +100,11 @@ class BoneModel(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("model"), name)
 
-    # -- layers ---------------------------------------------------------------------------
     def bone_layers(self) -> Iterator[tuple[str, BoneLayer]]:
-        for name, mod in self.model.named_modules():
-            if isinstance(mod, BoneLayer):
-                yield name, mod
+        return ((n, m) for n, m in self.model.named_modules() if isinstance(m, BoneLayer))
+
+    def saved_modules(self) -> Iterator[tuple[str, SavedModule]]:
+        return ((n, m) for n, m in self.model.named_modules() if isinstance(m, SavedModule))
 
     @property
     def adapter_names(self) -> list[str]:
@@ -114,32 +120,33 @@ class BoneModel(nn.Module):
         _check_name(name)
         if name in self.configs:
             raise BoneConfigError(f"adapter {name!r} already exists; delete it first or pick another name")
-        active = (not self.configs) if active is None else active
-        targets = find_targets(self.model, config)
-        save = modules_to_save_names(self.model, config)
         planned: list[tuple[str, nn.Module, BlockAdapter]] = []
-        for tname in targets:  # plan: every shape check happens before anything changes
+        for tname in find_targets(self.model, config):  # plan: nothing changes before commit
             mod = self.model.get_submodule(tname)
-            base = mod.base_layer if isinstance(mod, BoneLayer) else mod
-            layer = mod if isinstance(mod, BoneLayer) else None
-            out_f, in_f = (layer.out_features, layer.in_features) if layer else _features(base)
-            w = base.weight
+            if isinstance(mod, BoneLayer) and name in mod.adapters:
+                raise BoneConfigError(f"{tname} already holds an adapter named {name!r}")
+            out_f, in_f = features(mod)
+            w = mod.weight
             planned.append((tname, mod, BlockAdapter(
                 config.variant, config.r, out_f, in_f, config.mini_r, config.dropout,
                 config.init, config.torch_dtype(w.dtype), w.device, where=tname)))
+        save = modules_to_save_names(self.model, config)
         for tname, mod, adapter in planned:  # commit
             if not isinstance(mod, BoneLayer):
-                layer = BoneLayer(mod)
-                parent, _, leaf = tname.rpartition(".")
-                setattr(self.model.get_submodule(parent) if parent else self.model, leaf, layer)
-                mod = layer
+                mod = BoneLayer(mod)
+                _replace(self.model, tname, mod)
             mod.add_adapter(name, adapter, active=False)
+        for sname in save:
+            mod = self.model.get_submodule(sname)
+            if not isinstance(mod, SavedModule):
+                mod = SavedModule(mod)
+                _replace(self.model, sname, mod)
+            mod.add_copy(name)
         self.configs[name] = config
-        self._saved_modules[name] = save
-        if active:
+        if active or (active is None and len(self.configs) == 1):
             self.set_adapter(name)
         else:
-            self._refresh_trainable()
+            self.set_adapter(self.active_adapters)
 
     def set_adapter(self, names: str | list[str]) -> None:
         """Make ``names`` the active (and trainable) adapters, in this order."""
@@ -147,56 +154,50 @@ class BoneModel(nn.Module):
         for n in names:
             if n not in self.configs:
                 raise BoneConfigError(f"no adapter named {n!r}; adapters: {self.adapter_names}")
-        for _, layer in self.bone_layers():
-            layer.set_active(names)
-        self.active_adapter = names[0] if len(names) == 1 else names
-        self._refresh_trainable()
+        self.active_adapters = names
+        for p in self.model.parameters():  # freeze everything, then unfreeze the active
+            p.requires_grad_(False)
+        for _, mod in [*self.bone_layers(), *self.saved_modules()]:
+            mod.set_active(names)
+            for n, sub in (mod.adapters if isinstance(mod, BoneLayer) else mod.copies).items():
+                sub.requires_grad_(n in names)
 
     @property
-    def active_adapters(self) -> list[str]:
-        a = self.active_adapter
-        return [a] if isinstance(a, str) else list(a)
-
-    def _refresh_trainable(self) -> None:
-        """Freeze everything, then unfreeze the active adapters and their saved modules."""
-        active = set(self.active_adapters)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        for _, layer in self.bone_layers():
-            for name, ad in layer.adapters.items():
-                ad.requires_grad_(name in active)
-        for name in active:
-            for m in self._saved_modules.get(name, []):
-                self.model.get_submodule(m).requires_grad_(True)
+    def active_adapter(self) -> str | None:
+        """The first active adapter (PEFT's name for it)."""
+        return self.active_adapters[0] if self.active_adapters else None
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter everywhere (it must not be merged)."""
         if name not in self.configs:
             raise BoneConfigError(f"no adapter named {name!r}; adapters: {self.adapter_names}")
+        merged = [n for n, layer in self.bone_layers() if name in layer.merged_adapters]
+        if merged:
+            raise MergeError(f"adapter {name!r} is merged into {merged[0]!r}; call unmerge_adapter() first")
         for _, layer in self.bone_layers():
             if name in layer.adapters:
                 layer.delete_adapter(name)
+        for sname, mod in list(self.saved_modules()):
+            if name in mod.copies:
+                del mod.copies[name]
+            if not mod.copies:
+                _replace(self.model, sname, mod.original_module)
         del self.configs[name]
-        self._saved_modules.pop(name, None)
-        remaining = [a for a in self.active_adapters if a != name] or self.adapter_names[:1]
-        if remaining:
-            self.set_adapter(remaining)
-        else:
-            self.active_adapter = []
+        self.set_adapter([a for a in self.active_adapters if a != name] or self.adapter_names[:1])
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
-        """``with model.disable_adapter(): ...`` runs the base model."""
-        layers = [layer for _, layer in self.bone_layers()]
-        if any(layer.merged_adapters for layer in layers):
+        """``with model.disable_adapter(): ...`` runs the base model (original heads too)."""
+        if any(layer.merged_adapters for _, layer in self.bone_layers()):
             raise MergeError("cannot disable adapters while some are merged; call unmerge_adapter() first")
-        for layer in layers:
-            layer.adapters_disabled = True
+        mods = [m for _, m in [*self.bone_layers(), *self.saved_modules()]]
+        for m in mods:
+            m.adapters_disabled = True
         try:
             yield
         finally:
-            for layer in layers:
-                layer.adapters_disabled = False
+            for m in mods:
+                m.adapters_disabled = False
 
     # -- parameters -----------------------------------------------------------------------
     def trainable_report(self) -> TrainableReport:
@@ -209,75 +210,96 @@ class BoneModel(nn.Module):
         print(self.trainable_report())
 
     # -- merge ----------------------------------------------------------------------------
-    def merge_adapter(self, names: list[str] | None = None, *, safe_merge: bool = False,
+    def merge_adapter(self, adapter_names: list[str] | None = None, *, safe_merge: bool = False,
                       keep_original: bool = False) -> None:
         """Merge adapters (default: the active ones) into the base weights.
 
-        ``safe_merge`` computes every merged weight first and refuses NaN/Inf before any
-        layer changes. ``keep_original`` stores the old weights for an exact unmerge.
+        ``safe_merge`` computes every merged weight on a copy first and refuses NaN/Inf
+        before any layer changes. ``keep_original`` stores the old weights, so that
+        :meth:`unmerge_adapter` is exact and needs no inverse.
         """
-        names = self.active_adapters if names is None else names
-        layers = [layer for _, layer in self.bone_layers()]
+        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        for n in names:
+            if n not in self.configs:
+                raise BoneConfigError(f"no adapter named {n!r}; adapters: {self.adapter_names}")
+        todo = [(lname, layer, [n for n in names if n in layer.adapters and n not in layer.merged_adapters])
+                for lname, layer in self.bone_layers()]
         if safe_merge:
-            for lname, layer in self.bone_layers():
-                todo = [n for n in names if n in layer.adapters and n not in layer.merged_adapters]
-                if todo and not torch.isfinite(layer.merged_weight(todo).to(layer.weight.dtype)).all():
-                    raise MergeError(
-                        f"merging {todo} into {lname!r} gives NaN/Inf weights; nothing was merged"
-                    )
-        for layer in layers:
-            layer.merge([n for n in names if n in layer.adapters], keep_original=keep_original)
+            for lname, layer, ns in todo:
+                w = layer.merged_weight(ns).to(layer.weight.dtype) if ns else None
+                if w is not None and not torch.isfinite(w).all():
+                    raise MergeError(f"merging {ns} into {lname!r} gives NaN/Inf weights; nothing was merged")
+        for _, layer, ns in todo:
+            layer.merge(ns, keep_original=keep_original)
 
     def unmerge_adapter(self) -> None:
-        for _, layer in self.bone_layers():
+        """Undo every merge; checks every layer first, so a singular block changes nothing."""
+        layers = [(n, layer) for n, layer in self.bone_layers() if layer.merged_adapters]
+        for lname, layer in layers:
+            try:
+                layer.unmerged_weight()
+            except MergeError as e:
+                raise MergeError(f"{lname}: {e}") from None
+        for _, layer in layers:
             layer.unmerge()
 
-    def _replace_layers(self, merge: bool, safe_merge: bool = False) -> nn.Module:
-        if merge:
-            self.merge_adapter(safe_merge=safe_merge)
+    def _unwrap(self, merged: bool) -> nn.Module:
         for name, layer in list(self.bone_layers()):
-            parent, _, leaf = name.rpartition(".")
-            setattr(self.model.get_submodule(parent) if parent else self.model, leaf, layer.base_layer)
+            _replace(self.model, name, layer.base_layer)
+        for name, mod in list(self.saved_modules()):
+            _replace(self.model, name, mod.current if merged else mod.original_module)
         return self.model
 
-    def merge_and_unload(self, *, safe_merge: bool = False) -> nn.Module:
-        """Merge the active adapters and return the plain model (adapters removed)."""
-        return self._replace_layers(merge=True, safe_merge=safe_merge)
+    def merge_and_unload(self, *, safe_merge: bool = False,
+                         adapter_names: list[str] | None = None) -> nn.Module:
+        """Merge adapters (default: the active ones) and return the plain model.
+
+        Trained ``modules_to_save`` copies of the active adapter replace the originals.
+        """
+        self.merge_adapter(adapter_names, safe_merge=safe_merge)
+        return self._unwrap(merged=True)
 
     def unload(self) -> nn.Module:
-        """Return the plain model without merging (unmerges anything merged first)."""
+        """Return the original model: adapters removed, merges undone, original heads back."""
         self.unmerge_adapter()
-        return self._replace_layers(merge=False)
+        return self._unwrap(merged=False)
 
     # -- files ----------------------------------------------------------------------------
+    def _name(self, name: str | None) -> str:
+        name = name or self.active_adapter
+        if name not in self.configs:
+            raise BoneConfigError(f"no adapter named {name!r}; adapters: {self.adapter_names}")
+        return name
+
     def adapter_tensors(self, name: str | None = None) -> dict[str, dict[str, Tensor]]:
-        name = name or self.active_adapters[0]
+        """``{module name: {"B": tensor, ...}}`` of one adapter (default: the active one)."""
+        name = self._name(name)
         return {lname: layer.adapters[name].tensors()
                 for lname, layer in self.bone_layers() if name in layer.adapters}
 
     def saved_module_state(self, name: str | None = None) -> dict[str, Tensor]:
-        name = name or self.active_adapters[0]
-        out = {}
-        for m in self._saved_modules.get(name, []):
-            for k, v in self.model.get_submodule(m).state_dict().items():
-                out[f"{m}.{_unwrap_key(k)}"] = v
-        return out
+        """The adapter's ``modules_to_save`` copies, keyed as in the unwrapped model."""
+        name = self._name(name)
+        return {f"{sname}.{k}": v for sname, mod in self.saved_modules() if name in mod.copies
+                for k, v in mod.copies[name].state_dict().items()}
 
     def save_adapter(self, folder: str | os.PathLike, adapter_name: str | None = None) -> Path:
-        """Save one adapter; other adapters go to ``folder/<name>`` when ``adapter_name`` is None
-        and several exist, as PEFT does."""
-        names = [adapter_name] if adapter_name else self.adapter_names
+        """Save adapters in PEFT's layout.
+
+        With ``adapter_name``: that adapter, in ``folder``. Without: every adapter,
+        ``"default"`` in ``folder`` and each other one in ``folder/<name>``, as PEFT's
+        ``save_pretrained`` does; load one with ``load_adapter(model, folder/<name>)``.
+        """
         folder = Path(folder)
+        names = [self._name(adapter_name)] if adapter_name else self.adapter_names
         for n in names:
-            if n not in self.configs:
-                raise BoneConfigError(f"no adapter named {n!r}; adapters: {self.adapter_names}")
-            sub = folder if (adapter_name or n == "default" or len(names) == 1) else folder / n
+            sub = folder if adapter_name or n == "default" else folder / n
             io.save_adapter_folder(sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n))
         return folder
 
     def export_lora(self, folder: str | os.PathLike, adapter_name: str | None = None) -> Path:
         """Write a ``bone`` / ``bone-mini`` adapter as an exact PEFT LoRA adapter."""
-        name = adapter_name or self.active_adapters[0]
+        name = self._name(adapter_name)
         cfg = self.configs[name]
         if cfg.variant not in ("bone", "bone-mini"):
             raise BoneConfigError(
@@ -292,15 +314,6 @@ class BoneModel(nn.Module):
                 factors[lname] = io.lora_tensors(full, layer.in_features)
                 conv = conv or layer.is_conv1d
         return io.save_lora_folder(folder, cfg, factors, conv, self.saved_module_state(name))
-
-
-def _unwrap_key(k: str) -> str:
-    return k.replace("base_layer.", "")
-
-
-def _features(mod: nn.Module) -> tuple[int, int]:
-    w = mod.weight
-    return (w.shape[1], w.shape[0]) if not isinstance(mod, nn.Linear) else (w.shape[0], w.shape[1])
 
 
 def get_bone_model(model: nn.Module, config: BoneConfig, adapter_name: str = "default") -> BoneModel:
@@ -323,34 +336,38 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, adapter_name: str 
 
     Everything is read and checked against the model before the model changes: a folder
     whose module names or shapes do not fit raises :class:`AdapterFileError` naming the
-    first bad key, and leaves ``model`` as it was.
+    first bad key, and leaves ``model`` as it was. On a plain model the adapter is active,
+    and without ``is_trainable`` everything is frozen and the model is put in eval mode
+    (as ``PeftModel.from_pretrained``). On a :class:`BoneModel` the adapter joins inactive
+    and frozen, as in PEFT: ``set_adapter`` activates it (and makes it trainable).
     """
     file = io.load_adapter_folder(folder)
     base = model.model if isinstance(model, BoneModel) else model
-    _check_fits(base, file, str(folder))
     config = file.config.replace(
         target_modules=sorted(file.tensors), exclude_modules=None, layers_to_transform=None,
         modules_to_save=_present(base, file.config.modules_to_save))
-    if isinstance(model, BoneModel):
-        model.add_adapter(adapter_name, config, active=True)
-        bm = model
-    else:
-        bm = BoneModel(model, config, adapter_name)
+    _check_fits(base, file, config, str(folder))
+    bm = get_bone_model(model, config, adapter_name)
     with torch.no_grad():
         for lname, layer in bm.bone_layers():
-            if lname in file.tensors:
-                for pname, t in file.tensors[lname].items():
-                    getattr(layer.adapters[adapter_name], pname).copy_(t)
-        for key, t in file.saved.items():
-            _find_param(base, key).copy_(t)
-    if not is_trainable:
+            for pname, t in file.tensors.get(lname, {}).items():
+                layer.adapters[adapter_name].get_parameter(pname).copy_(t)
+        for sname, mod in bm.saved_modules():
+            state = {k[len(sname) + 1:]: t for k, t in file.saved.items() if k.startswith(sname + ".")}
+            if adapter_name in mod.copies and state:
+                mod.copies[adapter_name].load_state_dict(state, strict=False)
+    if not is_trainable and bm.active_adapters == [adapter_name]:
         for p in bm.model.parameters():
             p.requires_grad_(False)
+        bm.eval()
     return bm
 
 
 def _present(model: nn.Module, names: list[str] | None) -> list[str] | None:
-    """The entries of ``modules_to_save`` that name a module here (PEFT adds defaults)."""
+    """The entries of ``modules_to_save`` that name a module here.
+
+    PEFT adds ``["classifier", "score"]`` for classification tasks, whichever exists.
+    """
     if not names:
         return None
     mods = [n for n, _ in model.named_modules()]
@@ -358,52 +375,47 @@ def _present(model: nn.Module, names: list[str] | None) -> list[str] | None:
     return kept or None
 
 
-def _find_param(model: nn.Module, key: str) -> Tensor:
-    """A parameter or buffer by name, tolerating ``base_layer.`` inside adapted modules."""
-    for cand in (key, re.sub(r"\.(weight|bias)$", r".base_layer.\1", key)):
-        try:
-            return model.get_parameter(cand)
-        except AttributeError:
-            try:
-                return model.get_buffer(cand)
-            except AttributeError:
-                continue
-    raise KeyError(key)
-
-
-def _check_fits(model: nn.Module, file: io.AdapterFile, where: str) -> None:
-    cfg, v = file.config, VARIANTS[file.config.variant]
+def _check_fits(model: nn.Module, file: io.AdapterFile, config: BoneConfig, where: str) -> None:
+    """Raise :class:`AdapterFileError` naming the first key that does not fit ``model``."""
+    v = VARIANTS[config.variant]
     for module, params in sorted(file.tensors.items()):
+        key = file.keys[(module, next(iter(params)))]
         try:
             mod = model.get_submodule(module)
         except AttributeError:
             raise AdapterFileError(
-                f"{where}: key {module!r} names no module of {type(model).__name__}; "
-                "was this adapter trained on another base model?"
+                f"{where}: key {key!r} names module {module!r}, which {type(model).__name__} "
+                "does not have; was this adapter trained on another base model?"
             ) from None
-        layer = mod if isinstance(mod, BoneLayer) else None
-        if layer is None and not is_supported(mod):
-            raise AdapterFileError(f"{where}: module {module!r} is a {type(mod).__name__}, not a linear layer")
-        out_f, in_f = (layer.out_features, layer.in_features) if layer else _features(mod)
-        try:
-            expected = v.shapes(out_f, in_f, cfg.r, cfg.mini_r)
-        except Exception:
-            expected = {}
-        for pname, t in params.items():
-            if tuple(t.shape) != tuple(expected.get(pname, ())):
-                raise AdapterFileError(
-                    f"{where}: tensor for {module!r}.{pname} has shape {tuple(t.shape)} but "
-                    f"{cfg.variant} r={cfg.r} on a ({out_f}, {in_f}) weight needs "
-                    f"{expected.get(pname)}; was this adapter trained on another base model?"
-                )
-    for key, t in file.saved.items():
-        try:
-            target = _find_param(model, key)
-        except KeyError:
-            raise AdapterFileError(f"{where}: saved module key {key!r} names no parameter of the model") from None
-        if tuple(target.shape) != tuple(t.shape):
+        if not (isinstance(mod, BoneLayer) or is_supported(mod)):
             raise AdapterFileError(
-                f"{where}: saved module key {key!r} has shape {tuple(t.shape)}, the model's is {tuple(target.shape)}"
+                f"{where}: key {key!r} names {module!r}, a {type(mod).__name__}, not a linear layer"
+            )
+        out_f, in_f = features(mod)
+        expected = v.shapes(out_f, in_f, config.r, config.mini_r)
+        for pname, t in params.items():
+            if tuple(t.shape) != tuple(expected[pname]):
+                raise AdapterFileError(
+                    f"{where}: key {file.keys[(module, pname)]!r} has shape {tuple(t.shape)}, but "
+                    f"{config.variant} r={config.r} on {module!r} (weight ({out_f}, {in_f})) needs "
+                    f"{expected[pname]}; was this adapter trained on another base model?"
+                )
+    saved = modules_to_save_names(model, config) if config.modules_to_save else []
+    for key, t in sorted(file.saved.items()):
+        owner = next((s for s in saved if key.startswith(s + ".")), None)
+        mod = model.get_submodule(owner) if owner else None
+        mod = mod.original_module if isinstance(mod, SavedModule) else mod
+        state = mod.state_dict() if mod is not None else {}
+        sub = key[len(owner) + 1:] if owner else key
+        if sub not in state:
+            raise AdapterFileError(
+                f"{where}: key {io.PREFIX + key!r} is neither an adapter tensor nor a parameter "
+                f"of the modules_to_save {saved} of {type(model).__name__}"
+            )
+        if tuple(state[sub].shape) != tuple(t.shape):
+            raise AdapterFileError(
+                f"{where}: key {io.PREFIX + key!r} has shape {tuple(t.shape)}, the model's "
+                f"{key!r} has {tuple(state[sub].shape)}"
             )
 
 

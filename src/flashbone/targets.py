@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import BoneConfig
 from .errors import TargetError
-from .layer import BoneLayer, is_supported
+from .layer import BoneLayer, SavedModule, is_supported
 
 LAYER_PATTERNS = ("layers", "h", "layer", "blocks", "block", "encoder.layer", "decoder.layers")
 
@@ -65,13 +65,22 @@ def modules_to_save_names(model: nn.Module, config: BoneConfig) -> list[str]:
     return found
 
 
+def _wrapped(model: nn.Module) -> list[str]:
+    """Names of flashbone wrappers: the modules inside them are never targets."""
+    return [n for n, m in model.named_modules() if isinstance(m, (BoneLayer, SavedModule))]
+
+
 def linear_names(model: nn.Module) -> list[str]:
     """Distinct last parts of the names of adaptable layers (for error messages)."""
-    seen: dict[str, None] = {}
+    wrapped, seen = _wrapped(model), {}
     for name, mod in model.named_modules():
-        if is_supported(mod) and not name.endswith(".base_layer"):
+        if (is_supported(mod) or isinstance(mod, BoneLayer)) and not _inside_any(name, wrapped):
             seen[name.rsplit(".", 1)[-1]] = None
     return list(seen)
+
+
+def _inside_any(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name.startswith(p + ".") for p in prefixes)
 
 
 def find_targets(model: nn.Module, config: BoneConfig) -> list[str]:
@@ -82,10 +91,10 @@ def find_targets(model: nn.Module, config: BoneConfig) -> list[str]:
     """
     save = modules_to_save_names(model, config)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    wrapped = [n for n, m in model.named_modules() if isinstance(m, BoneLayer)]
+    wrapped = _wrapped(model)
     found: list[str] = []
     for name, mod in model.named_modules():
-        if not name or _inside(name, save) or any(name.startswith(w + ".") for w in wrapped):
+        if not name or _inside(name, save) or _inside_any(name, wrapped):
             continue
         if config.target_modules == "all-linear":
             hit = (is_supported(mod) or isinstance(mod, BoneLayer)) and mod is not head
