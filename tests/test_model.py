@@ -58,6 +58,13 @@ def test_gpt2_conv1d_all_linear_and_head_excluded():
     assert layer.adapters["default"].B.shape == (8, 128)
 
 
+def test_all_linear_skips_classification_heads():
+    bm = get_bone_model(roberta_cls(), BoneConfig(r=8))
+    names = adapted(bm)
+    assert len(names) == 2 * 6 and not any(n.startswith("classifier") for n in names)
+    assert "roberta.encoder.layer.1.attention.self.query" in names
+
+
 def test_everything_else_frozen_and_report_counts():
     model = llama()
     total = sum(p.numel() for p in model.parameters())

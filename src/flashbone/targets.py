@@ -3,7 +3,9 @@
 Rules follow PEFT so that configs mean the same thing in both libraries:
 
 * ``"all-linear"``: every ``nn.Linear`` / ``Conv1D`` except the output head
-  (``model.get_output_embeddings()``) and anything inside ``modules_to_save``;
+  (``model.get_output_embeddings()``, and the task heads ``classifier``, ``score`` or
+  ``qa_outputs`` of classification/QA models: randomly initialised, they must train in
+  full through ``modules_to_save``) and anything inside ``modules_to_save``;
 * a list of names: a module matches when its full name equals an entry or ends with
   ``"." + entry``;
 * any other string: a regular expression that must match the full module name.
@@ -23,6 +25,7 @@ from .errors import TargetError
 from .layer import BoneLayer, SavedModule, is_supported
 
 LAYER_PATTERNS = ("layers", "h", "layer", "blocks", "block", "encoder.layer", "decoder.layers")
+TASK_HEADS = ("classifier", "score", "qa_outputs")  # PEFT's modules_to_save for those tasks
 
 
 def _matches_names(name: str, names: str | Sequence[str] | None) -> bool:
@@ -91,13 +94,15 @@ def find_targets(model: nn.Module, config: BoneConfig) -> list[str]:
     """
     save = modules_to_save_names(model, config)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    heads = [n for n, _ in model.named_children() if n in TASK_HEADS]
     wrapped = _wrapped(model)
     found: list[str] = []
     for name, mod in model.named_modules():
         if not name or _inside(name, save) or _inside_any(name, wrapped):
             continue
         if config.target_modules == "all-linear":
-            hit = (is_supported(mod) or isinstance(mod, BoneLayer)) and mod is not head
+            hit = ((is_supported(mod) or isinstance(mod, BoneLayer)) and mod is not head
+                   and not _inside(name, heads))
         else:
             hit = _matches_names(name, config.target_modules)
         if not hit or _matches_names(name, config.exclude_modules):
