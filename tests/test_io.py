@@ -127,6 +127,12 @@ def test_modules_to_save_are_saved_and_loaded(tmp_path):
     loaded = load_adapter(base, tmp_path)
     x = tokens()
     torch.testing.assert_close(loaded(x).logits, bm(x).logits, rtol=0, atol=0)
+    two_labels = roberta_cls(num_labels=2)  # the same body, a head of another shape
+    snap = _snapshot(two_labels)
+    with pytest.raises(AdapterFileError, match=r"key 'base_model\.model\.classifier\.out_proj\.bias' "
+                                               r"has shape \(3,\), the model's .* has \(2,\)"):
+        load_adapter(two_labels, tmp_path)
+    assert _unchanged(two_labels, snap)
 
 
 # -- bad folders: a clear error and the model left as it was ---------------------------------

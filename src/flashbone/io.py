@@ -8,7 +8,8 @@
     export: bone/bone-mini as an exact PEFT "LORA" adapter   ...<module>.lora_A.weight / lora_B.weight
 
 Modules trained in full (``modules_to_save``) are stored under their parameter names, as
-PEFT does. Only JSON and safetensors are read: never pickle.
+PEFT does. Only JSON and safetensors are read: never pickle. :func:`check_fits` tells
+whether a parsed folder fits a model before the model is touched.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import BoneConfig
 from .errors import AdapterFileError, BoneConfigError
+from .layer import BoneLayer, SavedModule, features, is_supported
+from .targets import modules_to_save_names
 from .variants import VARIANTS, get_variant
 
 CONFIG_NAME = "adapter_config.json"
@@ -257,3 +260,64 @@ def save_lora_folder(folder: str | os.PathLike, config: BoneConfig,
     js = json.dumps(cfg, indent=2, sort_keys=True)
     _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(js + "\n"))
     return folder
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def present_modules(model: nn.Module, names: list[str] | None) -> list[str] | None:
+    """The entries of ``modules_to_save`` that name a module here.
+
+    PEFT adds ``["classifier", "score"]`` for classification tasks, whichever exists.
+    """
+    if not names:
+        return None
+    mods = [n for n, _ in model.named_modules()]
+    kept = [n for n in dict.fromkeys(names) if any(m == n or m.endswith("." + n) for m in mods)]
+    return kept or None
+
+
+def check_fits(model: nn.Module, file: AdapterFile, config: BoneConfig, where: str) -> None:
+    """Raise :class:`AdapterFileError` naming the first key that does not fit ``model``."""
+    v = VARIANTS[config.variant]
+    for module, params in sorted(file.tensors.items()):
+        key = file.keys[(module, next(iter(params)))]
+        try:
+            mod = model.get_submodule(module)
+        except AttributeError:
+            raise AdapterFileError(
+                f"{where}: key {key!r} names module {module!r}, which {type(model).__name__} "
+                "does not have; was this adapter trained on another base model?"
+            ) from None
+        if not (isinstance(mod, BoneLayer) or is_supported(mod)):
+            raise AdapterFileError(
+                f"{where}: key {key!r} names {module!r}, a {type(mod).__name__}, not a linear layer"
+            )
+        out_f, in_f = features(mod)
+        expected = v.shapes(out_f, in_f, config.r, config.mini_r)
+        for pname, t in params.items():
+            if tuple(t.shape) != tuple(expected[pname]):
+                raise AdapterFileError(
+                    f"{where}: key {file.keys[(module, pname)]!r} has shape {tuple(t.shape)}, but "
+                    f"{config.variant} r={config.r} on {module!r} (weight ({out_f}, {in_f})) needs "
+                    f"{expected[pname]}; was this adapter trained on another base model?"
+                )
+    saved = modules_to_save_names(model, config) if config.modules_to_save else []
+    for key, t in sorted(file.saved.items()):
+        owner = next((s for s in saved if key.startswith(s + ".")), None)
+        target = _saved_state(model, owner).get(key[len(owner) + 1:]) if owner else None
+        if target is None:
+            raise AdapterFileError(
+                f"{where}: key {PREFIX + key!r} is neither an adapter tensor nor a parameter "
+                f"of the modules_to_save {saved} of {type(model).__name__}"
+            )
+        if target.shape != t.shape:
+            raise AdapterFileError(
+                f"{where}: key {PREFIX + key!r} has shape {tuple(t.shape)}, the model's "
+                f"{key!r} has {tuple(target.shape)}"
+            )
+
+
+def _saved_state(model: nn.Module, name: str) -> dict[str, Tensor]:
+    mod = model.get_submodule(name)
+    return (mod.original_module if isinstance(mod, SavedModule) else mod).state_dict()

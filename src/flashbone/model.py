@@ -24,10 +24,9 @@ from torch import Tensor, nn
 
 from . import io
 from .config import BoneConfig
-from .errors import AdapterFileError, BoneConfigError, MergeError
-from .layer import AdapterModule, BlockAdapter, BoneLayer, SavedModule, features, is_supported
+from .errors import BoneConfigError, MergeError
+from .layer import AdapterModule, BlockAdapter, BoneLayer, SavedModule, features
 from .targets import find_targets, modules_to_save_names
-from .variants import VARIANTS
 
 
 @dataclass
@@ -345,8 +344,8 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, adapter_name: str 
     base = model.model if isinstance(model, BoneModel) else model
     config = file.config.replace(
         target_modules=sorted(file.tensors), exclude_modules=None, layers_to_transform=None,
-        modules_to_save=_present(base, file.config.modules_to_save))
-    _check_fits(base, file, config, str(folder))
+        modules_to_save=io.present_modules(base, file.config.modules_to_save))
+    io.check_fits(base, file, config, str(folder))
     bm = get_bone_model(model, config, adapter_name)
     with torch.no_grad():
         for lname, layer in bm.bone_layers():
@@ -361,62 +360,6 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, adapter_name: str 
             p.requires_grad_(False)
         bm.eval()
     return bm
-
-
-def _present(model: nn.Module, names: list[str] | None) -> list[str] | None:
-    """The entries of ``modules_to_save`` that name a module here.
-
-    PEFT adds ``["classifier", "score"]`` for classification tasks, whichever exists.
-    """
-    if not names:
-        return None
-    mods = [n for n, _ in model.named_modules()]
-    kept = [n for n in dict.fromkeys(names) if any(m == n or m.endswith("." + n) for m in mods)]
-    return kept or None
-
-
-def _check_fits(model: nn.Module, file: io.AdapterFile, config: BoneConfig, where: str) -> None:
-    """Raise :class:`AdapterFileError` naming the first key that does not fit ``model``."""
-    v = VARIANTS[config.variant]
-    for module, params in sorted(file.tensors.items()):
-        key = file.keys[(module, next(iter(params)))]
-        try:
-            mod = model.get_submodule(module)
-        except AttributeError:
-            raise AdapterFileError(
-                f"{where}: key {key!r} names module {module!r}, which {type(model).__name__} "
-                "does not have; was this adapter trained on another base model?"
-            ) from None
-        if not (isinstance(mod, BoneLayer) or is_supported(mod)):
-            raise AdapterFileError(
-                f"{where}: key {key!r} names {module!r}, a {type(mod).__name__}, not a linear layer"
-            )
-        out_f, in_f = features(mod)
-        expected = v.shapes(out_f, in_f, config.r, config.mini_r)
-        for pname, t in params.items():
-            if tuple(t.shape) != tuple(expected[pname]):
-                raise AdapterFileError(
-                    f"{where}: key {file.keys[(module, pname)]!r} has shape {tuple(t.shape)}, but "
-                    f"{config.variant} r={config.r} on {module!r} (weight ({out_f}, {in_f})) needs "
-                    f"{expected[pname]}; was this adapter trained on another base model?"
-                )
-    saved = modules_to_save_names(model, config) if config.modules_to_save else []
-    for key, t in sorted(file.saved.items()):
-        owner = next((s for s in saved if key.startswith(s + ".")), None)
-        mod = model.get_submodule(owner) if owner else None
-        mod = mod.original_module if isinstance(mod, SavedModule) else mod
-        state = mod.state_dict() if mod is not None else {}
-        sub = key[len(owner) + 1:] if owner else key
-        if sub not in state:
-            raise AdapterFileError(
-                f"{where}: key {io.PREFIX + key!r} is neither an adapter tensor nor a parameter "
-                f"of the modules_to_save {saved} of {type(model).__name__}"
-            )
-        if tuple(state[sub].shape) != tuple(t.shape):
-            raise AdapterFileError(
-                f"{where}: key {io.PREFIX + key!r} has shape {tuple(t.shape)}, the model's "
-                f"{key!r} has {tuple(state[sub].shape)}"
-            )
 
 
 __all__ = ["BoneModel", "get_bone_model", "load_adapter", "get_adapter_params", "TrainableReport"]
