@@ -17,6 +17,7 @@ PEFT_INIT = {"bone": True, "bone-mini": "mini", "bat": "bat"}
 
 
 def _peft_logits(model, x):
+    model.eval()  # PEFT's new dropout modules start in training mode
     with torch.no_grad():
         return model(x).logits
 
@@ -39,6 +40,7 @@ def test_peft_folder_loads_here(variant, kw, tmp_path):
     model = llama()
     base = copy.deepcopy(model)
     cfg = MissConfig(r=kw["r"], mini_r=kw.get("mini_r", 1), init_weights=PEFT_INIT[variant],
+                     miss_dropout=0.1,  # PEFT ignores it for bat; used in training only
                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
     pm = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(0)
@@ -49,6 +51,7 @@ def test_peft_folder_loads_here(variant, kw, tmp_path):
     pm.save_pretrained(tmp_path)
     ours = load_adapter(base, tmp_path)
     assert ours.configs["default"].variant == variant and len(list(ours.bone_layers())) == 12
+    assert ours.configs["default"].dropout == (0.0 if variant == "bat" else 0.1)
     x = tokens()
     torch.testing.assert_close(ours(x).logits, _peft_logits(pm, x), rtol=1e-5, atol=1e-5)
 

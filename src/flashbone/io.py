@@ -94,7 +94,8 @@ def config_from_json(d: dict[str, Any], where: str) -> tuple[BoneConfig, str]:
                     f"{where}: init_weights={init!r} is not a {peft_type} variant; expected "
                     f"true, false, 'bat'" + (" or 'mini'" if peft_type == "MISS" else "")
                 )
-            dropout = d.get("miss_dropout", d.get("bone_dropout", 0.0)) or 0.0
+            # PEFT accepts miss_dropout with bat and ignores it there: so do we
+            dropout = 0.0 if variant == "bat" else d.get("miss_dropout", 0.0) or 0.0
             cfg = BoneConfig(variant=variant, r=int(d["r"]),
                              mini_r=d.get("mini_r") if variant == "bone-mini" else None,
                              target_modules=d.get("target_modules") or "all-linear",

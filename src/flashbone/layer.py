@@ -85,8 +85,10 @@ class BlockAdapter(nn.Module):
         return {n: p.detach().to(dtype) for n, p in self.named_parameters(recurse=False)}
 
     def call(self, dtype: torch.dtype) -> AdapterCall:
+        """The tensors cast to the compute dtype (inside autograd), for the dispatcher."""
         params = {n: p.to(dtype) for n, p in self.named_parameters(recurse=False)}
-        return AdapterCall(self.variant, self.r, params, self.dropout, self.mini_r)
+        dropout = self.dropout if self.dropout is not None and self.training else None
+        return AdapterCall(self.variant, self.r, params, dropout, self.mini_r)
 
     def extra_repr(self) -> str:
         shapes = ", ".join(f"{n}={tuple(p.shape)}" for n, p in self.named_parameters(recurse=False))
