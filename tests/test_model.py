@@ -18,6 +18,7 @@ from flashbone import (
 )
 from flashbone.layer import SavedModule
 from flashbone.ops import use_backend
+from flashbone.variants import VARIANTS
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -178,7 +179,6 @@ def test_mixed_variants_on_one_layer_match_dense_reference(order):
     torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
     # the dense reference spelled out for one layer: W' = row(bat(W)), then + bone
     q = bm.model.model.layers[0].self_attn.q_proj
-    from flashbone.variants import VARIANTS
     w = q.weight
     for name in ["bat", "row", "bone"] if order[0] != "row" else ["row", "bat", "bone"]:
         ad = q.adapters[name]
@@ -276,7 +276,6 @@ def test_base_gemm_runs_in_base_dtype_with_fp32_adapters(variant, dtype):
 
 
 def _delta(ad, w):
-    from flashbone.variants import VARIANTS
     return VARIANTS[ad.variant].delta(w, ad.detached(w.dtype), ad.r)
 
 

@@ -1,9 +1,12 @@
-"""Every fast path equals the dense reference (float64, random non-zero weights)."""
+"""Every fast path equals the dense reference (float64, random non-zero weights), and
+builds and keeps only what its cheap form promises."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers.pytorch_utils import Conv1D
 
-from flashbone.layer import BlockAdapter
+from flashbone.layer import BlockAdapter, BoneLayer
 from flashbone.ops import adapted_linear, use_backend
 from flashbone.ops.torch_ops import add_to_blocks_, block_sum
 from flashbone.variants import VARIANTS
@@ -115,7 +118,6 @@ def test_bat_delta_pins_block_convention():
 
 # -- memory behaviour: what the fast paths build and what they keep for backward -----------
 
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 
 class _Sizes(TorchDispatchMode):
@@ -193,9 +195,6 @@ def test_weight_space_path_does_not_keep_w_prime(variant):
 
 # -- the layer-level path: BoneLayer over nn.Linear and GPT-2 Conv1D ---------------------
 
-from transformers.pytorch_utils import Conv1D  # noqa: E402
-
-from flashbone.layer import BoneLayer  # noqa: E402
 
 
 def _layer(kind, variant, out, inn, r, mini_r=None, names=("a",)):
