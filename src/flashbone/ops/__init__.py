@@ -187,6 +187,12 @@ def reference_weight(w: Tensor, calls: Sequence[AdapterCall]) -> Tensor:
     return w
 
 
+# GPU kernels (flashbone.kernels: Triton + cuBLAS) register their paths here; the import
+# needs neither CUDA nor Triton, and on CPU the PyTorch paths above stay in charge.
+from ..kernels import register as _register_kernels  # noqa: E402
+
+_register_kernels(register_gpu_path)
+
 __all__ = [
     "AdapterCall",
     "adapted_linear",

@@ -1,0 +1,110 @@
+"""GPU fast paths of the Bone family (Triton kernels + cuBLAS), chosen automatically on CUDA.
+
+    ops.adapted_linear(x on CUDA, backend "auto")
+        -> ops._GPU_PATHS[variant]  = one of the functions below (registered at import)
+            -> supported(x, r)?  yes: kernels.functions.<Variant>Cuda (Triton + cuBLAS)
+                                 no : the PyTorch path (ops.TORCH_PATHS[variant])
+
+Importing this package needs neither CUDA nor Triton: Triton is imported on the first CUDA
+call only. Supported: bf16/fp16 activations, ``r`` a power of two (16..256 for bone and
+bone-mini, 16..128 for the block-matrix variants), ``r`` dividing the GEMM sides where the
+variant needs it. Anything else takes the PyTorch path, which computes the same function.
+``FLASHBONE_KERNELS=0`` turns the kernels off (as does ``ops.set_backend("torch")``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+_AVAILABLE: bool | None = None
+
+
+def available() -> bool:
+    """True when the kernels can run here: CUDA, Triton, and not switched off."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        _AVAILABLE = (
+            os.environ.get("FLASHBONE_KERNELS", "1") != "0"
+            and torch.cuda.is_available()
+            and importlib.util.find_spec("triton") is not None
+        )
+    return _AVAILABLE
+
+
+def _pow2(r: int, hi: int) -> bool:
+    return 16 <= r <= hi and r & (r - 1) == 0
+
+
+def supported(variant: str, x: Tensor, w: Tensor, r: int) -> bool:
+    """Whether the kernels handle this call (else the PyTorch path runs)."""
+    if not (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and w.dtype == x.dtype):
+        return False
+    if not available():
+        return False
+    if variant in ("bone", "bone-mini"):
+        return _pow2(r, 256)
+    return _pow2(r, 128) and w.shape[0] % r == 0 and w.shape[1] % r == 0
+
+
+def _torch_path(variant: str):
+    from ..ops import TORCH_PATHS
+
+    return TORCH_PATHS[variant]
+
+
+def _rows(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _bone(x, w, bias, call):
+    if not supported(call.variant, x, w, call.r):
+        return _torch_path(call.variant)(x, w, bias, call)
+    from .functions import BoneCuda
+
+    b = call.bone_b(w.shape[0]).contiguous()
+    return BoneCuda.apply(_rows(x), w.contiguous(), bias, b, call.r)
+
+
+def _row_affine(x, w, bias, call):
+    if not supported(call.variant, x, w, call.r):
+        return _torch_path(call.variant)(x, w, bias, call)
+    from .functions import RowAffineCuda
+
+    if call.variant == "bone-ab":
+        a, c = call.params["A"].contiguous(), call.params["B"].contiguous()
+    else:
+        a, c = call.params["B"].contiguous(), None
+    return RowAffineCuda.apply(_rows(x), w.contiguous(), bias, a, c, call.r)
+
+
+def _weight_space(x, w, bias, call):
+    if not supported(call.variant, x, w, call.r):
+        return _torch_path(call.variant)(x, w, bias, call)
+    from .functions import WeightSpaceCuda
+
+    hadamard = call.variant == "bat-hadamard"
+    return WeightSpaceCuda.apply(_rows(x), w.contiguous(), bias, call.params["B"].contiguous(), hadamard)
+
+
+GPU_PATHS: dict[str, Callable] = {
+    "bone": _bone,
+    "bone-mini": _bone,
+    "bat-row": _row_affine,
+    "bone-ab": _row_affine,
+    "bat": _weight_space,
+    "bat-hadamard": _weight_space,
+}
+
+
+def register(register_gpu_path: Callable[[str, Callable], None]) -> None:
+    """Register every GPU path with the dispatcher (called by :mod:`flashbone.ops`)."""
+    for variant, fn in GPU_PATHS.items():
+        register_gpu_path(variant, fn)
+
+
+__all__ = ["available", "supported", "register", "GPU_PATHS"]

@@ -1,0 +1,183 @@
+"""CUDA autograd Functions of the Bone family: Triton kernels around cuBLAS GEMMs.
+
+Same math as :mod:`flashbone.ops.torch_ops`; what changes is how many passes over memory
+each step makes (``|x|`` = one read or write of a ``T x in`` tensor)::
+
+    bone        fwd  s = block_sum(x), z = s B            one read of x, z written (rank_r)
+                     y = z + x W^T   (+ bias)             GEMM accumulating onto z
+                bwd  ds = dy B^T, c = tile_in(ds)         one read of dy, c written (rank_r)
+                     dx = c + dy W;  dB = s^T dy          GEMM onto c; skinny GEMM over dy
+    row-affine  fwd  z, vsum = row_affine_fwd(x)          one read of x, one write of z
+                     y = tile_out(vsum) + z W^T           tile written (rank_r), GEMM onto it
+                bwd  g = block_sum(dy), c = tile_in(g)    one read of dy (rank_r)
+                     U = dy W (+ c for bat-row)           GEMM (onto c)
+                     dx, dA, dC = row_affine_bwd(U, x, g) one read of U and x, one write of dx
+    weight      fwd  W' = build(W, B); y = x W'^T         one pass over W, GEMM
+    space       bwd  W' rebuilt; dx = dy W'; G = dy^T x   two GEMMs (G: the third token GEMM)
+                     dB = weight_grad(W, G)               one read of W and G
+
+"Onto" means cuBLAS reads the addend as ``C`` with ``beta = 1`` (free in its epilogue);
+the alternative is one Triton GEMM that adds it before storing, never writing the addend.
+Which runs is :func:`gemm_mode` (``FLASHBONE_GEMM=cublas|triton|auto``; ``auto`` times both
+once per shape on first use and keeps the faster).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from . import replay
+from . import triton_kernels as K
+
+_MODE = os.environ.get("FLASHBONE_GEMM", "cublas")
+_CHOICE: dict[tuple, str] = {}
+
+
+def gemm_mode() -> str:
+    return _MODE
+
+
+def set_gemm_mode(mode: str) -> None:
+    """``"cublas"`` (default), ``"triton"`` or ``"auto"`` (time both once per shape)."""
+    global _MODE
+    if mode not in ("cublas", "triton", "auto"):
+        raise ValueError(f"unknown GEMM mode {mode!r}; choose cublas, triton or auto")
+    _MODE = mode
+
+
+def _pick(key: tuple, candidates: dict) -> str:
+    """The faster of the candidates for this shape, timed once (events, median of 5)."""
+    if _MODE != "auto":
+        return _MODE
+    if key in _CHOICE:
+        return _CHOICE[key]
+    if torch.cuda.is_current_stream_capturing():
+        return "cublas"
+    times = {}
+    for name, fn in candidates.items():
+        fn()
+        ts = []
+        for _ in range(5):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            fn()
+            e1.record()
+            e1.synchronize()
+            ts.append(e0.elapsed_time(e1))
+        times[name] = sorted(ts)[2]
+    _CHOICE[key] = min(times, key=times.get)
+    return _CHOICE[key]
+
+
+def _run(key: tuple, cublas_fn, triton_fn):
+    """Run the cuBLAS or the Triton version of one step (:func:`_pick` chooses; each
+    candidate recomputes everything it returns, so timing them is side-effect free)."""
+    return (triton_fn if _pick(key, {"cublas": cublas_fn, "triton": triton_fn}) == "triton"
+            else cublas_fn)()
+
+
+def _bias_grad(ctx, dy: Tensor, index: int) -> Tensor | None:
+    return dy.sum(0) if ctx.needs_input_grad[index] else None
+
+
+class BoneCuda(torch.autograd.Function):
+    """``y = x W^T + bias + (sum_b x_b) B`` for ``B (r, out)``; saves only ``s`` (``T x r``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int) -> Tensor:
+        out = w.shape[0]
+
+        def cublas():  # one pass: s = block_sum(x), z = s B + bias; then cuBLAS z += x W^T
+            s, z = K.rank_r(x, r, store_v=True, expand="matmul", e=b, n=out, bias=bias)
+            return s, z.addmm_(x, w.t())
+
+        def triton():
+            s = K.block_sum(x, r)
+            return s, K.mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
+
+        s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
+        ctx.save_for_backward(w, b, s)
+        ctx.r = r
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        w, b, s = ctx.saved_tensors
+        dy = dy.contiguous()
+        r, inn = ctx.r, w.shape[1]
+        dx = db = None
+        if ctx.needs_input_grad[0]:  # dx = dy W + tile_in(dy B^T)
+            dx = _run(("bone-bwd", dy.shape, w.shape, r),
+                      lambda: K.rank_r(dy, r, m=b.t(), expand="tile", n=inn)[1].addmm_(dy, w),
+                      lambda: K.mm_epilogue(dy, w, tile=dy @ b.t()))
+        if ctx.needs_input_grad[3]:
+            db = _run(("bone-db", dy.shape, r), lambda: s.t() @ dy,
+                      lambda: K.tn(s, dy).to(dy.dtype))
+        return dx, None, _bias_grad(ctx, dy, 2), db, None
+
+
+class RowAffineCuda(torch.autograd.Function):
+    """``y = (x + u) W^T + bias + tile_out(sum_b v_b)``; bat-row (``c=None``) and bone-ab."""
+
+    @staticmethod
+    def forward(ctx, x, w, bias, a, c, r: int):
+        z, vsum = K.row_affine_fwd(x, a, c)
+        y = _run(("row-fwd", x.shape, w.shape, r, bias is not None),
+                 lambda: K.rank_r(None, r, v=vsum, expand="tile", n=w.shape[0], out_dtype=x.dtype,
+                                  bias=bias)[1].addmm_(z, w.t()),
+                 lambda: K.mm_epilogue(z, w.t(), tile=vsum, bias=bias))
+        replay.save_input(ctx, x, w, a, c)
+        ctx.r = r
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, a, c = replay.saved_input(ctx)
+        dy = dy.contiguous()
+        r, inn = ctx.r, w.shape[1]
+        if c is None:  # bat-row: du = h + tile_in(g), g = sum_a dy_a
+            def cublas():
+                g, addend = K.rank_r(dy, r, store_v=True, expand="tile", n=inn)
+                return g, addend.addmm_(dy, w)
+
+            def triton():
+                g = K.block_sum(dy, r)
+                return g, K.mm_epilogue(dy, w, tile=g)
+
+            g, u = _run(("row-bwd", dy.shape, w.shape, r), cublas, triton)
+        else:  # bone-ab: h = dy W
+            g = K.block_sum(dy, r)
+            u = dy @ w
+        need = ctx.needs_input_grad
+        dx, da, dc = K.row_affine_bwd(u, x, g, a, c, need[0], need[3], c is not None and need[4])
+        return (dx, None, _bias_grad(ctx, dy, 2), None if da is None else da.to(a.dtype),
+                None if dc is None else dc.to(c.dtype), None)
+
+
+class WeightSpaceCuda(torch.autograd.Function):
+    """``y = x W'^T + bias``, ``W'`` built in one pass in forward and again in backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, bias, b, hadamard: bool):
+        w_new = K.weight_build(w, b, hadamard)
+        y = torch.addmm(bias, x, w_new.t()) if bias is not None else x @ w_new.t()
+        replay.save_input(ctx, x, w, b)
+        ctx.hadamard = hadamard
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, b = replay.saved_input(ctx)
+        dy = dy.contiguous()
+        dx = db = None
+        if ctx.needs_input_grad[0]:
+            w_new = K.weight_build(w, b, ctx.hadamard)
+            dx = dy @ w_new
+            del w_new
+        if ctx.needs_input_grad[3]:
+            g = dy.t() @ x  # gradient of W' (out, in): the third token GEMM
+            db = K.weight_grad(w, g, b.shape[1], ctx.hadamard).to(b.dtype)
+        return dx, None, _bias_grad(ctx, dy, 2), db, None

@@ -1,0 +1,177 @@
+"""Recompute a layer's input in backward from tensors the autograd graph keeps anyway.
+
+The weight-reading variants need ``x`` for their parameter gradient (``dB = f(dy, x)``), so
+saving it would add one ``T x in`` tensor per adapted input. A frozen base layer saves no
+input, but the ops that *produced* ``x`` often did save their own operands. In a Llama-style
+decoder layer::
+
+    x = w * (h * rsqrt(var)).to(bf16)    RMSNorm output: q/k/v and gate/up inputs
+        saved by the graph: w (by the outer mul), h and rsqrt(var) (by the inner mul)
+    x = silu(gate) * up                  down_proj input: both operands saved by the mul
+
+:func:`plan` walks ``x.grad_fn`` through ``mul``, ``.to(dtype)`` and reshapes, and returns a
+:class:`Replay` when every leaf of that walk is a tensor some node already saved (no extra
+memory: the graph holds them until after this layer's backward). Backward then recomputes
+``x`` with the same elementwise ops in the same dtypes: bitwise the same tensor. Consumers of
+one ``x`` (q, k and v) share one :class:`Replay`, so ``x`` is recomputed once.
+
+Anything else (other producers, saved-tensor hooks such as non-reentrant checkpointing, an
+in-place change) means no plan, and the caller saves ``x`` as usual. The first plans of a
+process are checked against ``x`` (``torch.equal``); a mismatch turns replay off for good.
+``FLASHBONE_REPLAY=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+_ENABLED = os.environ.get("FLASHBONE_REPLAY", "1") != "0"
+_VERIFY_LEFT = 8
+_VIEWS = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0")
+# id(input) -> (input, its version, Replay, sources): lives as long as the input does
+_SHARED: dict[int, tuple[weakref.ref, int, weakref.ref, list[Tensor]]] = {}
+
+
+def set_enabled(flag: bool) -> None:
+    global _ENABLED
+    _ENABLED = flag
+
+
+def enabled() -> bool:
+    return _ENABLED
+
+
+class Replay:
+    """Recomputes one tensor from ``sources``; shared by all its consumers.
+
+    It holds no tensor of its own between passes: each consumer saves ``sources`` with
+    ``ctx.save_for_backward`` (same storage as the graph's copies, so autograd frees them
+    after that node's backward and checks them for in-place changes), and passes them back
+    to :meth:`acquire`. The recomputed tensor is kept only from the first consumer's
+    backward to the last one's.
+    """
+
+    def __init__(self, fn: Callable[[Sequence[Tensor]], Tensor], shape: torch.Size,
+                 versions: list[int]):
+        self.fn, self.shape, self.versions = fn, shape, versions
+        self.pending = 0
+        self.value: Tensor | None = None
+
+    def acquire(self, sources: Sequence[Tensor]) -> Tensor:
+        """The recomputed tensor (computed by the first consumer, dropped after the last)."""
+        if self.value is None:
+            if [t._version for t in sources] != self.versions:
+                raise RuntimeError(
+                    "flashbone: a tensor needed to recompute a layer input was modified in "
+                    "place after the forward pass; set FLASHBONE_REPLAY=0 to save inputs instead"
+                )
+            self.value = self.fn(sources).reshape(self.shape)
+        value = self.value
+        self.pending -= 1
+        if self.pending <= 0:
+            self.value = None
+        return value
+
+
+def _hooks_active() -> bool:
+    try:
+        return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    except (AttributeError, RuntimeError):  # unknown PyTorch internals: be conservative
+        return True
+
+
+def _build(node, sources: list[Tensor], depth: int) -> Callable[[Sequence[Tensor]], Tensor] | None:
+    """A closure ``f(sources)`` recomputing ``node``'s forward output, or ``None``.
+
+    Saved tensors met on the way are appended to ``sources``; the closure reads them back by
+    position, so it holds no tensor itself."""
+    if node is None or depth > 6:
+        return None
+    name = type(node).__name__
+    if name == "MulBackward0":
+        parts = []
+        for idx, attr in ((0, "_saved_self"), (1, "_saved_other")):
+            t = getattr(node, attr, None)
+            if isinstance(t, Tensor):
+                sources.append(t)
+                parts.append(lambda src, i=len(sources) - 1: src[i])
+            else:
+                sub = _build(node.next_functions[idx][0], sources, depth + 1)
+                if sub is None:
+                    return None
+                parts.append(sub)
+        a, b = parts
+        return lambda src: torch.mul(a(src), b(src))
+    if name == "ToCopyBackward0" or name in _VIEWS:
+        meta = node._input_metadata[0]  # the forward output's dtype and shape
+        sub = _build(node.next_functions[0][0], sources, depth + 1)
+        if sub is None:
+            return None
+        if name == "ToCopyBackward0":
+            return lambda src: sub(src).to(meta.dtype)
+        shape = tuple(meta.shape)
+        return lambda src: sub(src).reshape(shape)
+    return None
+
+
+def plan(x: Tensor) -> tuple[Replay, list[Tensor]] | None:
+    """``(replay, sources)`` for ``x`` (a view of a layer input), or ``None`` to save ``x``.
+
+    The caller saves ``sources`` with ``ctx.save_for_backward`` and later calls
+    ``replay.acquire(saved_sources)``. Consumers of the same input share one :class:`Replay`.
+    """
+    global _VERIFY_LEFT, _ENABLED
+    base = x._base if x._base is not None else x  # inside Function.forward views have no grad_fn
+    if not (_ENABLED and base.grad_fn is not None) or _hooks_active():
+        return None
+    key = id(base)
+    hit = _SHARED.get(key)
+    if hit is not None and hit[0]() is base and hit[1] == base._version and hit[2]() is not None:
+        rp = hit[2]()
+        rp.pending += 1
+        return rp, hit[3]
+    if not (x.is_contiguous() and x.numel() == base.numel() and x.data_ptr() == base.data_ptr()):
+        return None
+    sources: list[Tensor] = []
+    try:
+        fn = _build(base.grad_fn, sources, 0)
+    except (RuntimeError, AttributeError, IndexError):  # freed or modified saved tensors
+        return None
+    if fn is None or not sources:
+        return None
+    if _VERIFY_LEFT > 0:
+        _VERIFY_LEFT -= 1
+        with torch.no_grad():
+            same = torch.equal(fn(sources).reshape(x.shape), x)
+        if not same:
+            _ENABLED = False
+            warnings.warn("flashbone: recomputing layer inputs did not reproduce them exactly; "
+                          "saving inputs instead from now on", RuntimeWarning, stacklevel=2)
+            return None
+    rp = Replay(fn, x.shape, [t._version for t in sources])
+    rp.pending = 1
+    # Shared while the input itself lives (its forward); the entry goes with it.
+    _SHARED[key] = (weakref.ref(base), base._version, weakref.ref(rp), sources)
+    weakref.finalize(base, _SHARED.pop, key, None)
+    return rp, sources
+
+
+def save_input(ctx, x: Tensor, *rest) -> None:
+    """In an autograd Function's forward: save ``x`` and ``rest`` for backward, where ``x``
+    is replaced by the tensors it can be recomputed from when :func:`plan` finds them."""
+    p = plan(x)
+    ctx.replay, ctx.n_src = (None, 1) if p is None else (p[0], len(p[1]))
+    ctx.save_for_backward(*([x] if p is None else p[1]), *rest)
+
+
+def saved_input(ctx) -> list:
+    """In backward: ``[x, *rest]`` as given to :func:`save_input` (``x`` recomputed if so)."""
+    saved = ctx.saved_tensors
+    src, rest = saved[: ctx.n_src], saved[ctx.n_src:]
+    return [src[0] if ctx.replay is None else ctx.replay.acquire(src), *rest]
