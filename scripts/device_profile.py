@@ -19,7 +19,7 @@ from flashbone import bench
 def main() -> int:
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
-    p.add_argument("--top", type=int, default=14)
+    p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", default=None)
     a = p.parse_args()
     dev, dtype = bench.resolve(a)
@@ -46,10 +46,10 @@ def main() -> int:
         ev = [e for e in prof.key_averages() if e.self_device_time_total > 0]
         ev.sort(key=lambda e: -e.self_device_time_total)
         total = sum(e.self_device_time_total for e in ev) / 2 / 1e3
-        rows = [(e.key[:90], e.self_device_time_total / 2 / 1e3, e.count // 2) for e in ev[: a.top]]
+        rows = [(e.key[:90], e.self_device_time_total / 2 / 1e3, e.count // 2) for e in ev]
         result[m] = {"gpu_ms_per_step": total, "top": rows}
         print(f"== {m}: GPU busy {total:.1f} ms/step")
-        for k, ms, n in rows:
+        for k, ms, n in rows[: a.top]:
             print(f"   {ms:8.2f} ms {n:5d}x  {k}")
         del model, opt, params
         gc.collect()
