@@ -131,6 +131,19 @@ def test_replay_holds_no_tensor_outside_save_for_backward():
     assert h.grad is not None and torch.isfinite(h.grad).all()
 
 
+def test_per_input_cache_lives_with_its_input_and_version():
+    x = torch.randn(6, 8)
+    replay.store(x.view(-1, 8), "tag", torch.ones(1))
+    assert replay.cached(x.view(-1, 8), "tag") is not None
+    assert replay.cached(x.view(-1, 8), "other") is None
+    x.add_(1)  # a new version: stale
+    assert replay.cached(x.view(-1, 8), "tag") is None
+    replay.store(x, "tag", torch.ones(1))
+    n = len(replay._PER_INPUT)
+    del x
+    assert len(replay._PER_INPUT) == n - 1
+
+
 def test_replay_steps_aside_for_saved_tensor_hooks_and_unknown_producers():
     w, h = torch.randn(8), torch.randn(4, 8, requires_grad=True)
     x = w * (h * 2.0).to(torch.bfloat16)
@@ -170,7 +183,8 @@ def _check_layer(variant, t, out, inn, r, dtype, mode="cublas", tol=2e-2):
         y = adapted_linear(x, w, bias, [ad.call(dtype)])
     finally:
         set_gemm_mode("cublas")
-    assert "Cuda" in type(y.grad_fn).__name__, y.grad_fn  # the kernel path ran
+    node = y.grad_fn  # adapted_linear views the 2-D result: the kernel's node is next
+    assert "Cuda" in type(node).__name__ or "Cuda" in type(node.next_functions[0][0]).__name__
     y.backward(dy)
     got = [y, x.grad] + [p.grad for p in ad.parameters()]
     x32 = x.detach().float().requires_grad_()

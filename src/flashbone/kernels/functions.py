@@ -3,7 +3,7 @@
 Same math as :mod:`flashbone.ops.torch_ops`; what changes is how many passes over memory
 each step makes (``|x|`` = one read or write of a ``T x in`` tensor)::
 
-    bone        fwd  s = block_sum(x), z = s B            one read of x, z written (rank_r)
+    bone        fwd  s = block_sum(x), z = s B            one read of x (shared by q/k/v), z written
                      y = z + x W^T   (+ bias)             GEMM accumulating onto z
                 bwd  ds = dy B^T, c = tile_in(ds)         one read of dy, c written (rank_r)
                      dx = c + dy W;  dB = s^T dy          GEMM onto c; skinny GEMM over dy
@@ -91,7 +91,13 @@ class BoneCuda(torch.autograd.Function):
         out = w.shape[0]
 
         def cublas():  # one pass: s = block_sum(x), z = s B + bias; then cuBLAS z += x W^T
-            s, z = K.rank_r(x, r, store_v=True, expand="matmul", e=b, n=out, bias=bias)
+            s = replay.cached(x, ("block_sum", r))  # q/k/v share one input: sum it once
+            if s is None:
+                s, z = K.rank_r(x, r, store_v=True, expand="matmul", e=b, n=out, bias=bias)
+                replay.store(x, ("block_sum", r), s)
+            else:
+                z = K.rank_r(None, r, v=s, expand="matmul", e=b, n=out, out_dtype=x.dtype,
+                             bias=bias)[1]
             return s, z.addmm_(x, w.t())
 
         def triton():

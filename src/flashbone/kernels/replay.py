@@ -175,3 +175,34 @@ def saved_input(ctx) -> list:
     saved = ctx.saved_tensors
     src, rest = saved[: ctx.n_src], saved[ctx.n_src:]
     return [src[0] if ctx.replay is None else ctx.replay.acquire(src), *rest]
+
+
+# ------------------------------------------------------------------ per-input small results
+# q/k/v (and gate/up) read the same input: what depends only on it (bone's block sum) is
+# computed by the first and reused by the others, for as long as that input lives.
+_PER_INPUT: dict[tuple[int, object], tuple[weakref.ref, int, Tensor]] = {}
+
+
+def _base_of(x: Tensor) -> Tensor | None:
+    base = x._base if x._base is not None else x
+    same = x.is_contiguous() and x.data_ptr() == base.data_ptr() and x.numel() == base.numel()
+    return base if same else None
+
+
+def cached(x: Tensor, tag: object) -> Tensor | None:
+    """The tensor stored with :func:`store` for this input (same object and version), if any."""
+    base = _base_of(x)
+    hit = _PER_INPUT.get((id(base), tag)) if base is not None else None
+    if hit is not None and hit[0]() is base and hit[1] == base._version:
+        return hit[2]
+    return None
+
+
+def store(x: Tensor, tag: object, value: Tensor) -> None:
+    """Keep ``value`` (a small tensor derived from ``x``) until ``x`` itself is freed."""
+    base = _base_of(x)
+    if base is None:
+        return
+    key = (id(base), tag)
+    _PER_INPUT[key] = (weakref.ref(base), base._version, value)
+    weakref.finalize(base, _PER_INPUT.pop, key, None)

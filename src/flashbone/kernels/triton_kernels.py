@@ -38,34 +38,47 @@ def _rank_r_kernel(a_ptr, m_ptr, e_ptr, v_ptr, o_ptr, bias_ptr, T, K, N, sa, smk
                    HAS_BIAS: tl.constexpr):
     # REDUCE 0: v = load(v_ptr)   1: v[t, j] = sum_b a[t, b*R + j]   2: v = a @ m   (m: K x R)
     # EXPAND 0: none   1: o[t, n] = v[t, n mod R]   2: o = v @ e   (e: R x N)
+    # BK and BN are multiples of R, so column c of a chunk sits at block offset c mod R.
     pid = tl.program_id(0)
     rows = pid * BT + tl.arange(0, BT)
     rmask = rows[:, None] < T
     j = tl.arange(0, R)
     if REDUCE == 0:
         v = tl.load(v_ptr + rows[:, None] * R + j[None, :], mask=rmask, other=0.0).to(tl.float32)
+    elif REDUCE == 1:  # (BT, BK/R, R) chunks summed over the middle axis
+        v = tl.zeros((BT, R), dtype=tl.float32)
+        c = tl.arange(0, BK // R)
+        off = c[None, :, None] * R + j[None, None, :]
+        for k0 in range(0, K, BK):
+            a = tl.load(a_ptr + rows[:, None, None] * sa + k0 + off,
+                        mask=(rows[:, None, None] < T) & (k0 + off < K), other=0.0)
+            v += tl.sum(a.to(tl.float32), axis=1)
     else:
         v = tl.zeros((BT, R), dtype=tl.float32)
         kk = tl.arange(0, BK)
         for k0 in range(0, K, BK):
             k = k0 + kk
             a = tl.load(a_ptr + rows[:, None] * sa + k[None, :], mask=rmask & (k[None, :] < K), other=0.0)
-            if REDUCE == 1:  # 0/1 matrix P[k, j] = (k mod R == j): the block sum on tensor cores
-                m = ((k[:, None] % R) == j[None, :]).to(a.dtype)
-            else:
-                m = tl.load(m_ptr + k[:, None] * smk + j[None, :] * smj, mask=k[:, None] < K, other=0.0)
+            m = tl.load(m_ptr + k[:, None] * smk + j[None, :] * smj, mask=k[:, None] < K, other=0.0)
             v = tl.dot(a, m, v)
-        if STORE_V:
-            tl.store(v_ptr + rows[:, None] * R + j[None, :], v.to(v_ptr.dtype.element_ty), mask=rmask)
-    if EXPAND != 0:
+    if REDUCE != 0 and STORE_V:
+        tl.store(v_ptr + rows[:, None] * R + j[None, :], v.to(v_ptr.dtype.element_ty), mask=rmask)
+    if EXPAND == 1:  # write v tiled: (BT, BN/R, R) chunks of the broadcast row block
+        vt = v.to(o_ptr.dtype.element_ty)
+        c = tl.arange(0, BN // R)
+        off = c[None, :, None] * R + j[None, None, :]
+        for n0 in range(0, N, BN):
+            o = tl.broadcast_to(vt[:, None, :], (BT, BN // R, R)).to(tl.float32)
+            if HAS_BIAS:
+                o += tl.load(bias_ptr + n0 + off, mask=n0 + off < N, other=0.0).to(tl.float32)
+            tl.store(o_ptr + rows[:, None, None] * so + n0 + off, o.to(o_ptr.dtype.element_ty),
+                     mask=(rows[:, None, None] < T) & (n0 + off < N))
+    elif EXPAND == 2:
         vb = v.to(o_ptr.dtype.element_ty)
         nn = tl.arange(0, BN)
         for n0 in range(0, N, BN):
             n = n0 + nn
-            if EXPAND == 1:
-                e = (j[:, None] == (n[None, :] % R)).to(vb.dtype)
-            else:
-                e = tl.load(e_ptr + j[:, None] * sej + n[None, :] * sen, mask=n[None, :] < N, other=0.0)
+            e = tl.load(e_ptr + j[:, None] * sej + n[None, :] * sen, mask=n[None, :] < N, other=0.0)
             o = tl.dot(vb, e)
             if HAS_BIAS:
                 o += tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
@@ -93,7 +106,10 @@ def rank_r(a: torch.Tensor | None, r: int, *, m: torch.Tensor | None = None,
     o = None
     if expand is not None:
         o = torch.empty(t, n, device=dev, dtype=out_dtype or (a if a is not None else v).dtype)
-    bt = 16 if t <= 16 * 4 * _num_sms(dev) else 32
+    # ~1 program per SM at T=4096: 32 rows each, 16 KB loads in flight per stage
+    bt = 32 if t >= 32 * _num_sms(dev) else 16
+    bk = max(256, r) if reduce == 1 else (128 if r <= 64 else 64)
+    bn = max(128, r) if expand == "tile" else (128 if r <= 64 else 64)
     dummy = o if o is not None else (v if v is not None else a)
     _rank_r_kernel[(triton.cdiv(t, bt),)](
         a if a is not None else dummy, m if m is not None else dummy, e if e is not None else dummy,
@@ -102,9 +118,9 @@ def rank_r(a: torch.Tensor | None, r: int, *, m: torch.Tensor | None = None,
         a.stride(0) if a is not None else 0, m.stride(0) if m is not None else 0,
         m.stride(1) if m is not None else 0, e.stride(0) if e is not None else 0,
         e.stride(1) if e is not None else 0, o.stride(0) if o is not None else 0,
-        R=r, BT=bt, BK=128 if r <= 64 else 64, BN=128 if r <= 64 else 64, REDUCE=reduce,
-        STORE_V=bool(reduce and store_v), EXPAND={None: 0, "tile": 1, "matmul": 2}[expand],
-        HAS_BIAS=bias is not None, num_warps=4, num_stages=4)
+        R=r, BT=bt, BK=bk, BN=bn, REDUCE=reduce, STORE_V=bool(reduce and store_v),
+        EXPAND={None: 0, "tile": 1, "matmul": 2}[expand], HAS_BIAS=bias is not None,
+        num_warps=8, num_stages=3)
     return v, o
 
 
