@@ -1,0 +1,304 @@
+"""The training loop: AdamW, cosine schedule without warmup, gradient clipping, accumulation,
+atomic checkpoints and exact resume.
+
+    step s uses micro-batches g = s*A + a  (a < A = grad_accum) of an endless, seeded stream:
+        epoch e = g // M, rows order_e[(g % M)*b : ...]     (M micro-batches per epoch)
+    loss_s = sum over the step's response tokens of -log p / (response tokens in the step)
+    grads clipped to --max-grad-norm; lr_s = lr * 0.5 * (1 + cos(pi * s / S))   (no warmup)
+
+The data position is a function of the step alone, so resuming needs only the step number,
+the trainable tensors, the optimizer and scheduler states and the RNG states:
+    DIR/checkpoints/step-00000040/{trainable.safetensors, trainer.pt, state.json}
+A checkpoint is written into ``.tmp-step-...``, fsynced, then renamed: a kill during a save
+leaves only a temp folder, which resume ignores.
+
+Several processes (issue 5): ``Dist(rank, world)`` makes rank r take micro-batches
+g*world + r, and only rank 0 writes; wrapping the model (DDP/FSDP) belongs in ``wrap``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import DataError, collate, epoch_order
+from .errors import BoneError
+
+_CKPT_RE = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(BoneError):
+    """A checkpoint that is missing, unreadable or from a run with other settings."""
+
+
+@dataclass
+class TrainSettings:
+    lr: float = 2e-5
+    batch_size: int = 4
+    grad_accum: int = 16
+    epochs: float = 1.0
+    max_steps: int | None = None
+    seed: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    stop_after: int | None = None
+    bf16: bool = False
+    progress: bool = True
+    fingerprint: dict = field(default_factory=dict)  # settings a resumed run must share
+
+
+@dataclass
+class Dist:
+    """Which process this is; one process by default."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def total_steps(n_rows: int, s: TrainSettings, world: int = 1) -> int:
+    if s.max_steps:
+        return int(s.max_steps)
+    per_epoch = math.ceil(n_rows / s.batch_size)
+    return max(1, math.ceil(s.epochs * per_epoch / (s.grad_accum * world)))
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(root: Path, step: int, params: dict[str, torch.Tensor], trainer: dict, state: dict,
+                    keep: int) -> Path:
+    """Write ``root/step-NNNNNNNN`` atomically (temp folder, fsync, rename) and keep the last ``keep``."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({n: p.detach().to("cpu").contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))
+    torch.save(trainer, tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    if final.exists():  # the same step saved before (e.g. --stop-after at a --save-every step)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(root)
+    done = sorted(p for p in root.iterdir() if _CKPT_RE.match(p.name))
+    for old in done[: max(0, len(done) - max(1, keep))]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint (temp folders of an interrupted save are ignored)."""
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if _CKPT_RE.match(p.name)
+                  and all((p / f).is_file() for f in ("trainable.safetensors", "trainer.pt", "state.json")))
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    try:
+        tensors = load_file(str(path / "trainable.safetensors"))
+        trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
+        state = json.loads((path / "state.json").read_text())
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to "
+                              "resume from the one before") from None
+    return tensors, trainer, state
+
+
+def check_resume(root: Path, fingerprint: dict) -> Path:
+    """The checkpoint to resume from; raises if there is none or its run had other settings."""
+    path = latest_checkpoint(root)
+    if path is None:
+        raise CheckpointError(f"--resume: no complete checkpoint under {root}; run without --resume to start "
+                              "(and with --save-every N to write some)")
+    try:
+        saved = json.loads((path / "state.json").read_text()).get("fingerprint", {})
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e}); delete it to resume from the one before") from None
+    for k, v in fingerprint.items():
+        if saved.get(k) != v:
+            raise CheckpointError(f"--resume: {path} was written with {k}={saved.get(k)!r}, this run has "
+                                  f"{k}={v!r}; resume with the same settings")
+    return path
+
+
+# -- the loop -------------------------------------------------------------------------------------
+class Trainer:
+    """Train ``model``'s trainable parameters on tokenized ``rows`` (``input_ids``, ``n_prompt``)."""
+
+    def __init__(self, model: torch.nn.Module, rows, pad_id: int, settings: TrainSettings, out_dir: Path,
+                 dist: Dist | None = None, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+        self.raw_model = model
+        self.model = wrap(model) if wrap else model
+        self.rows, self.pad_id, self.s, self.out = rows, pad_id, settings, Path(out_dir)
+        self.dist = dist or Dist()
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if not self.params:
+            raise BoneError("the model has no trainable parameters")
+        self.device = next(model.parameters()).device
+        self.per_epoch = math.ceil(len(rows) / settings.batch_size)
+        self.total = total_steps(len(rows), settings, self.dist.world)
+        self.opt = torch.optim.AdamW(list(self.params.values()), lr=settings.lr, weight_decay=settings.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.sched = get_cosine_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=self.total)
+        self._orders: dict[int, list[int]] = {}
+
+    def _micro_batch(self, g: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(g, self.per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: epoch_order(len(self.rows), self.s.seed, epoch)}
+        idx = self._orders[epoch][i * self.s.batch_size: (i + 1) * self.s.batch_size]
+        cols = self.rows[idx]
+        rows = [{"input_ids": a, "n_prompt": n} for a, n in zip(cols["input_ids"], cols["n_prompt"])]
+        return {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
+
+    def _step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        a, w, r = self.s.grad_accum, self.dist.world, self.dist.rank
+        return [self._micro_batch((step * a + k) * w + r) for k in range(a)]
+
+    def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.bf16 else contextlib.nullcontext()
+        with amp:
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
+                                                 ignore_index=-100, reduction="sum")
+
+    def _checkpoint(self, step: int, elapsed: float, tokens: int) -> None:
+        if not self.dist.is_main:
+            return
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        trainer = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng}
+        state = {"step": step, "total_steps": self.total, "elapsed_s": elapsed, "tokens": tokens,
+                 "fingerprint": self.s.fingerprint}
+        save_checkpoint(self.out / "checkpoints", step, self.params, trainer, state, self.s.keep_checkpoints)
+
+    def _resume(self) -> tuple[int, float, int]:
+        path = check_resume(self.out / "checkpoints", self.s.fingerprint)
+        tensors, trainer, state = load_checkpoint(path)
+        if set(tensors) != set(self.params):
+            raise CheckpointError(f"--resume: {path} holds other tensors than this model trains")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(tensors[n].to(p.dtype))
+        self.opt.load_state_dict(trainer["optimizer"])
+        self.sched.load_state_dict(trainer["scheduler"])
+        torch.set_rng_state(trainer["rng"]["cpu"])
+        if "cuda" in trainer["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
+        return int(state["step"]), float(state.get("elapsed_s", 0.0)), int(state.get("tokens", 0))
+
+    def _metrics_file(self, start: int):
+        path = self.out / "metrics.jsonl"
+        if start and path.exists():  # drop lines written after the checkpoint we resume from
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
+            path.write_text("".join(ln + "\n" for ln in keep))
+        elif not start and path.exists():
+            path.unlink()
+        return open(path, "a")
+
+    def _tensorboard(self, start: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=start + 1 if start else None)
+
+    def run(self, resume: bool = False) -> dict:
+        """Train to the last step (or ``stop_after``); returns a summary."""
+        start, elapsed0, tokens = self._resume() if resume else (0, 0.0, 0)
+        if start >= self.total:
+            return {"steps": start, "total_steps": self.total, "stopped": False, "final_loss": None,
+                    "tokens": tokens, "train_seconds": elapsed0}
+        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        metrics = self._metrics_file(start) if main else None
+        tb = self._tensorboard(start) if main else None
+        end = min(self.total, self.s.stop_after) if self.s.stop_after else self.total
+        bar = tqdm(total=self.total, initial=start, desc="train", disable=not (self.s.progress and main),
+                   dynamic_ncols=True)
+        t0, loss_v = time.time() - elapsed0, None
+        self.model.train()
+        try:
+            for step in range(start, end):
+                t_step = time.time()
+                batches = self._step_batches(step)
+                n_tok = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+                lr = self.sched.get_last_lr()[0]
+                loss_total = 0.0
+                for b in batches:
+                    loss = self._loss_sum(b) / max(n_tok, 1)
+                    loss.backward()
+                    loss_total += loss.item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.s.max_grad_norm)
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+                tokens += step_tokens
+                dt = time.time() - t_step
+                loss_v = loss_total
+                rec = {"step": step + 1, "loss": round(loss_v, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                       "tokens": tokens, "tokens_per_s": round(step_tokens / max(dt, 1e-9), 1),
+                       "elapsed_s": round(time.time() - t0, 3),
+                       "epoch": round((step + 1) * self.s.grad_accum * self.dist.world / self.per_epoch, 4)}
+                if main:
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
+                    if tb is not None:
+                        for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                            tb.add_scalar(f"train/{k}", rec[k], step + 1)
+                bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                bar.update(1)
+                if not math.isfinite(loss_v):
+                    raise BoneError(f"the loss became {loss_v} at step {step + 1}; lower --lr")
+                at_save = self.s.save_every and (step + 1) % self.s.save_every == 0
+                if at_save or (step + 1 == end and end < self.total):
+                    self._checkpoint(step + 1, time.time() - t0, tokens)
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
+            if tb is not None:
+                tb.close()
+        return {"steps": end, "total_steps": self.total, "stopped": end < self.total, "final_loss": loss_v,
+                "tokens": tokens, "train_seconds": round(time.time() - t0, 2)}
+
+
+def settings_dict(s: TrainSettings) -> dict:
+    return asdict(s)
+
+
+__all__ = ["TrainSettings", "Trainer", "Dist", "total_steps", "save_checkpoint", "latest_checkpoint",
+           "load_checkpoint", "check_resume", "CheckpointError", "DataError"]
