@@ -70,6 +70,11 @@ def test_finetuning_raises_heldout_accuracy(tmp_path, capsys):
     assert "held-out accuracy" in stdout
     rows = [json.loads(x) for x in (out / "eval_after.jsonl").read_text().splitlines()]
     assert len(rows) == 50 and {"prompt", "generation", "extracted", "gold", "correct"} <= set(rows[0])
+    # `flashbone eval` on the saved adapter scores the same held-out rows the same way
+    rc, stdout, err = flashbone(capsys, "eval", "--adapter", out / "adapter", "--max-samples", "50",
+                                "--out", tmp_path / "e.jsonl", "--no-progress")
+    assert rc == 0, err
+    assert f"({sum(r['correct'] for r in rows)}/50)" in stdout
 
 
 @pytest.mark.parametrize("method", ["bat", "lora"])

@@ -123,6 +123,8 @@ def _load_file(path: Path):
         raise DataError(f"--data {path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_KINDS)}")
     if path.stat().st_size == 0 or (kind != "parquet" and not path.read_bytes()[:4096].strip()):
         raise DataError(f"--data {path}: the file is empty")
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line error says it all
     try:
         return datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as e:
@@ -130,6 +132,8 @@ def _load_file(path: Path):
         cause = e.__cause__ or e.__context__
         detail = f"{msg}" + (f"; {type(cause).__name__}: {str(cause).splitlines()[0]}" if cause and str(cause) else "")
         raise DataError(f"--data {path}: could not be read as {kind} ({type(e).__name__}: {detail})") from None
+    finally:
+        datasets.logging.set_verbosity(level)
 
 
 def detect_fields(columns: Sequence[str], query_field: str | None, response_field: str | None,
