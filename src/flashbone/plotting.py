@@ -77,7 +77,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, inset_steps: int = 10
     ax.set_ylabel("training loss (response tokens)")
     ax.set_title(title or "Training loss")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    # the inset takes the upper right; the legend goes under it, clear of the early steep part
+    ax.legend(loc="upper right", bbox_to_anchor=(0.98, 0.42) if inset is not None else None, fontsize=8)
     if inset is not None:
         inset.set_title(f"first {inset_steps} steps", fontsize=8)
         inset.tick_params(labelsize=7)
