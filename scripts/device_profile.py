@@ -51,7 +51,7 @@ def main() -> int:
         print(f"== {m}: GPU busy {total:.1f} ms/step")
         for k, ms, n in rows[: a.top]:
             print(f"   {ms:8.2f} ms {n:5d}x  {k}")
-        del model, opt, params
+        model = opt = params = None
         gc.collect()
         torch.cuda.empty_cache()
     if a.out:

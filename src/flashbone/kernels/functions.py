@@ -9,9 +9,8 @@ each step makes (``|x|`` = one read or write of a ``T x in`` tensor)::
                      dx = c + dy W;  dB = s^T dy          GEMM onto c; skinny GEMM over dy
     row-affine  fwd  z, vsum = row_affine_fwd(x)          one read of x, one write of z
                      y = tile_out(vsum) + z W^T           tile written (rank_r), GEMM onto it
-                bwd  g = block_sum(dy), c = tile_in(g)    one read of dy (rank_r)
-                     U = dy W (+ c for bat-row)           GEMM (onto c)
-                     dx, dA, dC = row_affine_bwd(U, x, g) one read of U and x, one write of dx
+                bwd  g = block_sum(dy); h = dy W          one read of dy; the base GEMM
+                     dx, dA, dC = row_affine_bwd(h, x, g) one read of h and x, one write of dx
     weight      fwd  W' = build(W, B); y = x W'^T         one pass over W, GEMM
     space       bwd  W' rebuilt; dx = dy W'; G = dy^T x   two GEMMs (G: the third token GEMM)
                      dB = weight_grad(W, G)               one read of W and G
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from . import replay
 from . import triton_kernels as K
+from .triton_gemm import mm_epilogue
 
 _MODE = os.environ.get("FLASHBONE_GEMM", "cublas")
 _CHOICE: dict[tuple, str] = {}
@@ -102,7 +102,7 @@ class BoneCuda(torch.autograd.Function):
 
         def triton():
             s = K.block_sum(x, r)
-            return s, K.mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
+            return s, mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
 
         s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
         ctx.save_for_backward(w, b, s)
@@ -118,7 +118,7 @@ class BoneCuda(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # dx = dy W + tile_in(dy B^T)
             dx = _run(("bone-bwd", dy.shape, w.shape, r),
                       lambda: K.rank_r(dy, r, m=b.t(), expand="tile", n=inn)[1].addmm_(dy, w),
-                      lambda: K.mm_epilogue(dy, w, tile=dy @ b.t()))
+                      lambda: mm_epilogue(dy, w, tile=dy @ b.t()))
         if ctx.needs_input_grad[3]:
             db = _run(("bone-db", dy.shape, r), lambda: s.t() @ dy,
                       lambda: K.tn(s, dy).to(dy.dtype))
@@ -134,7 +134,7 @@ class RowAffineCuda(torch.autograd.Function):
         y = _run(("row-fwd", x.shape, w.shape, r, bias is not None),
                  lambda: K.rank_r(None, r, v=vsum, expand="tile", n=w.shape[0], out_dtype=x.dtype,
                                   bias=bias)[1].addmm_(z, w.t()),
-                 lambda: K.mm_epilogue(z, w.t(), tile=vsum, bias=bias))
+                 lambda: mm_epilogue(z, w.t(), tile=vsum, bias=bias))
         replay.save_input(ctx, x, w, a, c)
         ctx.r = r
         return y
@@ -143,20 +143,8 @@ class RowAffineCuda(torch.autograd.Function):
     def backward(ctx, dy):
         x, w, a, c = replay.saved_input(ctx)
         dy = dy.contiguous()
-        r, inn = ctx.r, w.shape[1]
-        if c is None:  # bat-row: du = h + tile_in(g), g = sum_a dy_a
-            def cublas():
-                g, addend = K.rank_r(dy, r, store_v=True, expand="tile", n=inn)
-                return g, addend.addmm_(dy, w)
-
-            def triton():
-                g = K.block_sum(dy, r)
-                return g, K.mm_epilogue(dy, w, tile=g)
-
-            g, u = _run(("row-bwd", dy.shape, w.shape, r), cublas, triton)
-        else:  # bone-ab: h = dy W
-            g = K.block_sum(dy, r)
-            u = dy @ w
+        g = K.block_sum(dy, ctx.r)  # g = sum_a dy_a: the gradient of every v_b
+        u = dy @ w  # h, the gradient of z = x + u; du = h + g is formed inside the kernel
         need = ctx.needs_input_grad
         dx, da, dc = K.row_affine_bwd(u, x, g, a, c, need[0], need[3], c is not None and need[4])
         return (dx, None, _bias_grad(ctx, dy, 2), None if da is None else da.to(a.dtype),

@@ -67,7 +67,7 @@ def ceilings(dev: torch.device, dtype: torch.dtype, measure) -> dict:
     y = torch.randn(m, m, device=dev, dtype=dtype)
     x @ y
     rate = 2 * m**3 / (measure(lambda: x @ y, 10) * 1e-3)
-    del a, b, x, y
+
     return {"copy_bytes_per_s": bw, "gemm_flops_per_s": rate}
 
 
@@ -168,7 +168,7 @@ def time_layer(methods, shapes, t, r, mini_r, dev, dtype, measure, reps, check=F
                                                 nbytes / rates["copy_bytes_per_s"])
                 if check:
                     row.update(case.check())
-                del case
+                case = None  # free its tensors before the next case
             except (RuntimeError, ValueError) as e:
                 row = {"shape": name, "in": i, "out": o, "count": count, "error": str(e)[:200]}
             rows.append(row)
