@@ -43,7 +43,7 @@ DEFAULT_METHODS = ["floor", *OURS, "peft-lora", "peft-miss", "peft-bat", "full"]
 # (layers, hidden, intermediate, heads, vocab, batch, seq, r, steps, warmup)
 SHAPES = {
     "cuda": dict(layers=8, hidden=4096, intermediate=11008, heads=32, vocab=32000, batch=4,
-                 seq=1024, r=64, steps=10, warmup=3),
+                 seq=1024, r=64, steps=20, warmup=3),
     "cpu": dict(layers=2, hidden=256, intermediate=704, heads=4, vocab=1000, batch=2, seq=128,
                 r=32, steps=5, warmup=2),
 }
