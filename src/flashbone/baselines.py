@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -96,6 +98,17 @@ def build(model: nn.Module, method: str, r: int, targets: list[str] | str, *, lo
     return _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir)
 
 
+@contextlib.contextmanager
+def _peft_quiet():
+    """Hide two upstream warnings that are not the user's concern: transformers' deprecation
+    of ``is_gradient_checkpointing`` (peft calls it) and peft's advice to convert PiSSA/OLoRA
+    adapters, which :func:`_build_peft` always does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*(PiSSA|OLoRA) changes the base weights.*")
+        yield
+
+
 def _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir) -> Adapted:
     from peft import LoraConfig, get_peft_model
 
@@ -106,8 +119,13 @@ def _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir) -> A
         raise BoneConfigError(f"--r {r} is larger than a side of an adapted weight; pick a smaller --r")
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none",
                      task_type="CAUSAL_LM", init_lora_weights=init, use_dora=method == "dora")
-    pm = get_peft_model(model, cfg)
-    pm.peft_config["default"].base_model_name_or_path = base_name
+    with _peft_quiet():
+        pm = get_peft_model(model, cfg)
+    # peft looks base_model_name_or_path up (locally, else on the Hub) when it saves: give it the
+    # folder, and write the portable name into the saved adapter_config.json afterwards
+    from .loading import resolve
+
+    pm.peft_config["default"].base_model_name_or_path = resolve(base_name)
     extra = {"lora_alpha": alpha}
     init_dir = None
     if method in ("pissa", "olora"):
@@ -122,9 +140,14 @@ def _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir) -> A
         if init_dir is None:
             pm.save_pretrained(str(folder), save_embedding_layers=False)
         else:
-            pm.save_pretrained(str(folder), path_initial_model_for_weight_conversion=str(init_dir),
-                               save_embedding_layers=False)
+            with _peft_quiet():
+                pm.save_pretrained(str(folder), path_initial_model_for_weight_conversion=str(init_dir),
+                                   save_embedding_layers=False)
             shutil.rmtree(init_dir.parent, ignore_errors=True)
+        cfg_file = Path(folder) / "adapter_config.json"
+        saved = json.loads(cfg_file.read_text())
+        saved["base_model_name_or_path"] = base_name
+        cfg_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         return Path(folder)
 
     return Adapted(pm, method, save, model, extra)
@@ -170,7 +193,8 @@ def attach_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     from peft import PeftModel
 
     try:
-        return PeftModel.from_pretrained(model, str(folder))
+        with _peft_quiet():
+            return PeftModel.from_pretrained(model, str(folder))
     except Exception as e:  # corrupt file, other base model, unknown peft type...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise AdapterFileError(f"--adapter {folder}: PEFT could not load it onto this model "
