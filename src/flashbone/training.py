@@ -6,14 +6,19 @@ atomic checkpoints and exact resume.
     loss_s = sum over the step's response tokens of -log p / (response tokens in the step)
     grads clipped to --max-grad-norm; lr_s = lr * 0.5 * (1 + cos(pi * s / S))   (no warmup)
 
+N processes (``Dist(rank, world)``, model wrapped by ``wrap``: DDP or FSDP2): rank r takes
+micro-batches g*N + r, so the step's rows are a one-process step's. The step's token count n
+is summed over all processes before backward; each process back-propagates
+    sum of its token losses * N / n
+and DDP/FSDP average the gradients over the N processes: the gradient is the one-process
+gradient of sum(all token losses) / n. The logged loss is the same global mean.
+
 The data position is a function of the step alone, so resuming needs only the step number,
-the trainable tensors, the optimizer and scheduler states and the RNG states:
+the trainable tensors, the optimizer and scheduler states and the RNG states (full tensors,
+gathered from the shards under FSDP, written by rank 0: the one-process format):
     DIR/checkpoints/step-00000040/{trainable.safetensors, trainer.pt, state.json}
 A checkpoint is written into ``.tmp-step-...``, fsynced, then renamed: a kill during a save
 leaves only a temp folder, which resume ignores.
-
-Several processes (issue 5): ``Dist(rank, world)`` makes rank r take micro-batches
-g*world + r, and only rank 0 writes; wrapping the model (DDP/FSDP) belongs in ``wrap``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import DataError, collate, epoch_order
+from .distributed import full_optimizer_state, full_tensor, gather_full, place_like, shard_optimizer_state
 from .errors import BoneError
 
 _CKPT_RE = re.compile(r"^step-(\d{8})$")
@@ -133,20 +139,25 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
     return tensors, trainer, state
 
 
-def check_resume(root: Path, fingerprint: dict) -> Path:
-    """The checkpoint to resume from; raises if there is none or its run had other settings."""
+def check_resume(root: Path, fingerprint: dict, world: int = 1) -> Path:
+    """The checkpoint to resume from; raises if there is none or its run had other settings
+    (or another number of processes)."""
     path = latest_checkpoint(root)
     if path is None:
         raise CheckpointError(f"--resume: no complete checkpoint under {root}; run without --resume to start "
                               "(and with --save-every N to write some)")
     try:
-        saved = json.loads((path / "state.json").read_text()).get("fingerprint", {})
+        state = json.loads((path / "state.json").read_text())
+        saved = state.get("fingerprint", {})
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {path} cannot be read ({e}); delete it to resume from the one before") from None
     for k, v in fingerprint.items():
         if saved.get(k) != v:
             raise CheckpointError(f"--resume: {path} was written with {k}={saved.get(k)!r}, this run has "
                                   f"{k}={v!r}; resume with the same settings")
+    if state.get("world", 1) != world:  # each process's share of a step depends on it
+        raise CheckpointError(f"--resume: {path} was written by a run of {state.get('world', 1)} process(es), this "
+                              f"one has {world}; resume with --nproc {state.get('world', 1)}")
     return path
 
 
@@ -193,26 +204,48 @@ class Trainer:
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
                                                  ignore_index=-100, reduction="sum")
 
+    def _all_sum(self, *values: float) -> list[float]:
+        """``values`` summed over all processes (float64)."""
+        if self.dist.world == 1:
+            return list(values)
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _accumulating(self, last: bool):
+        """DDP: all-reduce gradients only at the step's last micro-batch (FSDP reduce-scatters
+        each one: unsharded gradients are not kept between micro-batches)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if last or not isinstance(self.model, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
     def _checkpoint(self, step: int, elapsed: float, tokens: int) -> None:
-        if not self.dist.is_main:
+        main = self.dist.is_main  # every process takes part in gathering the shards
+        params = gather_full(self.params, keep=main)
+        optimizer = full_optimizer_state(self.opt.state_dict(), keep=main)
+        if not main:
             return
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        trainer = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng}
+        trainer = {"optimizer": optimizer, "scheduler": self.sched.state_dict(), "rng": rng}
         state = {"step": step, "total_steps": self.total, "elapsed_s": elapsed, "tokens": tokens,
-                 "fingerprint": self.s.fingerprint}
-        save_checkpoint(self.out / "checkpoints", step, self.params, trainer, state, self.s.keep_checkpoints)
+                 "world": self.dist.world, "fingerprint": self.s.fingerprint}
+        save_checkpoint(self.out / "checkpoints", step, params, trainer, state, self.s.keep_checkpoints)
 
     def _resume(self) -> tuple[int, float, int]:
-        path = check_resume(self.out / "checkpoints", self.s.fingerprint)
+        path = check_resume(self.out / "checkpoints", self.s.fingerprint, self.dist.world)
         tensors, trainer, state = load_checkpoint(path)
         if set(tensors) != set(self.params):
             raise CheckpointError(f"--resume: {path} holds other tensors than this model trains")
         with torch.no_grad():
             for n, p in self.params.items():
-                p.copy_(tensors[n].to(p.dtype))
-        self.opt.load_state_dict(trainer["optimizer"])
+                p.copy_(place_like(tensors[n].to(p.dtype), p))
+        self.opt.load_state_dict(shard_optimizer_state(trainer["optimizer"], list(self.params.values())))
         self.sched.load_state_dict(trainer["scheduler"])
         torch.set_rng_state(trainer["rng"]["cpu"])
         if "cuda" in trainer["rng"] and torch.cuda.is_available():
@@ -249,26 +282,31 @@ class Trainer:
         bar = tqdm(total=self.total, initial=start, desc="train", disable=not (self.s.progress and main),
                    dynamic_ncols=True)
         t0, loss_v = time.time() - elapsed0, None
+        if self.device.type == "cuda":  # the training peak, not loading's (FSDP loads whole, then shards)
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.model.train()
         try:
             for step in range(start, end):
                 t_step = time.time()
                 batches = self._step_batches(step)
-                n_tok = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+                n_tok = max(1, int(self._all_sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches))[0]))
                 lr = self.sched.get_last_lr()[0]
-                loss_total = 0.0
-                for b in batches:
-                    loss = self._loss_sum(b) / max(n_tok, 1)
-                    loss.backward()
-                    loss_total += loss.item()
-                grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.s.max_grad_norm)
+                loss_sum = torch.zeros((), device=self.device)
+                for k, b in enumerate(batches):
+                    with self._accumulating(last=k == len(batches) - 1):
+                        loss = self._loss_sum(b)
+                        (loss * (self.dist.world / n_tok)).backward()  # DDP/FSDP then average over world
+                    loss_sum += loss.detach()
+                grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(list(self.params.values()),
+                                                                        self.s.max_grad_norm))
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
-                step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+                loss_v, step_tokens = self._all_sum(float(loss_sum) / n_tok,
+                                                    sum(int(b["attention_mask"].sum()) for b in batches))
+                step_tokens = int(step_tokens)
                 tokens += step_tokens
                 dt = time.time() - t_step
-                loss_v = loss_total
                 rec = {"step": step + 1, "loss": round(loss_v, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
                        "tokens": tokens, "tokens_per_s": round(step_tokens / max(dt, 1e-9), 1),
                        "elapsed_s": round(time.time() - t0, 3),
@@ -292,8 +330,10 @@ class Trainer:
                 metrics.close()
             if tb is not None:
                 tb.close()
+        peak = (round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda"
+                else None)
         return {"steps": end, "total_steps": self.total, "stopped": end < self.total, "final_loss": loss_v,
-                "tokens": tokens, "train_seconds": round(time.time() - t0, 2)}
+                "tokens": tokens, "train_seconds": round(time.time() - t0, 2), "peak_gpu_memory_gib": peak}
 
 
 def settings_dict(s: TrainSettings) -> dict:
