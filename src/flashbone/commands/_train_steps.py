@@ -5,23 +5,34 @@
     eval_before / eval_after: held-out accuracy (skipped with --eval-task none)
     save_result: OUT/adapter (or OUT/model for --method full), written via a temp folder
     summarize / report / loss_plot: OUT/summary.json, the closing lines, OUT/loss.png
+
+Several processes (ctx["dist"]): every process loads, adapts and trains; evaluation rows are
+split between them and the records gathered; sharded (FSDP) tensors are gathered to full ones
+before rank 0, alone, writes anything.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 
-def load_base(v: dict) -> dict:
+def _dtype(v: dict, bf16: bool) -> torch.dtype:
+    # adapters train in fp32 on a bf16 base; full fine-tuning keeps fp32 master weights (autocast)
+    return torch.bfloat16 if bf16 and v["method"] != "full" else torch.float32
+
+
+def load_base(v: dict, device: torch.device | None = None) -> dict:
     """Device, tokenizer, tokenized data, evaluation rows and the base model (no adapters yet)."""
     from .. import baselines, data, loading
 
-    device = loading.pick_device(v["device"])
+    device = device or loading.pick_device(v["device"])
     bf16 = loading.use_bf16(v["precision"], device)
     tok = loading.load_tokenizer(v["model"])
     template = data.get_template(v["template"])
@@ -33,9 +44,7 @@ def load_base(v: dict) -> dict:
     eval_ds = None
     if v["eval_task"] != "none":  # read the held-out rows now: bad eval data fails before training
         eval_ds = data.load_rows(v["eval_data"], split="test", max_samples=v["eval_samples"])
-    # adapters train in fp32 on a bf16 base; full fine-tuning keeps fp32 master weights (autocast)
-    dtype = torch.bfloat16 if bf16 and v["method"] != "full" else torch.float32
-    model = loading.load_model(v["model"], dtype=dtype, device=device)
+    model = loading.load_model(v["model"], dtype=_dtype(v, bf16), device=device)
     v["targets_resolved"] = baselines.parse_targets(v["targets"], model)
     return {"device": device, "bf16": bf16, "tokenizer": tok, "template": template, "rows": rows, "n_cut": n_cut,
             "model": model, "eval": eval_ds}
@@ -49,9 +58,13 @@ def attach_method(v: dict, ctx: dict) -> None:
     if v["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    torch.manual_seed(v["seed"])
+    torch.manual_seed(v["seed"])  # the same in every process: the same initial adapter
+    work_dir = Path(v["out"])
+    if not ctx["dist"].is_main:  # PiSSA/OLoRA keep their initial adapter there; rank 0's is saved
+        work_dir = Path(tempfile.mkdtemp(prefix="flashbone-rank"))
+        atexit.register(shutil.rmtree, work_dir, True)
     ctx["adapted"] = baselines.build(model, v["method"], v["r"], v["targets_resolved"], lora_alpha=v["lora_alpha"],
-                                     mini_r=v["mini_r"], base_name=v["model"], work_dir=Path(v["out"]))
+                                     mini_r=v["mini_r"], base_name=v["model"], work_dir=work_dir)
 
 
 def _write_eval(path: Path, result: tuple[float, list[dict]]) -> None:
@@ -70,39 +83,80 @@ def eval_before(v: dict, ctx: dict, out: Path, eval_rows) -> float | None:
         acc = sum(r["correct"] for r in recs) / max(len(recs), 1)
     else:
         acc, recs = _eval(eval_rows, ctx["model"], v, ctx, "eval before")
-        _write_eval(path, (acc, recs))
+        if ctx["dist"].is_main:
+            _write_eval(path, (acc, recs))
     print(f"before     {v['eval_task']} accuracy {100 * acc:.1f}% on {len(recs)} held-out rows", flush=True)
     return acc
 
 
 def _eval(eval_rows, model, v: dict, ctx: dict, desc: str):
-    return eval_rows(model, ctx["tokenizer"], ctx["eval"], v["eval_task"], ctx["template"],
-                     max_new_tokens=v["max_new_tokens"], batch_size=v["eval_batch_size"], bf16=ctx["bf16"],
-                     progress=v["progress"], desc=desc)
+    """Accuracy and records; with N processes each scores a contiguous 1/N of the rows."""
+    d, rows = ctx["dist"], ctx["eval"]
+    if d.world > 1:
+        rows = rows.shard(num_shards=d.world, index=d.rank, contiguous=True)
+    recs = []
+    if len(rows):
+        _, recs = eval_rows(model, ctx["tokenizer"], rows, v["eval_task"], ctx["template"],
+                            max_new_tokens=v["max_new_tokens"], batch_size=v["eval_batch_size"], bf16=ctx["bf16"],
+                            progress=v["progress"] and d.is_main, desc=desc)
+    if d.world > 1:
+        from ..distributed import all_gather_objects
+
+        recs = [r for part in all_gather_objects(recs, d.world) for r in part]
+    return sum(r["correct"] for r in recs) / max(len(recs), 1), recs
 
 
-def eval_after(v: dict, ctx: dict, out: Path, eval_rows) -> float | None:
+def eval_after(v: dict, ctx: dict, out: Path, eval_rows, saved_to: Path) -> float | None:
+    """The trained model's accuracy; a sharded (FSDP) one is read back from what was saved,
+    since generation in lockstep through sharded layers would stall on uneven lengths."""
+    from .. import baselines, loading
+
     if v["eval_task"] == "none":
         return None
     model = ctx["adapted"].model
-    if v["gradient_checkpointing"]:
+    if any(_sharded(p) for p in model.parameters()):
+        model = loading.load_model(saved_to if v["method"] == "full" else v["model"],
+                                   dtype=_dtype(v, ctx["bf16"]), device=ctx["device"])
+        if v["method"] != "full":
+            model = baselines.attach_adapter(model, saved_to)
+    elif v["gradient_checkpointing"]:
         ctx["model"].config.use_cache = True
     res = _eval(eval_rows, model, v, ctx, "eval after")
-    _write_eval(out / "eval_after.jsonl", res)
+    if ctx["dist"].is_main:
+        _write_eval(out / "eval_after.jsonl", res)
     return res[0]
 
 
-def save_result(adapted, tokenizer, out: Path) -> Path:
-    """Write the adapter (or the whole model) through a temp folder, then rename into place."""
+def _sharded(p) -> bool:
+    from ..distributed import is_sharded
+
+    return is_sharded(p)
+
+
+def save_result(adapted, tokenizer, out: Path, dist=None) -> Path:
+    """Write the adapter (or the whole model) through a temp folder, then rename into place.
+    Rank 0 writes; sharded parameters are first gathered (every process takes part)."""
+    from ..distributed import full_parameters, gather_full
+
     name = "model" if adapted.method == "full" else "adapter"
     final, tmp = out / name, out / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    adapted.save(tmp)
-    if adapted.method == "full":
-        tokenizer.save_pretrained(str(tmp))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    main = dist is None or dist.is_main
+    params = dict(adapted.model.named_parameters())
+    sharded = {n: p for n, p in params.items() if _sharded(p) and p.requires_grad}  # what save reads
+    full = gather_full(sharded, keep=main)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with full_parameters(adapted.model, full):
+            adapted.save(tmp)
+        if adapted.method == "full":
+            tokenizer.save_pretrained(str(tmp))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    if dist is not None and dist.world > 1:  # eval_after may read the folder back
+        import torch.distributed
+
+        torch.distributed.barrier()
     return final
 
 
@@ -124,10 +178,12 @@ def summarize(v, adapted, result, before, after, saved_to, device, bf16, wall, n
         "trainable_params": adapted.n_trainable, "total_params": adapted.n_total,
         "model": v["model"], "data": v["data"], "train_rows": n_rows, "steps": result["steps"],
         "final_loss": result["final_loss"], "tokens": result["tokens"], "train_seconds": result["train_seconds"],
+        "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
         "wall_seconds": round(wall, 1), "eval_task": v["eval_task"], "accuracy_before": before,
         "accuracy_after": after, "saved": str(saved_to),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({cpu})",
-        "precision": "bf16" if bf16 else "fp32",
+        "precision": "bf16" if bf16 else "fp32", "processes": v.get("nproc", 1),
+        "strategy": v.get("strategy") if v.get("nproc", 1) > 1 else None,
         "versions": {"flashbone": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft_v},
     }

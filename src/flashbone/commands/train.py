@@ -6,6 +6,7 @@ format on tiny-math with `bone`, and its held-out accuracy is measured before an
   flashbone train                                          # built-in demo, a few minutes on a CPU
   flashbone train --model meta-llama/Llama-2-7b-hf --data meta-math/MetaMathQA --method bat --r 64
   flashbone train --out runs/x --save-every 50 ... ; flashbone train --out runs/x --resume
+  flashbone train --nproc 4 --strategy fsdp ...            # 4 processes (GPUs); or torchrun -m flashbone
 
 Defaults marked [paper] follow the papers (AdamW, lr 2e-5, cosine, no warmup, weight decay 0,
 clip 1.0, effective batch 64, max length 512). With the built-in tiny base the [tiny] recipe
@@ -16,7 +17,9 @@ OUT/config.yaml. Flags given explicitly always win.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import time
 from datetime import datetime
@@ -53,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--method", help="bone (default), bone-mini, bat, bat-row, bat-hadamard, bone-ab, "
                                     "lora, pissa, olora, dora, full")
-    g.add_argument("--r", type=int, help="block size / rank [paper: 64 for Bone/Bat, 36 for LoRA-like; tiny: 32/16]")
+    g.add_argument("--r", "--adapter-r", type=int, help="block size / rank [paper: 64 for Bone/Bat, 36 for LoRA-like; "
+                   "tiny: 32/16]; under torchrun write --adapter-r (torchrun reads --r as one of its own flags)")
     g.add_argument("--mini-r", type=int, help="bone-mini: distinct output columns (default: r)")
     g.add_argument("--targets", help="comma-separated module names (q,k,v,o,gate,up,down) or all-linear "
                                      "[the 7 projections of Llama-like models, all-linear elsewhere]")
@@ -78,6 +82,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-checkpoints", type=int, help="how many checkpoints to keep [2]")
     g.add_argument("--resume", action="store_true", help="continue OUT's run from its last complete checkpoint")
     g.add_argument("--stop-after", type=int, help="end after N steps with a checkpoint (continue with --resume)")
+    g = p.add_argument_group("several processes (docs/distributed.md)")
+    g.add_argument("--nproc", type=int, help="processes (one per GPU) this command starts through torch.distributed.run "
+                                             "[1; under torchrun: its number]; the global batch stays batch x accum")
+    g.add_argument("--strategy", choices=["ddp", "fsdp"], help="ddp: whole model in each process; fsdp: FSDP2, "
+                                                               "parameters sharded by decoder layer [ddp]")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     g = p.add_argument_group("evaluation before and after training")
     g.add_argument("--eval-task", choices=["none", "gsm8k", "math", "tiny-math"],
@@ -88,9 +97,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, help="generation length limit [paper 512; tiny 80]")
 
 
-def _resolve(args: argparse.Namespace) -> dict:
-    """Every setting with its final value; the tiny recipe replaces the paper's for the tiny base."""
-    from ..baselines import BONE_METHODS, METHODS
+def _resolve(args: argparse.Namespace, env=None) -> dict:
+    """Every setting with its final value; the tiny recipe replaces the paper's for the tiny base.
+    ``env``: the torchrun environment of this process (None: started alone)."""
+    from ..baselines import BONE_METHODS, METHODS, PEFT_METHODS
+    from ..distributed import split_batch
     from ..data import BUILTIN_DATA
     from ..loading import BUILTIN_MODEL, is_builtin
 
@@ -140,12 +151,24 @@ def _resolve(args: argparse.Namespace) -> dict:
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
     v["recipe"] = "tiny" if tiny else "paper"
+    if v["nproc"] is not None and (not isinstance(v["nproc"], int) or v["nproc"] < 1):
+        raise CLIError(f"--nproc must be a positive integer, got {v['nproc']!r}")
+    if env is not None and v["nproc"] not in (None, env.world):
+        raise CLIError(f"--nproc {v['nproc']}, but {env.world} processes were started (torchrun); "
+                       "leave --nproc out under torchrun")
+    v["nproc"] = env.world if env is not None else (v["nproc"] or 1)
+    v["strategy"] = v["strategy"] or "ddp"
+    if v["strategy"] == "fsdp" and v["method"] in PEFT_METHODS:
+        raise CLIError(f"--strategy fsdp does not support the peft method {v['method']} (its save reads "
+                       "unsharded tensors); use --strategy ddp")
+    v["proc_batch"] = split_batch(v["batch_size"], v["grad_accum"], v["nproc"])
     if v["out"] is None:
         v["out"] = f"runs/{v['method']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return v
 
 
-def _prepare_out(v: dict) -> Path:
+def _prepare_out(v: dict, write: bool = True) -> Path:
+    """Check ``--out`` (and empty it with --overwrite, create it where ``write``)."""
     out = Path(v["out"])
     if v["resume"]:
         if not (out / "checkpoints").is_dir():
@@ -154,9 +177,30 @@ def _prepare_out(v: dict) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not v["overwrite"]:
             raise CLIError(f"--out {out} is not empty; pass --overwrite to replace it, or --resume to continue it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        if write:
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """``args`` as flags again (--config files already merged), for the processes to start."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    argv = []
+    for a in p._actions:
+        val = getattr(args, a.dest, None)
+        if not a.option_strings or a.dest == "help" or val is None:
+            continue
+        flag = a.option_strings[0]
+        if isinstance(a, argparse.BooleanOptionalAction):
+            argv.append(flag if val else "--no-" + flag[2:])
+        elif a.nargs == 0:  # store_true
+            argv += [flag] if val else []
+        else:
+            argv += [flag, ",".join(map(str, val)) if isinstance(val, (list, tuple)) else str(val)]
+    return argv
 
 
 def _apply_saved_config(args: argparse.Namespace) -> None:
@@ -188,7 +232,9 @@ def _print_config(v: dict, ctx: dict) -> None:
         f"clip {v['max_grad_norm']:g}, batch {v['batch_size']} x accum {v['grad_accum']} "
         f"= {v['batch_size'] * v['grad_accum']}, {v['steps']} steps, seed {v['seed']}",
         f"compute    {ctx['device']}, {'bf16' if ctx['bf16'] else 'fp32'}"
-        + (", gradient checkpointing" if v["gradient_checkpointing"] else ""),
+        + (", gradient checkpointing" if v["gradient_checkpointing"] else "")
+        + (f"; {v['nproc']} processes, {v['strategy']}, each batch {v['proc_batch'][0]} x accum "
+           f"{v['proc_batch'][1]} per step" if v["nproc"] > 1 else ""),
         f"out        {v['out']}",
     ]
     print("\n".join(lines), flush=True)
@@ -203,38 +249,76 @@ def _print_method(v: dict, adapted) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..commands.evaluate import eval_rows
-    from ..training import Trainer, TrainSettings, check_resume, total_steps
-    from . import _train_steps as st
+    from .. import distributed
+    from ..training import check_resume
 
     t_wall = time.time()
     _apply_saved_config(args)
-    v = _resolve(args)
-    out = _prepare_out(v)
+    env = distributed.process_env()
+    v = _resolve(args, env)
+    if env is None and v["nproc"] > 1:  # start the processes; each runs this command again
+        out = _prepare_out(v, write=False)
+        if v["resume"]:
+            check_resume(out / "checkpoints", {k: v[k] for k in FINGERPRINT}, v["nproc"])
+        distributed.launch(v["nproc"], _argv(args))
+        return 0
+    if env is None:
+        return _train(args, v, t_wall)
+    quiet = open(os.devnull, "w") if env.rank else None  # rank 0 alone prints
+    with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+        rc = _train(args, v, t_wall, env)
+    distributed.finish()
+    return rc
+
+
+def _train(args: argparse.Namespace, v: dict, t_wall: float, env=None) -> int:
+    from .. import distributed, loading
+    from ..commands.evaluate import eval_rows
+    from ..training import Dist, Trainer, TrainSettings, check_resume, total_steps
+    from . import _train_steps as st
+
+    dist = Dist(env.rank, env.world) if env else Dist()
+    device = loading.pick_device(v["device"])
+    if env:
+        device = distributed.init(env, device)
+    out = _prepare_out(v, write=dist.is_main)
+    if env:  # rank 0 has emptied/created --out
+        import torch.distributed
+
+        torch.distributed.barrier()
     if v["resume"]:  # before anything loads or is written: same settings as the checkpoint's run?
-        check_resume(out / "checkpoints", {k: v[k] for k in FINGERPRINT})
-    ctx = st.load_base(v)
-    settings = TrainSettings(lr=v["lr"], batch_size=v["batch_size"], grad_accum=v["grad_accum"],
+        check_resume(out / "checkpoints", {k: v[k] for k in FINGERPRINT}, dist.world)
+    ctx = st.load_base(v, device)
+    ctx["dist"] = dist
+    batch, accum = v["proc_batch"]
+    settings = TrainSettings(lr=v["lr"], batch_size=batch, grad_accum=accum,
                              epochs=v["epochs"], max_steps=v["max_steps"] or None, seed=v["seed"],
                              weight_decay=v["weight_decay"], max_grad_norm=v["max_grad_norm"],
                              save_every=v["save_every"], keep_checkpoints=v["keep_checkpoints"],
                              stop_after=v["stop_after"] or None, bf16=ctx["bf16"], progress=v["progress"],
                              fingerprint={k: v[k] for k in FINGERPRINT})
-    v["steps"] = total_steps(len(ctx["rows"]), settings)
+    v["steps"] = total_steps(len(ctx["rows"]), settings, dist.world)
     _print_config(v, ctx)
-    (out / "config.yaml").write_text(yaml.safe_dump(
-        {k.replace("_", "-"): v[k] for k in vars(args) if k not in NOT_SAVED}, sort_keys=False))
+    if dist.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(
+            {k.replace("_", "-"): v[k] for k in vars(args) if k not in NOT_SAVED}, sort_keys=False))
     before = st.eval_before(v, ctx, out, eval_rows)
     st.attach_method(v, ctx)
     adapted = ctx["adapted"]
     _print_method(v, adapted)
-    result = Trainer(adapted.model, ctx["rows"], ctx["tokenizer"].pad_token_id, settings, out).run(resume=v["resume"])
+    wrap = distributed.wrapper(v["strategy"], device, ctx["bf16"], adapted.hf_model) if env else None
+    result = Trainer(adapted.model, ctx["rows"], ctx["tokenizer"].pad_token_id, settings, out,
+                     dist=dist, wrap=wrap).run(resume=v["resume"])
+    if env:  # one figure per process
+        result["peak_gpu_memory_gib"] = distributed.all_gather_objects(result.get("peak_gpu_memory_gib"), dist.world)
     if result["stopped"]:
         print(f"stopped after step {result['steps']} of {result['total_steps']}; checkpoint in "
               f"{out / 'checkpoints'}; continue with: flashbone train --out {out} --resume")
         return 0
-    saved_to = st.save_result(adapted, ctx["tokenizer"], out)
-    after = st.eval_after(v, ctx, out, eval_rows)
+    saved_to = st.save_result(adapted, ctx["tokenizer"], out, dist)
+    after = st.eval_after(v, ctx, out, eval_rows, saved_to)
+    if not dist.is_main:
+        return 0
     summary = st.summarize(v, adapted, result, before, after, saved_to, ctx["device"], ctx["bf16"],
                            time.time() - t_wall, len(ctx["rows"]))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
