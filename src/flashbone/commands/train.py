@@ -264,8 +264,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if env is None:
         return _train(args, v, t_wall)
-    quiet = open(os.devnull, "w") if env.rank else None  # rank 0 alone prints
-    with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        if env.rank:  # rank 0 alone prints
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         rc = _train(args, v, t_wall, env)
     distributed.finish()
     return rc
