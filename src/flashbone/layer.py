@@ -159,26 +159,39 @@ class BoneLayer(nn.Module):
         return heavy + [n for n in names if n not in heavy]
 
     # -- forward ------------------------------------------------------------------------
+    def _live(self) -> list[str]:
+        """Active, unmerged adapters in the order they apply (weight-reading ones first)."""
+        active = self.active_adapters
+        if len(active) == 1 and not self._merges:  # the common case, on every forward
+            return active
+        merged = self.merged_adapters
+        return self._ordered(a for a in active if a not in merged)
+
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        live = [a for a in self.active_adapters if a not in self.merged_adapters]
         if self.adapters_disabled:
-            if self.merged_adapters:
+            if self._merges:
                 raise MergeError(
                     "adapters are disabled but merged into the base weight; unmerge first"
                 )
             return self.base_layer(x, *args, **kwargs)
+        live = self._live()
         if not live:
             return self.base_layer(x, *args, **kwargs)
-        autocast = torch.is_autocast_enabled(x.device.type)
-        # the base weight's dtype, or autocast's: the base GEMM never runs upcast, and float32
-        # adapter tensors are cast down (the cast is part of autograd: gradients reach them)
-        dtype = torch.get_autocast_dtype(x.device.type) if autocast else self.weight.dtype
-        w, bias = self.weight, self.bias
-        with torch.autocast(x.device.type, enabled=False):
-            calls = [self.adapters[a].call(dtype) for a in self._ordered(live)]
-            y = adapted_linear(x.to(dtype), w.to(dtype), None if bias is None else bias.to(dtype), calls)
-        # the dtype the base layer itself returns: autocast's under autocast, else the input's
-        return y if autocast else y.to(x.dtype)
+        # Compute in the base weight's dtype, or autocast's: the base GEMM never runs upcast,
+        # and float32 adapter tensors are cast down (inside autograd: gradients reach them).
+        # The result has the dtype the base layer itself returns.
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return self._adapted(x.to(dtype), live, dtype)
+        dtype = self.base_layer.weight.dtype
+        return self._adapted(x.to(dtype), live, dtype).to(x.dtype)
+
+    def _adapted(self, x: Tensor, live: list[str], dtype: torch.dtype) -> Tensor:
+        bias = self.bias
+        calls = [self.adapters[a].call(dtype) for a in live]
+        return adapted_linear(x, self.weight.to(dtype), None if bias is None else bias.to(dtype), calls)
 
     # -- merge ------------------------------------------------------------------------
     # Merging computes in float32 (float64 stays) and casts to the base dtype once. Merged
