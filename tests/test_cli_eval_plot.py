@@ -47,3 +47,16 @@ def test_plot_several_runs(tmp_path, capsys):
 
     assert run_label(tmp_path / "bone") == "bone r=16 (180.2K trainable)"
     assert run_label(tmp_path / "lora").startswith("lora r=16 (")
+
+
+def test_eval_merged_and_unmerged_generate_the_same(tmp_path, capsys):
+    rc, _, err = train(capsys, tmp_path / "run", "--method", "bat", "--lr", "1e-2")
+    assert rc == 0, err
+    gens = {}
+    for flag in ("--merge", "--no-merge"):
+        out = tmp_path / f"e{flag}.jsonl"
+        rc, _, err = flashbone(capsys, "eval", "--adapter", tmp_path / "run" / "adapter", flag,
+                               "--max-samples", "4", "--max-new-tokens", "24", "--out", out, "--no-progress")
+        assert rc == 0, err
+        gens[flag] = [json.loads(x)["generation"] for x in out.read_text().splitlines()]
+    assert gens["--merge"] == gens["--no-merge"] and len(gens["--merge"]) == 4

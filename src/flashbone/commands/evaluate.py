@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="prompts per generation batch [16; tiny 100]")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None, help="auto: bf16 on GPU")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
+                   help="merge the adapter into the base before generating (no per-token adapter cost; "
+                        "computed in fp32, one rounding to the model dtype) [on]")
     p.add_argument("--out", help="per-example JSONL (default: runs/eval-<task>-<time>.jsonl)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
 
@@ -82,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     model = loading.load_model(args.model, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
     if args.adapter:
         model = baselines.attach_adapter(model, args.adapter)
+        if args.merge:
+            model = baselines.merge_into_base(model)
     acc, records = eval_rows(model, tok, ds, task, template, query_field=args.query_field,
                              answer_field=args.answer_field,
                              max_new_tokens=args.max_new_tokens or rec["max_new_tokens"],
