@@ -10,6 +10,11 @@ call only. Supported: bf16/fp16 activations, ``r`` a power of two (16..256 for b
 bone-mini, 16..128 for the block-matrix variants), ``r`` dividing the GEMM sides where the
 variant needs it. Anything else takes the PyTorch path, which computes the same function.
 ``FLASHBONE_KERNELS=0`` turns the kernels off (as does ``ops.set_backend("torch")``).
+
+Small calls take the PyTorch path too: below ``MIN_ELEMENTS`` input elements (tokens x in) a
+layer is bound by host launch overhead, where the kernels' extra launches cost more than their
+saved memory passes (H100, hidden 2048: the PyTorch path won at 2k tokens, the kernels at 4k;
+scripts/profile_small_batch.py, docs/kernel_notes.md). ``FLASHBONE_KERNEL_MIN_ELEMENTS`` sets it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor
 
 _AVAILABLE: bool | None = None
+MIN_ELEMENTS = int(os.environ.get("FLASHBONE_KERNEL_MIN_ELEMENTS", 1 << 23))
 
 
 def available() -> bool:
@@ -44,7 +50,7 @@ def supported(variant: str, x: Tensor, w: Tensor, r: int) -> bool:
     """Whether the kernels handle this call (else the PyTorch path runs)."""
     if not (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and w.dtype == x.dtype):
         return False
-    if not available():
+    if not available() or x.numel() < MIN_ELEMENTS:
         return False
     if variant in ("bone", "bone-mini"):
         return _pow2(r, 256)
