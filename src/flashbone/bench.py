@@ -193,7 +193,7 @@ def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: tor
     if dev.type == "cuda":
         _sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    times, losses = [], []
+    times, hosts, losses = [], [], []
     with backend:
         for _ in range(a.warmup + a.steps):
             t0 = time.perf_counter()
@@ -202,12 +202,14 @@ def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: tor
             if opt is not None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            hosts.append(time.perf_counter() - t0)  # host done queueing: near step_ms = host-bound
             _sync(dev)
             times.append(time.perf_counter() - t0)
             losses.append(float(loss.detach()))
     step = statistics.median(times[a.warmup:])
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     row = dict(method=method, trainable=n_train, step_ms=step * 1e3,
+               host_ms=statistics.median(hosts[a.warmup:]) * 1e3,
                tokens_per_s=a.batch * a.seq / step, peak_gib=peak,
                loss_finite=all(math.isfinite(x) for x in losses))
     if method == "peft-lora" or method.startswith("peft-lora-"):

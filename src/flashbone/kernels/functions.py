@@ -3,19 +3,22 @@
 Same math as :mod:`flashbone.ops.torch_ops`; what changes is how many passes over memory
 each step makes (``|x|`` = one read or write of a ``T x in`` tensor)::
 
-    bone        fwd  s = block_sum(x), z = s B            one read of x (shared by q/k/v), z written
+    bone        fwd  s = x P (block sum), z = s B         one read of x (shared by q/k/v), z written
                      y = z + x W^T   (+ bias)             GEMM accumulating onto z
-                bwd  ds = dy B^T, c = tile_in(ds)         one read of dy, c written (rank_r)
+                bwd  ds = dy B^T, c = tile_in(ds)         one read of dy, c written (Triton)
                      dx = c + dy W;  dB = s^T dy          GEMM onto c; skinny GEMM over dy
     row-affine  fwd  z, vsum = row_affine_fwd(x)          one read of x, one write of z
                      y = tile_out(vsum) + z W^T           tile written (rank_r), GEMM onto it
-                bwd  g = block_sum(dy); h = dy W          one read of dy; the base GEMM
+                bwd  g = dy P (block sum); h = dy W       one read of dy; the base GEMM
                      dx, dA, dC = row_affine_bwd(h, x, g) one read of h and x, one write of dx
     weight      fwd  W' = build(W, B); y = x W'^T         one pass over W, GEMM
     space       bwd  W' rebuilt; dx = dy W'; G = dy^T x   two GEMMs (G: the third token GEMM)
                      dB = weight_grad(W, G)               one read of W and G
 
-"Onto" means cuBLAS reads the addend as ``C`` with ``beta = 1`` (free in its epilogue);
+``P`` is the 0/1 matrix of :func:`.triton_kernels.block_ones`: the skinny GEMMs (``x P``,
+``s B``, ``dy B^T``, ``s^T dy``) go to cuBLAS, which streams these operands at least as fast as
+our Triton reduce and costs half its host time per launch (scripts/tune_kernels.py,
+scripts/host_overhead.py). "Onto" means cuBLAS reads the addend as ``C`` with ``beta = 1`` (free in its epilogue);
 the alternative is one Triton GEMM that adds it before storing, never writing the addend.
 Which runs is :func:`gemm_mode` (``FLASHBONE_GEMM=cublas|triton|auto``; ``auto`` times both
 once per shape on first use and keeps the faster).
@@ -88,16 +91,12 @@ class BoneCuda(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int) -> Tensor:
-        out = w.shape[0]
-
-        def cublas():  # one pass: s = block_sum(x), z = s B + bias; then cuBLAS z += x W^T
+        def cublas():  # s = block_sum(x) once per input, z = s B + bias, then z += x W^T
             s = replay.cached(x, ("block_sum", r))  # q/k/v share one input: sum it once
             if s is None:
-                s, z = K.rank_r(x, r, store_v=True, expand="matmul", e=b, n=out, bias=bias)
+                s = K.block_sum(x, r)
                 replay.store(x, ("block_sum", r), s)
-            else:
-                z = K.rank_r(None, r, v=s, expand="matmul", e=b, n=out, out_dtype=x.dtype,
-                             bias=bias)[1]
+            z = torch.addmm(bias, s, b) if bias is not None else s @ b
             return s, z.addmm_(x, w.t())
 
         def triton():
@@ -116,9 +115,10 @@ class BoneCuda(torch.autograd.Function):
         r, inn = ctx.r, w.shape[1]
         dx = db = None
         if ctx.needs_input_grad[0]:  # dx = dy W + tile_in(dy B^T)
+            ds = dy @ b.t()
             dx = _run(("bone-bwd", dy.shape, w.shape, r),
-                      lambda: K.rank_r(dy, r, m=b.t(), expand="tile", n=inn)[1].addmm_(dy, w),
-                      lambda: mm_epilogue(dy, w, tile=dy @ b.t()))
+                      lambda: K.rank_r(None, r, v=ds, expand="tile", n=inn)[1].addmm_(dy, w),
+                      lambda: mm_epilogue(dy, w, tile=ds))
         if ctx.needs_input_grad[3]:
             db = _run(("bone-db", dy.shape, r), lambda: s.t() @ dy,
                       lambda: K.tn(s, dy).to(dy.dtype))

@@ -12,7 +12,9 @@ decoder layer::
 :func:`plan` walks ``x.grad_fn`` through ``mul``, ``.to(dtype)`` and reshapes, and returns a
 :class:`Replay` when every leaf of that walk is a tensor some node already saved (no extra
 memory: the graph holds them until after this layer's backward). Backward then recomputes
-``x`` with the same elementwise ops in the same dtypes: bitwise the same tensor. Consumers of
+``x`` with the same elementwise ops in the same dtypes: bitwise the same tensor (on CUDA,
+RMSNorm's ``w * (h * rsqrt).to(bf16)`` runs as one Triton pass with the same roundings
+instead of three kernels and a float32 temporary). Consumers of
 one ``x`` (q, k and v) share one :class:`Replay`, so ``x`` is recomputed once.
 
 Anything else (other producers, saved-tensor hooks such as non-reentrant checkpointing, an
@@ -32,6 +34,7 @@ import torch
 from torch import Tensor
 
 _ENABLED = os.environ.get("FLASHBONE_REPLAY", "1") != "0"
+_FUSE = os.environ.get("FLASHBONE_REPLAY_FUSED", "1") != "0"  # one Triton pass for RMSNorm
 _VERIFY_LEFT = 8
 _VIEWS = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0")
 # id(input) -> (input, its version, Replay, sources): lives as long as the input does
@@ -86,11 +89,16 @@ def _hooks_active() -> bool:
         return True
 
 
-def _build(node, sources: list[Tensor], depth: int) -> Callable[[Sequence[Tensor]], Tensor] | None:
-    """A closure ``f(sources)`` recomputing ``node``'s forward output, or ``None``.
+# An expression recomputing a forward output from saved tensors, as nested tuples:
+#   ("src", i)  ("mul", e1, e2)  ("to", dtype, e)  ("reshape", shape, e)
+Expr = tuple
 
-    Saved tensors met on the way are appended to ``sources``; the closure reads them back by
-    position, so it holds no tensor itself."""
+
+def _build(node, sources: list[Tensor], depth: int) -> Expr | None:
+    """The expression recomputing ``node``'s forward output, or ``None``.
+
+    Saved tensors met on the way are appended to ``sources`` and named by position, so the
+    expression holds no tensor itself."""
     if node is None or depth > 6:
         return None
     name = type(node).__name__
@@ -100,24 +108,63 @@ def _build(node, sources: list[Tensor], depth: int) -> Callable[[Sequence[Tensor
             t = getattr(node, attr, None)
             if isinstance(t, Tensor):
                 sources.append(t)
-                parts.append(lambda src, i=len(sources) - 1: src[i])
+                parts.append(("src", len(sources) - 1))
             else:
                 sub = _build(node.next_functions[idx][0], sources, depth + 1)
                 if sub is None:
                     return None
                 parts.append(sub)
-        a, b = parts
-        return lambda src: torch.mul(a(src), b(src))
+        return ("mul", *parts)
     if name == "ToCopyBackward0" or name in _VIEWS:
         meta = node._input_metadata[0]  # the forward output's dtype and shape
         sub = _build(node.next_functions[0][0], sources, depth + 1)
         if sub is None:
             return None
         if name == "ToCopyBackward0":
-            return lambda src: sub(src).to(meta.dtype)
-        shape = tuple(meta.shape)
-        return lambda src: sub(src).reshape(shape)
+            return ("to", meta.dtype, sub)
+        return ("reshape", tuple(meta.shape), sub)
     return None
+
+
+def _evaluate(expr: Expr, src: Sequence[Tensor]) -> Tensor:
+    """Eager PyTorch, the same ops in the same dtypes as the forward: bitwise the same."""
+    op = expr[0]
+    if op == "src":
+        return src[expr[1]]
+    if op == "mul":
+        return torch.mul(_evaluate(expr[1], src), _evaluate(expr[2], src))
+    if op == "to":
+        return _evaluate(expr[2], src).to(expr[1])
+    return _evaluate(expr[2], src).reshape(expr[1])
+
+
+def _rmsnorm_operands(expr: Expr, src: Sequence[Tensor]) -> tuple[Tensor, ...] | None:
+    """``(w, h, s)`` when ``expr`` is ``w * (h * s).to(w.dtype)`` with ``h, s`` float32 CUDA
+    tensors and ``w`` half precision: RMSNorm's output, which one Triton pass recomputes."""
+    if expr[0] != "mul":
+        return None
+    for outer, inner in ((expr[1], expr[2]), (expr[2], expr[1])):
+        if (outer[0] == "src" and inner[0] == "to" and inner[2][0] == "mul"
+                and inner[2][1][0] == "src" and inner[2][2][0] == "src"):
+            w, h, s = src[outer[1]], src[inner[2][1][1]], src[inner[2][2][1]]
+            if (inner[1] == w.dtype and w.dtype in (torch.bfloat16, torch.float16)
+                    and h.dtype == s.dtype == torch.float32 and w.is_cuda and h.is_cuda
+                    and s.is_cuda):
+                return w, h, s
+    return None
+
+
+def _recompute(expr: Expr, src: Sequence[Tensor]) -> Tensor:
+    """Recompute ``expr``: one fused kernel for RMSNorm's output, else eager PyTorch."""
+    ops = _rmsnorm_operands(expr, src) if _FUSE else None
+    if ops is not None:
+        from .triton_kernels import mul_cast_mul
+
+        try:
+            return mul_cast_mul(*ops)
+        except RuntimeError:  # a broadcast that does not flatten to rows x columns
+            pass
+    return _evaluate(expr, src)
 
 
 def plan(x: Tensor) -> tuple[Replay, list[Tensor]] | None:
@@ -140,11 +187,15 @@ def plan(x: Tensor) -> tuple[Replay, list[Tensor]] | None:
         return None
     sources: list[Tensor] = []
     try:
-        fn = _build(base.grad_fn, sources, 0)
+        expr = _build(base.grad_fn, sources, 0)
     except (RuntimeError, AttributeError, IndexError):  # freed or modified saved tensors
         return None
-    if fn is None or not sources:
+    if expr is None or not sources:
         return None
+
+    def fn(src: Sequence[Tensor]) -> Tensor:
+        return _recompute(expr, src)
+
     if _VERIFY_LEFT > 0:
         _VERIFY_LEFT -= 1
         with torch.no_grad():

@@ -5,7 +5,8 @@ Shapes as in :mod:`flashbone.ops.torch_ops`: ``x (T, in)``, ``W (out, in)``, blo
 float32 and rounds once on store.
 
     rank_r           v = block_sum(a) | a @ M;  o = tile(v) | v @ E      (one read of a, o written;
-                     two launches: a K-split reduce with atomics, a 2-D-grid expand)
+                     two launches: a K-split reduce with atomics, a 2-D-grid expand; the
+                     default paths use only the expand: cuBLAS reduces faster, block_sum)
     tn               o = s^T d  for thin s (T, r)                        (one read of d, split over T)
     row_affine_fwd   z_b       = x_b + x_b A_b^T,  vsum += x_b C_b^T     (one read of x, z written)
     row_affine_bwd   du_b = h_b (+ g for bat-row);  dx_b = h_b + du_b A_b (+ g C_b)
@@ -14,6 +15,7 @@ float32 and rounds once on store.
                                = W_ab (1 + B_a) + B_a     (bat-hadamard)
     weight_grad      dB_a     += sum_b (W_ab + I)^T G_ab  (bat)          (one read of W, G)
                                = sum_b (W_ab + 1) * G_ab  (bat-hadamard)
+    mul_cast_mul     o = a * (b * c).to(a.dtype)   (RMSNorm output, recomputed by replay.py)
 
 ``tile(t)[m, n] = t[m, n mod r]``. All are memory-bound: each tensor is read once and written
 once; the small ``r x r`` products run on tensor cores. The token GEMMs stay with cuBLAS
@@ -29,6 +31,26 @@ import triton.language as tl
 
 def _grid_rows(t: int, bt: int) -> int:
     return triton.cdiv(t, bt)
+
+
+# Launch parameters of each kernel (block sizes, warps, pipeline depth). The defaults were
+# picked on an H100 by ``scripts/tune_kernels.py``, which sweeps them at the bench's layer
+# shapes; docs/kernel_notes.md has the sweep.
+CONFIG: dict[str, dict[str, int]] = {
+    "reduce": dict(BT=64, BK=256, num_warps=4, num_stages=3),
+    "expand": dict(BT=64, BN=128, num_warps=4, num_stages=3),
+    "row_affine_fwd": dict(BT=64, num_warps=4, num_stages=3),
+    "row_affine_bwd": dict(BT=64, num_warps=4, num_stages=3),
+    "weight_build": dict(num_warps=4, num_stages=3),
+    "weight_grad": dict(num_warps=8, num_stages=2),
+    "mul_cast_mul": dict(BR=4, BC=1024, num_warps=4, num_stages=3),
+}
+
+
+def _launch(name: str) -> dict[str, int]:
+    """``num_warps`` / ``num_stages`` of kernel ``name`` (the launch keywords)."""
+    c = CONFIG[name]
+    return {"num_warps": c["num_warps"], "num_stages": c["num_stages"]}
 
 
 # --------------------------------------------------------------------------- rank-r pass
@@ -94,14 +116,15 @@ def rank_r(a: torch.Tensor | None, r: int, *, m: torch.Tensor | None = None,
     if a is not None:
         t, k = a.shape
         vacc = torch.zeros(t, r, device=dev, dtype=torch.float32)
-        bt, bk = 64, max(256, r)
+        cfg = CONFIG["reduce"]
+        bt, bk = cfg["BT"], max(cfg["BK"], r)
         row_tiles = triton.cdiv(t, bt)
         splits = max(1, min(triton.cdiv(k, bk), triton.cdiv(4 * _num_sms(dev), row_tiles)))
         kchunk = triton.cdiv(triton.cdiv(k, splits), bk) * bk
         _reduce_kernel[(row_tiles, triton.cdiv(k, kchunk))](
             a, m if m is not None else a, vacc, t, k, kchunk, a.stride(0),
             m.stride(0) if m is not None else 0, m.stride(1) if m is not None else 0,
-            R=r, BT=bt, BK=bk, MATMUL=m is not None, num_warps=4)
+            R=r, BT=bt, BK=bk, MATMUL=m is not None, **_launch("reduce"))
         v = vacc.to(a.dtype) if store_v else vacc
         vsrc = v if expand == "matmul" else vacc  # the tile copies exact float32 sums
     else:
@@ -110,17 +133,39 @@ def rank_r(a: torch.Tensor | None, r: int, *, m: torch.Tensor | None = None,
     o = None
     if expand is not None:
         o = torch.empty(t, n, device=dev, dtype=out_dtype or (a if a is not None else v).dtype)
-        bt, bn = 64, 128
+        cfg = CONFIG["expand"]
+        bt, bn = cfg["BT"], cfg["BN"]
         _expand_kernel[(triton.cdiv(t, bt), triton.cdiv(n, bn))](
             vsrc, e if e is not None else o, o, bias if bias is not None else o, t, n,
             e.stride(0) if e is not None else 0, e.stride(1) if e is not None else 0, o.stride(0),
-            R=r, BT=bt, BN=bn, MATMUL=expand == "matmul", HAS_BIAS=bias is not None, num_warps=4)
+            R=r, BT=bt, BN=bn, MATMUL=expand == "matmul", HAS_BIAS=bias is not None,
+            **_launch("expand"))
     return v, o
 
 
+_ONES: dict[tuple, torch.Tensor] = {}
+
+
+def block_ones(k: int, r: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """``P (k, r)`` with ``P[i, i mod r] = 1``: ``x @ P`` is the block sum of ``x``'s columns
+    and ``v @ P^T`` tiles ``v``. Cached per shape, dtype and device (k x r: at most a few MB)."""
+    key = (k, r, dtype, torch.device(device))
+    p = _ONES.get(key)
+    if p is None:
+        p = torch.zeros(k, r, dtype=dtype, device=device)
+        idx = torch.arange(k, device=device)
+        p[idx, idx % r] = 1
+        _ONES[key] = p
+    return p
+
+
 def block_sum(x: torch.Tensor, r: int) -> torch.Tensor:
-    """``s = sum_b x_b`` of ``(T, in) -> (T, r)``; a partial last block is zero-padded."""
-    return rank_r(x, r, store_v=True)[0]
+    """``s = sum_b x_b`` of ``(T, in) -> (T, r)``; a partial last block is zero-padded.
+
+    One cuBLAS GEMM with the 0/1 matrix of :func:`block_ones` (float32 accumulation, rounded
+    once): on an H100 it streams x faster than the Triton reduce above (21.9 against 24.5 us at
+    4096 x 4096, scripts/tune_kernels.py) and costs half the host time to launch."""
+    return x @ block_ones(x.shape[1], r, x.dtype, x.device)
 
 
 @triton.jit
@@ -151,6 +196,39 @@ def tn(s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     _tn_kernel[(tiles, triton.cdiv(t, rows))](s, d, o, t, n, rows, s.stride(0), d.stride(0),
                                                R=r, BT=bt, BN=bn, num_warps=4)
     return o
+
+
+# --------------------------------------------------------------------------- input replay
+@triton.jit
+def _mul_cast_mul_kernel(a_ptr, b_ptr, c_ptr, o_ptr, ROWS, COLS, sar, sac, sbr, sbc, scr, scc,
+                         so, BR: tl.constexpr, BC: tl.constexpr):
+    # o = a * (b * c).to(o.dtype), each product in float32 rounded once, as eager PyTorch does
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)[None, :]
+    mask = (rows < ROWS) & (cols < COLS)
+    b = tl.load(b_ptr + rows * sbr + cols * sbc, mask=mask, other=0.0).to(tl.float32)
+    c = tl.load(c_ptr + rows * scr + cols * scc, mask=mask, other=0.0).to(tl.float32)
+    inner = (b * c).to(o_ptr.dtype.element_ty).to(tl.float32)
+    a = tl.load(a_ptr + rows * sar + cols * sac, mask=mask, other=0.0).to(tl.float32)
+    tl.store(o_ptr + rows * so + cols, (a * inner).to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def mul_cast_mul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``a * (b * c).to(a.dtype)`` with broadcasting, in one pass (RMSNorm's output
+    ``w * (h * rsqrt(var)).to(bf16)``: three eager kernels and a float32 temporary otherwise).
+    ``b`` and ``c`` float32, ``a`` half precision: then it equals the eager result bitwise.
+    Raises ``RuntimeError`` for broadcasts that do not flatten to rows x columns."""
+    shape = torch.broadcast_shapes(a.shape, b.shape, c.shape)
+    cols = shape[-1] if shape else 1
+    a2, b2, c2 = (t.expand(shape).view(-1, cols) for t in (a, b, c))
+    rows = a2.shape[0]
+    o = torch.empty(rows, cols, device=a.device, dtype=a.dtype)
+    cfg = CONFIG["mul_cast_mul"]
+    grid = (triton.cdiv(rows, cfg["BR"]), triton.cdiv(cols, cfg["BC"]))
+    _mul_cast_mul_kernel[grid](a2, b2, c2, o, rows, cols, a2.stride(0), a2.stride(1),
+                               b2.stride(0), b2.stride(1), c2.stride(0), c2.stride(1), o.stride(0),
+                               BR=cfg["BR"], BC=cfg["BC"], **_launch("mul_cast_mul"))
+    return o.view(shape)
 
 
 # --------------------------------------------------------------------------- row-affine
@@ -187,14 +265,14 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None):
     nb, r, _ = a.shape
     z = torch.empty_like(x)
     vsum = torch.zeros(t, r, device=x.device, dtype=torch.float32)
-    bt = 64
+    bt = CONFIG["row_affine_fwd"]["BT"]
     nt = _grid_rows(t, bt)
     groups = max(1, min(nb, (4 * _num_sms(x.device) + nt - 1) // nt))
     bpp = triton.cdiv(nb, groups)
     grid = (nt, triton.cdiv(nb, bpp))
     _row_affine_fwd_kernel[grid](x, a, c if c is not None else a, z, vsum, t, nb, bpp,
                                  x.stride(0), z.stride(0), R=r, BT=bt, HAS_C=c is not None,
-                                 num_warps=4)
+                                 **_launch("row_affine_fwd"))
     return z, vsum
 
 
@@ -252,14 +330,14 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
     dx = torch.empty_like(u) if need_dx else u
     da = torch.zeros(nb, r, r, device=u.device, dtype=torch.float32) if need_da else g
     dc = torch.zeros(nb, r, r, device=u.device, dtype=torch.float32) if need_dc else g
-    bt = 64
+    bt = CONFIG["row_affine_bwd"]["BT"]
     chunks = max(1, min(triton.cdiv(t, bt), (4 * _num_sms(u.device) + nb - 1) // nb))
     rows = triton.cdiv(triton.cdiv(t, chunks), bt) * bt
     grid = (nb, triton.cdiv(t, rows))
     _row_affine_bwd_kernel[grid](u, x, g, a, c if c is not None else a, dx, da, dc, t, rows,
                                  u.stride(0), x.stride(0), dx.stride(0), R=r, BT=bt,
                                  BONE_AB=c is not None, NEED_DX=need_dx, NEED_DA=need_da,
-                                 NEED_DC=need_dc, num_warps=4)
+                                 NEED_DC=need_dc, **_launch("row_affine_bwd"))
     return (dx if need_dx else None, da if need_da else None, dc if need_dc else None)
 
 
@@ -292,7 +370,8 @@ def weight_build(w: torch.Tensor, b: torch.Tensor, hadamard: bool) -> torch.Tens
     o = torch.empty(out, inn, device=w.device, dtype=w.dtype)
     bpp = _blocks_per_program(na, nb, w.device)
     _weight_build_kernel[(na, triton.cdiv(nb, bpp))](w, b, o, nb, bpp, w.stride(0), o.stride(0),
-                                                     R=r, HADAMARD=hadamard, num_warps=4)
+                                                     R=r, HADAMARD=hadamard,
+                                                     **_launch("weight_build"))
     return o
 
 
@@ -322,7 +401,8 @@ def weight_grad(w: torch.Tensor, g: torch.Tensor, r: int, hadamard: bool) -> tor
     db = torch.zeros(na, r, r, device=w.device, dtype=torch.float32)
     bpp = _blocks_per_program(na, nb, w.device)
     _weight_grad_kernel[(na, triton.cdiv(nb, bpp))](w, g, db, nb, bpp, w.stride(0), g.stride(0),
-                                                    R=r, HADAMARD=hadamard, num_warps=4)
+                                                    R=r, HADAMARD=hadamard,
+                                                    **_launch("weight_grad"))
     return db
 
 
