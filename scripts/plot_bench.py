@@ -2,10 +2,10 @@
 
     python scripts/plot_bench.py [docs/bench_results] [docs/benchmarks.png]
 
-Panels: (a) step time and peak memory over the floor, 8 layers of LLaMA2-7B width (run 4, with
-bat-row from run 5, the final code); (b) tokens/s on the full LLaMA2-7B shape with gradient
-checkpointing (run 3); (c) one layer's forward+backward over the frozen layer against tokens
-per step (run 3 sweep).
+Panels (all from device call 14, the final code; docs/bench_results/run14/): (a) step time and
+peak memory over the floor, 8 layers of LLaMA2-7B width; (b) tokens/s on the full LLaMA2-7B
+shape with gradient checkpointing; (c) training-step time over the floor against tokens per
+step (the sweep tables of run14.log, 4k being the main table).
 """
 import json
 import sys
@@ -21,11 +21,26 @@ def rows(path: Path) -> dict:
     return {r["method"]: r for r in json.loads(path.read_text())["rows"] if "error" not in r}
 
 
+def sweeps(log: Path) -> dict[str, dict[str, float]]:
+    """``{sweep name: {method: time / floor}}`` from the ``== sweep NAME`` tables of a log."""
+    out: dict[str, dict[str, float]] = {}
+    name = None
+    for line in log.read_text().splitlines():
+        if line.startswith("== sweep "):
+            name = line.split()[-1]
+            out[name] = {}
+        elif name and line and not line.startswith(("-", "method", "#")):
+            cells = line.split()
+            if len(cells) >= 7:
+                out[name][cells[0]] = float(cells[4])
+    return out
+
+
 def main() -> int:
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/bench_results")
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/benchmarks.png")
-    main_rows = rows(src / "run4_main.json")
-    main_rows["bat-row"] = rows(src / "run5_main.json")["bat-row"]
+    run = src / "run14"
+    main_rows = rows(run / "main.json")
     order = ["bone", "bone-mini", "bat", "bat-row", "bat-hadamard", "bone-ab", "peft-miss",
              "peft-lora", "full"]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -40,23 +55,23 @@ def main() -> int:
     ax[0].set_title("8 layers of LLaMA2-7B width, 4x1024 tokens, r=64", fontsize=10)
     ax[0].legend(fontsize=8)
 
-    big = rows(src / "run3_llama7b.json")
-    names = [m for m in ["floor", "bone", "bat", "bat-row", "peft-miss-bf16", "peft-lora-bf16",
-                         "peft-bat-bf16", "peft-miss", "peft-lora"] if m in big]
+    big = rows(run / "llama7b.json")
+    names = [m for m in ["floor", "bone", "bat-row", "bat", "peft-miss", "peft-lora"] if m in big]
     ax[1].barh(names[::-1], [big[m]["tokens_per_s"] for m in names[::-1]],
                color=["#3b6ea5" if not m.startswith("peft") else "#999999" for m in names[::-1]])
     ax[1].set_xlabel("tokens / s")
     ax[1].set_title("LLaMA2-7B (32 layers), grad. checkpointing, 8x512", fontsize=10)
 
-    sweep = json.loads((src / "run3_sweep_tokens.json").read_text())["sweep"]["points"]
-    toks = [p["tokens"] for p in sweep]
-    for m in ["bone", "bat-row", "bone-ab", "bat", "full"]:
-        ax[2].plot(toks, [p["x_frozen"][m] for p in sweep], marker="o", label=m)
+    sw = sweeps(run / "run14.log")
+    sw["tokens4k"] = {m: r["time_ratio"] for m, r in main_rows.items()}
+    toks = [2048, 4096, 8192, 16384]
+    for m in ["bone", "bat-row", "bat"]:
+        ax[2].plot(toks, [sw[f"tokens{t // 1024}k"][m] for t in toks], marker="o", label=m)
     ax[2].set_xscale("log", base=2)
-    ax[2].set_xlabel("tokens per step")
-    ax[2].set_ylabel("layer fwd+bwd / frozen")
-    ax[2].set_ylim(1.0, 3.0)
-    ax[2].set_title("one decoder layer's 7 projections (kernel bench)", fontsize=10)
+    ax[2].set_xlabel("tokens per step (8 layers, hidden 4096)")
+    ax[2].set_ylabel("step time / floor")
+    ax[2].set_ylim(1.0, 2.1)
+    ax[2].set_title("training step against tokens per step", fontsize=10)
     ax[2].legend(fontsize=8)
     fig.suptitle("flashbone on one H100 (bf16, AdamW, ratios to the frozen base measured in the same run)",
                  fontsize=11)

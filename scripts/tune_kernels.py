@@ -36,11 +36,17 @@ def bench(fn) -> float:
 
 
 class Sweep:
-    def __init__(self, bw: float):
+    def __init__(self, bw: float, only: set[str] | None = None):
         self.bw, self.rows, self.default = bw, [], copy.deepcopy(K.CONFIG)
+        self.only = only
+
+    def wanted(self, name: str) -> bool:
+        return self.only is None or name in self.only
 
     def run(self, kernel: str, shape: str, nbytes: float, grid: dict, call, check) -> None:
         """Time ``call()`` under every config of ``grid`` (merged into the default)."""
+        if not self.wanted(kernel):
+            return
         keys = list(grid)
         results = []
         for values in itertools.product(*grid.values()):
@@ -66,6 +72,8 @@ class Sweep:
               f"err {row['max_err']:.1e}  {best[2]}", flush=True)
 
     def alt(self, name: str, shape: str, nbytes: float, fns: dict) -> None:
+        if not self.wanted(name):
+            return
         times = {k: bench(f) for k, f in fns.items()}
         self.rows.append({"alternative": name, "shape": shape, "ms": times})
         cells = "  ".join(f"{k} {v*1e3:7.1f} us ({100*nbytes/(v*1e-3)/self.bw:4.0f}%)"
@@ -116,6 +124,7 @@ def main() -> int:
     p.add_argument("--inter", type=int, default=11008)
     p.add_argument("--r", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="fewer configurations")
+    p.add_argument("--only", default=None, help="comma list of kernels to sweep (default: all)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     dev, bf = torch.device("cuda"), torch.bfloat16
@@ -126,7 +135,7 @@ def main() -> int:
     src = dst = None
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}  copy {bw/1e12:.2f} TB/s  "
           f"T={t} hidden={a.hidden} inter={a.inter} r={r}")
-    sw = Sweep(bw)
+    sw = Sweep(bw, set(a.only.split(",")) if a.only else None)
     warps = [4, 8]
     stages = [2, 3] if not a.quick else [3]
 
@@ -166,14 +175,14 @@ def main() -> int:
         xb = x.float().view(t, -1, r)
         zref = (xb + torch.einsum("tbk,bjk->tbj", xb, am.float())).reshape(t, k)
         sw.run("row_affine_fwd", f"{t}x{k}", e * 2 * t * k,
-               {"BT": [32, 64, 128], "num_warps": warps, "num_stages": stages},
+               {"BT": [32, 64, 128], "PER_SM": [1, 2, 4, 8], "num_warps": warps},
                lambda: K.row_affine_fwd(x, am, None)[0], lambda z: rel(z, zref))
         u = torch.randn(t, k, device=dev, dtype=bf)
         gs = torch.randn(t, r, device=dev, dtype=bf)
         du = u.float().view(t, -1, r) + gs.float()[:, None, :]
         dxref = (u.float().view(t, -1, r) + torch.einsum("tbj,bjk->tbk", du, am.float())).reshape(t, k)
         sw.run("row_affine_bwd", f"{t}x{k}", e * 3 * t * k,
-               {"BT": [32, 64, 128], "num_warps": warps, "num_stages": stages},
+               {"BT": [32, 64, 128], "PER_SM": [1, 2, 4, 8], "num_warps": warps},
                lambda: K.row_affine_bwd(u, x, gs, am, None, True, True, False)[0],
                lambda dx: rel(dx, dxref))
 
@@ -201,7 +210,8 @@ def main() -> int:
         sw.alt("rmsnorm replay", f"{t}x{k}", (4 + 2) * t * k,
                {"eager": lambda: wn * (h * rs).to(bf), "fused": lambda: K.mul_cast_mul(wn, h, rs)})
 
-    host_overhead(sw, t, a.hidden, r)
+    if sw.wanted("host"):
+        host_overhead(sw, t, a.hidden, r)
     bad = [r for r in sw.rows if r.get("max_err", 0) > 1e-2]
     print(f"# {len(sw.rows)} rows; configurations over 1e-2 error: {len(bad)}")
     if a.json:

@@ -170,6 +170,33 @@ def test_replay_refuses_a_source_changed_in_place():
         rp.acquire(sources)
 
 
+def test_kernel_launch_config_env_override(monkeypatch):
+    K = pytest.importorskip("flashbone.kernels.triton_kernels")  # needs Triton, not CUDA
+    saved = {k: dict(v) for k, v in K.CONFIG.items()}
+    try:
+        monkeypatch.setenv("FLASHBONE_KERNEL_CONFIG", '{"expand": {"BT": 32}}')
+        K._env_overrides()
+        assert K.CONFIG["expand"]["BT"] == 32 and K.CONFIG["expand"]["BN"] == saved["expand"]["BN"]
+        monkeypatch.setenv("FLASHBONE_KERNEL_CONFIG", '{"expnd": {"BT": 32}}')
+        with pytest.raises(ValueError, match="unknown kernel 'expnd'"):
+            K._env_overrides()
+    finally:
+        K.CONFIG.clear()
+        K.CONFIG.update(saved)
+
+
+@pytest.mark.parametrize("k,r", [(256, 64), (200, 64), (48, 16)])
+def test_block_ones_gives_the_block_sum_and_the_tile(k, r):
+    K = pytest.importorskip("flashbone.kernels.triton_kernels")
+    x = torch.randn(7, k, dtype=torch.float64)
+    p = K.block_ones(k, r, torch.float64, "cpu")
+    ref = torch.nn.functional.pad(x, (0, (-k) % r)).view(7, -1, r).sum(1)
+    torch.testing.assert_close(x @ p, ref)
+    v = torch.randn(7, r, dtype=torch.float64)
+    torch.testing.assert_close(v @ p.t(), v.repeat(1, -(-k // r))[:, :k])
+    assert K.block_ones(k, r, torch.float64, "cpu") is p  # cached
+
+
 # ----------------------------------------------------------------------------- CUDA only
 def _rel(got, want):
     got, want = got.detach().float(), want.detach().float()

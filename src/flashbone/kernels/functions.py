@@ -31,7 +31,7 @@ import os
 import torch
 from torch import Tensor
 
-from . import replay
+from . import replay, tma_gemm
 from . import triton_kernels as K
 from .triton_gemm import mm_epilogue
 
@@ -100,7 +100,13 @@ class BoneCuda(torch.autograd.Function):
             return s, z.addmm_(x, w.t())
 
         def triton():
-            s = K.block_sum(x, r)
+            s = replay.cached(x, ("block_sum", r))
+            if s is None:
+                s = K.block_sum(x, r)
+                replay.store(x, ("block_sum", r), s)
+            bt = b.t().contiguous()
+            if tma_gemm.usable(x, w, s, bt):
+                return s, tma_gemm.bone_gemm(x, w, s, k_major=True, bt=bt, bias=bias)
             return s, mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
 
         s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
@@ -118,11 +124,19 @@ class BoneCuda(torch.autograd.Function):
             ds = dy @ b.t()
             dx = _run(("bone-bwd", dy.shape, w.shape, r),
                       lambda: K.rank_r(None, r, v=ds, expand="tile", n=inn)[1].addmm_(dy, w),
-                      lambda: mm_epilogue(dy, w, tile=ds))
+                      lambda: (tma_gemm.bone_gemm(dy, w, ds, k_major=False)
+                               if tma_gemm.usable(dy, w, ds) else mm_epilogue(dy, w, tile=ds)))
         if ctx.needs_input_grad[3]:
             db = _run(("bone-db", dy.shape, r), lambda: s.t() @ dy,
                       lambda: K.tn(s, dy).to(dy.dtype))
         return dx, None, _bias_grad(ctx, dy, 2), db, None
+
+
+def _row_affine_triton(z: Tensor, w: Tensor, vsum: Tensor, bias: Tensor | None) -> Tensor:
+    v = vsum.to(z.dtype)
+    if tma_gemm.usable(z, w, v):
+        return tma_gemm.bone_gemm(z, w, v, k_major=True, bias=bias)
+    return mm_epilogue(z, w.t(), tile=vsum, bias=bias)
 
 
 class RowAffineCuda(torch.autograd.Function):
@@ -134,7 +148,7 @@ class RowAffineCuda(torch.autograd.Function):
         y = _run(("row-fwd", x.shape, w.shape, r, bias is not None),
                  lambda: K.rank_r(None, r, v=vsum, expand="tile", n=w.shape[0], out_dtype=x.dtype,
                                   bias=bias)[1].addmm_(z, w.t()),
-                 lambda: mm_epilogue(z, w.t(), tile=vsum, bias=bias))
+                 lambda: _row_affine_triton(z, w, vsum, bias))
         replay.save_input(ctx, x, w, a, c)
         ctx.r = r
         return y

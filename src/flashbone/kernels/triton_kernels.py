@@ -39,12 +39,29 @@ def _grid_rows(t: int, bt: int) -> int:
 CONFIG: dict[str, dict[str, int]] = {
     "reduce": dict(BT=64, BK=256, num_warps=4, num_stages=3),
     "expand": dict(BT=64, BN=128, num_warps=4, num_stages=3),
-    "row_affine_fwd": dict(BT=64, num_warps=4, num_stages=3),
-    "row_affine_bwd": dict(BT=64, num_warps=4, num_stages=3),
+    "row_affine_fwd": dict(BT=64, PER_SM=4, num_warps=4, num_stages=3),
+    "row_affine_bwd": dict(BT=64, PER_SM=2, num_warps=4, num_stages=3),
     "weight_build": dict(num_warps=4, num_stages=3),
     "weight_grad": dict(num_warps=8, num_stages=2),
     "mul_cast_mul": dict(BR=4, BC=1024, num_warps=4, num_stages=3),
 }
+
+
+def _env_overrides() -> None:
+    """``FLASHBONE_KERNEL_CONFIG='{"weight_grad": {"num_warps": 4}}'`` overrides CONFIG entries."""
+    import json
+    import os
+
+    text = os.environ.get("FLASHBONE_KERNEL_CONFIG")
+    if text:
+        for name, values in json.loads(text).items():
+            if name not in CONFIG:
+                raise ValueError(f"FLASHBONE_KERNEL_CONFIG: unknown kernel {name!r}; "
+                                 f"choose from {', '.join(CONFIG)}")
+            CONFIG[name] = {**CONFIG[name], **values}
+
+
+_env_overrides()
 
 
 def _launch(name: str) -> dict[str, int]:
@@ -267,7 +284,8 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None):
     vsum = torch.zeros(t, r, device=x.device, dtype=torch.float32)
     bt = CONFIG["row_affine_fwd"]["BT"]
     nt = _grid_rows(t, bt)
-    groups = max(1, min(nb, (4 * _num_sms(x.device) + nt - 1) // nt))
+    want = CONFIG["row_affine_fwd"]["PER_SM"] * _num_sms(x.device)  # programs to launch
+    groups = max(1, min(nb, (want + nt - 1) // nt))
     bpp = triton.cdiv(nb, groups)
     grid = (nt, triton.cdiv(nb, bpp))
     _row_affine_fwd_kernel[grid](x, a, c if c is not None else a, z, vsum, t, nb, bpp,
@@ -331,7 +349,8 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
     da = torch.zeros(nb, r, r, device=u.device, dtype=torch.float32) if need_da else g
     dc = torch.zeros(nb, r, r, device=u.device, dtype=torch.float32) if need_dc else g
     bt = CONFIG["row_affine_bwd"]["BT"]
-    chunks = max(1, min(triton.cdiv(t, bt), (4 * _num_sms(u.device) + nb - 1) // nb))
+    want = CONFIG["row_affine_bwd"]["PER_SM"] * _num_sms(u.device)  # programs to launch
+    chunks = max(1, min(triton.cdiv(t, bt), (want + nb - 1) // nb))
     rows = triton.cdiv(triton.cdiv(t, chunks), bt) * bt
     grid = (nb, triton.cdiv(t, rows))
     _row_affine_bwd_kernel[grid](u, x, g, a, c if c is not None else a, dx, da, dc, t, rows,

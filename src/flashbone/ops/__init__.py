@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
