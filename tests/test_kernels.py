@@ -268,6 +268,9 @@ def test_unsupported_shapes_take_the_pytorch_path_on_cuda():
     assert not kernels.supported("bat", x, w, 48)  # r not a power of two
     assert not kernels.supported("bat", x.float(), w.float(), 32)  # float32 activations
     assert kernels.supported("bat", x, w, 32)
+    kernels.MIN_ELEMENTS = x.numel()  # row-affine variants need twice the size
+    assert kernels.supported("bat", x, w, 32) and kernels.supported("bone", x, w, 32)
+    assert not kernels.supported("bat-row", x, w, 32) and not kernels.supported("bone-ab", x, w, 32)
     kernels.MIN_ELEMENTS = x.numel() + 1  # a call this small is host-bound: the PyTorch path
     assert not kernels.supported("bat", x, w, 32)
 

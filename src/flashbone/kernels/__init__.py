@@ -11,10 +11,18 @@ bone-mini, 16..128 for the block-matrix variants), ``r`` dividing the GEMM sides
 variant needs it. Anything else takes the PyTorch path, which computes the same function.
 ``FLASHBONE_KERNELS=0`` turns the kernels off (as does ``ops.set_backend("torch")``).
 
+Switches (docs/kernel_notes.md has the measurements behind each default):
+``FLASHBONE_REPLAY=0`` saves layer inputs instead of recomputing them (:mod:`.replay`);
+``FLASHBONE_GEMM=cublas|triton|auto`` picks how the rank-r addend meets the token GEMM
+(:mod:`.functions`; ``triton`` is the TMA GEMM of :mod:`.tma_gemm`);
+``FLASHBONE_KERNEL_CONFIG='{"row_affine_bwd": {"PER_SM": 4}}'`` overrides launch parameters
+(:data:`.triton_kernels.CONFIG`).
+
 Small calls take the PyTorch path too: below ``MIN_ELEMENTS`` input elements (tokens x in) a
 layer is bound by host launch overhead, where the kernels' extra launches cost more than their
 saved memory passes (H100, hidden 2048: the PyTorch path won at 2k tokens, the kernels at 4k;
-scripts/profile_small_batch.py, docs/kernel_notes.md). ``FLASHBONE_KERNEL_MIN_ELEMENTS`` sets it.
+scripts/profile_small_batch.py, docs/kernel_notes.md); bat-row and bone-ab need twice that.
+``FLASHBONE_KERNEL_MIN_ELEMENTS`` sets it.
 """
 
 from __future__ import annotations
@@ -50,7 +58,11 @@ def supported(variant: str, x: Tensor, w: Tensor, r: int) -> bool:
     """Whether the kernels handle this call (else the PyTorch path runs)."""
     if not (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and w.dtype == x.dtype):
         return False
-    if not available() or x.numel() < MIN_ELEMENTS:
+    # The row-affine variants (bat-row, bone-ab) need twice the size: at 2^23 elements they lost
+    # to the PyTorch path on time in three H100 measurements (hidden 2048 x 4k tokens twice,
+    # hidden 4096 x 2k tokens once) while bone and bat won at hidden 4096 (kernel notes, 8).
+    need = MIN_ELEMENTS * (2 if variant in ("bat-row", "bone-ab") else 1)
+    if not available() or x.numel() < need:
         return False
     if variant in ("bone", "bone-mini"):
         return _pow2(r, 256)
