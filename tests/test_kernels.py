@@ -108,6 +108,22 @@ def test_replay_recomputes_llama_inputs_bitwise_and_shares_them(dtype):
     assert p["self_attn.o_proj"] is None  # attention output: saved as usual
 
 
+def test_replay_sees_rmsnorm_as_one_fusable_expression():
+    """The graph walk must yield ``w * (h * s).to(bf16)`` with three saved sources: the shape
+    that the one-pass Triton recompute matches on CUDA (a PyTorch change here would silently
+    fall back to the eager ops)."""
+    h = torch.randn(2, 5, 16, requires_grad=True)
+    rs = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    w = torch.randn(16, dtype=torch.bfloat16)
+    x = w * (h * rs).to(torch.bfloat16)
+    sources = []
+    expr = replay._build(x.grad_fn, sources, 0)
+    assert expr == ("mul", ("src", 0), ("to", torch.bfloat16, ("mul", ("src", 1), ("src", 2))))
+    assert sources[0] is not None and sources[0].dtype == torch.bfloat16
+    assert torch.equal(replay._evaluate(expr, sources), x)
+    assert replay._rmsnorm_operands(expr, sources) is None  # CPU tensors: the eager ops
+
+
 class _Saver(torch.autograd.Function):
     """Identity that keeps its input for backward through replay.save_input."""
 
