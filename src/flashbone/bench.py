@@ -202,7 +202,9 @@ def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: tor
             if opt is not None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            hosts.append(time.perf_counter() - t0)  # host done queueing: near step_ms = host-bound
+            # host done queueing; far below step_ms: GPU-bound. Near it: host-bound, or the host
+            # waited on a full launch queue (kernel notes, section 8); a profile tells them apart
+            hosts.append(time.perf_counter() - t0)
             _sync(dev)
             times.append(time.perf_counter() - t0)
             losses.append(float(loss.detach()))
