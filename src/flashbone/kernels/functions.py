@@ -18,8 +18,10 @@ each step makes (``|x|`` = one read or write of a ``T x in`` tensor)::
 ``P`` is the 0/1 matrix of :func:`.triton_kernels.block_ones`: the skinny GEMMs (``x P``,
 ``s B``, ``dy B^T``, ``s^T dy``) go to cuBLAS, which streams these operands at least as fast as
 our Triton reduce and costs half its host time per launch (scripts/tune_kernels.py,
-scripts/host_overhead.py). "Onto" means cuBLAS reads the addend as ``C`` with ``beta = 1`` (free in its epilogue);
-the alternative is one Triton GEMM that adds it before storing, never writing the addend.
+scripts/host_overhead.py). "Onto" means cuBLAS reads the addend as ``C`` with ``beta = 1`` in its
+epilogue (about 1.2 ms/step for bone on the bench shape); the alternative is one Triton GEMM that
+adds the rank-r term before storing, never writing the addend (:mod:`.tma_gemm`, slower than
+cuBLAS on H100: docs/kernel_notes.md section 8).
 Which runs is :func:`gemm_mode` (``FLASHBONE_GEMM=cublas|triton|auto``; ``auto`` times both
 once per shape on first use and keeps the faster).
 """
@@ -86,24 +88,27 @@ def _bias_grad(ctx, dy: Tensor, index: int) -> Tensor | None:
     return dy.sum(0) if ctx.needs_input_grad[index] else None
 
 
+def _shared_block_sum(x: Tensor, r: int) -> Tensor:
+    """``x P``, computed once per input while it lives (q/k/v read the same input)."""
+    s = replay.cached(x, ("block_sum", r))
+    if s is None:
+        s = K.block_sum(x, r)
+        replay.store(x, ("block_sum", r), s)
+    return s
+
+
 class BoneCuda(torch.autograd.Function):
     """``y = x W^T + bias + (sum_b x_b) B`` for ``B (r, out)``; saves only ``s`` (``T x r``)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int) -> Tensor:
         def cublas():  # s = block_sum(x) once per input, z = s B + bias, then z += x W^T
-            s = replay.cached(x, ("block_sum", r))  # q/k/v share one input: sum it once
-            if s is None:
-                s = K.block_sum(x, r)
-                replay.store(x, ("block_sum", r), s)
+            s = _shared_block_sum(x, r)
             z = torch.addmm(bias, s, b) if bias is not None else s @ b
             return s, z.addmm_(x, w.t())
 
         def triton():
-            s = replay.cached(x, ("block_sum", r))
-            if s is None:
-                s = K.block_sum(x, r)
-                replay.store(x, ("block_sum", r), s)
+            s = _shared_block_sum(x, r)
             bt = b.t().contiguous()
             if tma_gemm.usable(x, w, s, bt):
                 return s, tma_gemm.bone_gemm(x, w, s, k_major=True, bt=bt, bias=bias)
