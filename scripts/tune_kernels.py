@@ -7,9 +7,9 @@ LLaMA-style layer, each candidate configuration is checked against PyTorch math 
 inputs (relative error, or bitwise where the kernel promises it) and timed (median of
 ``triton.testing.do_bench``). Prints, per kernel and shape, the default's time, the best
 configuration's time, and both as a share of the measured copy bandwidth; ``--json`` keeps all.
-Also times the alternatives that are not launch parameters: the old split-K block sum against
-the row kernel, cuBLAS against the Triton reduce for ``dy B^T``, and the RMSNorm recompute in
-one pass against eager PyTorch.
+Also times the alternatives that are not launch parameters: cuBLAS (``x @ P``, ``dy @ B^T``)
+against the Triton reduce, and the RMSNorm recompute in one pass against eager PyTorch.
+``--only reduce,row_affine_bwd,...`` restricts the sweep (``host`` names the host-time section).
 """
 
 from __future__ import annotations
