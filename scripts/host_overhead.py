@@ -2,10 +2,13 @@
 
     PYTHONPATH=src python scripts/host_overhead.py
 
-Host times: the mean over 200 calls of the time to *queue* the call (no synchronisation
-inside the loop), so they are the Python + launch cost a training step pays per call.
+Host times: the median over calls of the time to *queue* one call, each started with an empty
+launch queue, so they are the Python + launch cost a training step pays per call. (Call 9's
+log, bench_results/run9_host.log, came from an earlier version that queued calls back to back;
+its fwd+bwd rows (about 990 us for bone) track the GPU time, not the host's.)
 GPU times: triton.testing.do_bench medians.
 """
+import statistics
 import time
 
 import torch
@@ -17,15 +20,19 @@ from flashbone.ops import adapted_linear
 
 
 def host_us(fn, n=200):
+    """Median host time to queue one call, starting each call with an empty launch queue (a
+    loop without synchronising lets the host run ahead until the queue is full, and then it
+    times the GPU instead: kernel notes, section 8)."""
     for _ in range(5):
         fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    ts = []
     for _ in range(n):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
         fn()
-    dt = (time.perf_counter() - t0) / n
+        ts.append(time.perf_counter() - t0)
     torch.cuda.synchronize()
-    return dt * 1e6
+    return statistics.median(ts) * 1e6
 
 
 def gpu_us(fn):

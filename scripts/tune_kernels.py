@@ -9,7 +9,8 @@ inputs (relative error, or bitwise where the kernel promises it) and timed (medi
 configuration's time, and both as a share of the measured copy bandwidth; ``--json`` keeps all.
 Also times the alternatives that are not launch parameters: cuBLAS (``x @ P``, ``dy @ B^T``)
 against the Triton reduce, and the RMSNorm recompute in one pass against eager PyTorch.
-``--only reduce,row_affine_bwd,...`` restricts the sweep (``host`` names the host-time section).
+``--only reduce,row_affine_bwd,...`` restricts the sweep. Host
+time per call is measured by scripts/host_overhead.py.
 """
 
 from __future__ import annotations
@@ -79,42 +80,6 @@ class Sweep:
         cells = "  ".join(f"{k} {v*1e3:7.1f} us ({100*nbytes/(v*1e-3)/self.bw:4.0f}%)"
                           for k, v in times.items())
         print(f"{name:15s} {shape:22s} {cells}", flush=True)
-
-
-def host_overhead(sw: Sweep, t: int, k: int, r: int) -> None:
-    """Host time to queue one projection's forward + backward against its GPU time: where the
-    host needs longer, a training step waits on Python, not on the kernels."""
-    import time
-
-    from flashbone.layer import BlockAdapter
-    from flashbone.ops import adapted_linear
-
-    dev, bf = torch.device("cuda"), torch.bfloat16
-    x = torch.randn(t, k, device=dev, dtype=bf, requires_grad=True)
-    w = torch.randn(k, k, device=dev, dtype=bf) * k**-0.5
-    dy = torch.randn(t, k, device=dev, dtype=bf)
-    for method in ["frozen", "bone", "bat-row", "bat"]:
-        ad = None if method == "frozen" else BlockAdapter(method, r, k, k, init="random", device=dev)
-
-        def step():
-            y = (torch.nn.functional.linear(x, w) if ad is None
-                 else adapted_linear(x, w, None, [ad.call(bf)]))
-            y.backward(dy)
-
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        n = 10
-        t0 = time.perf_counter()
-        for _ in range(n):
-            step()
-        host = (time.perf_counter() - t0) / n
-        torch.cuda.synchronize()
-        total = (time.perf_counter() - t0) / n
-        gpu = bench(step)
-        sw.rows.append({"host": method, "host_us": host * 1e6, "gpu_us": gpu * 1e3})
-        print(f"host {method:8s} {t}x{k}: queue {host*1e6:7.0f} us  GPU {gpu*1e3:7.0f} us  "
-              f"(wall/call {total*1e6:7.0f} us)", flush=True)
 
 
 def main() -> int:
@@ -210,8 +175,6 @@ def main() -> int:
         sw.alt("rmsnorm replay", f"{t}x{k}", (4 + 2) * t * k,
                {"eager": lambda: wn * (h * rs).to(bf), "fused": lambda: K.mul_cast_mul(wn, h, rs)})
 
-    if sw.wanted("host"):
-        host_overhead(sw, t, a.hidden, r)
     bad = [r for r in sw.rows if r.get("max_err", 0) > 1e-2]
     print(f"# {len(sw.rows)} rows; configurations over 1e-2 error: {len(bad)}")
     if a.json:
