@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from flashbone import kernels
-from flashbone.kernels import replay
+from flashbone.kernels import padded, replay
 from flashbone.layer import BlockAdapter
 from flashbone.ops import AdapterCall, TORCH_PATHS, _GPU_PATHS, adapted_linear, use_backend
 from flashbone.variants import VARIANTS
@@ -219,13 +219,18 @@ def _rel(got, want):
     return float((got - want).norm() / want.norm())
 
 
-def _check_layer(variant, t, out, inn, r, dtype, mode="cublas", tol=1e-2):
+def _check_layer(variant, t, out, inn, r, dtype, mode="cublas", tol=1e-2, pad=False):
+    """One adapted projection on the kernels against float32 dense math. ``pad``: the weight
+    is a frozen ``nn.Parameter``, which the kernels re-home into ``[W | X]`` (kernels.padded)."""
     from flashbone.kernels.functions import set_gemm_mode
 
     dev = "cuda"
     ad = _adapter(variant, out, inn, r, dev)
     x = torch.randn(t, inn, device=dev, dtype=dtype, requires_grad=True)
     w = torch.randn(out, inn, device=dev, dtype=dtype) * inn**-0.5
+    if pad:
+        w = torch.nn.Parameter(w, requires_grad=False)
+    w0 = w.detach().clone()
     bias = torch.randn(out, device=dev, dtype=dtype)
     dy = torch.randn(t, out, device=dev, dtype=dtype)
     set_gemm_mode(mode)
@@ -235,7 +240,13 @@ def _check_layer(variant, t, out, inn, r, dtype, mode="cublas", tol=1e-2):
         set_gemm_mode("cublas")
     node = y.grad_fn  # adapted_linear views the 2-D result: the kernel's node is next
     assert "Cuda" in type(node).__name__ or "Cuda" in type(node.next_functions[0][0]).__name__
+    if pad:  # re-homed with r spare columns (bone: only where out >= in), values untouched
+        assert (padded.view_of(w, r) is not None) == (variant not in ("bone", "bone-mini")
+                                                      or out >= inn)
+        assert torch.equal(w, w0)
     y.backward(dy)
+    assert torch.equal(w, w0)
+    assert x.grad.is_contiguous()  # strided input gradients once broke SDPA's backward upstream
     got = [y, x.grad] + [p.grad for p in ad.parameters()]
     x32 = x.detach().float().requires_grad_()
     ps = {n: p.detach().clone().requires_grad_() for n, p in ad.tensors().items()}
@@ -266,6 +277,50 @@ CASES = [  # (variant, T, out, in, r): T not a multiple of the tiles, GQA-like o
 def test_kernels_match_dense_reference(case, dtype):
     torch.manual_seed(hash(case) % 1000)
     _check_layer(*case, dtype)
+
+
+PADDED_CASES = [  # the variants that use W_ext = [W | X]; out >= in builds [x | x P] for bone
+    ("bone", 1000, 384, 256, 64), ("bone", 333, 128, 200, 64), ("bone", 2500, 256, 320, 64),
+    ("bone-mini", 300, 256, 256, 32), ("bone", 777, 256, 256, 128),
+    ("bat-row", 1000, 384, 256, 64), ("bat-row", 300, 128, 512, 16),
+    ("bone-ab", 1000, 256, 384, 64), ("bone-ab", 257, 128, 256, 128),
+]
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("case", PADDED_CASES,
+                         ids=lambda c: f"{c[0]}-T{c[1]}-{c[2]}x{c[3]}-r{c[4]}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_padded_weight_kernels_match_dense_reference(case, dtype, monkeypatch):
+    monkeypatch.setattr(padded, "VARIANTS", ("bone", "bone-mini", "bat-row", "bone-ab"))
+    torch.manual_seed(hash(case) % 1000)
+    _check_layer(*case, dtype, pad=True)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("variant", ["bone", "bat-row"])
+def test_padded_weight_survives_two_forwards_before_one_backward(variant):
+    """The spare columns are rewritten by every call; saved tensors must not see that as an
+    in-place change, and each backward must use its own adapter's columns."""
+    dev, dt, r = "cuda", torch.bfloat16, 32
+    w = torch.nn.Parameter(torch.randn(256, 256, device=dev, dtype=dt) / 16, requires_grad=False)
+    ads = [_adapter(variant, 256, 256, r, dev) for _ in range(2)]
+    x = torch.randn(300, 256, device=dev, dtype=dt, requires_grad=True)
+    y = sum(adapted_linear(x, w, None, [ad.call(dt)]) for ad in ads)
+    y.float().square().mean().backward()
+    assert padded.view_of(w, r) is not None
+    got = [x.grad] + [p.grad for ad in ads for p in ad.parameters()]
+    x.grad = None
+    for ad in ads:
+        ad.zero_grad(set_to_none=True)
+    with use_backend("torch"):
+        y = sum(adapted_linear(x, w, None, [ad.call(dt)]) for ad in ads)
+        y.float().square().mean().backward()
+    want = [x.grad] + [p.grad for ad in ads for p in ad.parameters()]
+    for g, wv in zip(got, want):
+        assert _rel(g, wv) < 2e-2
 
 
 @pytest.mark.cuda
@@ -353,3 +408,13 @@ def test_replay_on_cuda_uses_the_fused_rmsnorm_pass_bitwise(monkeypatch):
     ids = torch.randint(0, 50, (2, 8), device="cuda")
     m(input_ids=ids, labels=ids).loss.backward()  # _Probe.backward asserts equality
     assert calls  # q/k/v and gate/up inputs came from the fused pass
+
+
+def test_gpu_paths_find_their_autograd_functions():
+    """The dispatch imports these lazily on CUDA: a missing one would only fail on a GPU."""
+    pytest.importorskip("triton")
+    from flashbone.kernels import functions
+
+    for name in ("BoneCuda", "RowAffineCuda", "WeightSpaceCuda", "has_extended_input",
+                 "shared_extended_input"):
+        assert callable(getattr(functions, name)), name

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from . import io
 from .config import BoneConfig
 from .errors import BoneConfigError, MergeError
+from .kernels.padded import compact_
 from .layer import AdapterModule, BlockAdapter, BoneLayer, SavedModule, features
 from .targets import find_targets, modules_to_save_names
 
@@ -244,6 +245,7 @@ class BoneModel(nn.Module):
 
     def _unwrap(self, merged: bool) -> nn.Module:
         for name, layer in list(self.bone_layers()):
+            compact_(layer.base_layer)  # weights padded for the GPU kernels: contiguous again
             _replace(self.model, name, layer.base_layer)
         for name, mod in list(self.saved_modules()):
             _replace(self.model, name, mod.current if merged else mod.original_module)

@@ -34,6 +34,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import padded
+
 _AVAILABLE: bool | None = None
 MIN_ELEMENTS = int(os.environ.get("FLASHBONE_KERNEL_MIN_ELEMENTS", 1 << 23))
 
@@ -76,16 +78,27 @@ def _torch_path(variant: str):
 
 
 def _rows(x: Tensor) -> Tensor:
+    """``x`` itself when its rows are dense (any row stride: cuBLAS and the kernels take it)."""
     return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _extended(w: Tensor, call) -> Tensor | None:
+    """``W_ext`` (:mod:`.padded`) when the cuBLAS GEMM mode is on, else ``None``."""
+    from .functions import gemm_mode
+
+    return padded.extended(w, call.r, call.variant) if gemm_mode() == "cublas" else None
 
 
 def _bone(x, w, bias, call):
     if not supported(call.variant, x, w, call.r):
         return _torch_path(call.variant)(x, w, bias, call)
-    from .functions import BoneCuda
+    from .functions import BoneCuda, has_extended_input
 
+    x, r = _rows(x), call.r
     b = call.bone_b(w.shape[0]).contiguous()
-    return BoneCuda.apply(_rows(x), w.contiguous(), bias, b, call.r)
+    # [x | x P] is a copy of x: worth it when out >= in or when an earlier consumer built it
+    wx = _extended(w, call) if w.shape[0] >= w.shape[1] or has_extended_input(x, r) else None
+    return BoneCuda.apply(x, _rows(w), bias, b, r, wx)
 
 
 def _row_affine(x, w, bias, call):
@@ -97,7 +110,7 @@ def _row_affine(x, w, bias, call):
         a, c = call.params["A"].contiguous(), call.params["B"].contiguous()
     else:
         a, c = call.params["B"].contiguous(), None
-    return RowAffineCuda.apply(_rows(x), w.contiguous(), bias, a, c, call.r)
+    return RowAffineCuda.apply(_rows(x), _rows(w), bias, a, c, call.r, _extended(w, call))
 
 
 def _weight_space(x, w, bias, call):
@@ -106,7 +119,7 @@ def _weight_space(x, w, bias, call):
     from .functions import WeightSpaceCuda
 
     hadamard = call.variant == "bat-hadamard"
-    return WeightSpaceCuda.apply(_rows(x), w.contiguous(), bias, call.params["B"].contiguous(), hadamard)
+    return WeightSpaceCuda.apply(_rows(x), _rows(w), bias, call.params["B"].contiguous(), hadamard)
 
 
 GPU_PATHS: dict[str, Callable] = {

@@ -33,7 +33,7 @@ import os
 import torch
 from torch import Tensor
 
-from . import replay, tma_gemm
+from . import padded, replay, tma_gemm
 from . import triton_kernels as K
 from .triton_gemm import mm_epilogue
 
@@ -98,23 +98,34 @@ def _shared_block_sum(x: Tensor, r: int) -> Tensor:
 
 
 class BoneCuda(torch.autograd.Function):
-    """``y = x W^T + bias + (sum_b x_b) B`` for ``B (r, out)``; saves only ``s`` (``T x r``)."""
+    """``y = x W^T + bias + (sum_b x_b) B`` for ``B (r, out)``; saves only ``s`` (``T x r``).
+
+    With ``wx`` (``W_ext = [W | B^T]``, :mod:`.padded`) the forward is one GEMM,
+    ``y = [x | s] W_ext^T``, over a copy ``[x | s]`` that q/k/v (or gate/up) share. The
+    backward keeps the addend: ``[h | ds] = dy W_ext`` measured slower (docs/kernel_notes.md).
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int) -> Tensor:
-        def cublas():  # s = block_sum(x) once per input, z = s B + bias, then z += x W^T
-            s = _shared_block_sum(x, r)
-            z = torch.addmm(bias, s, b) if bias is not None else s @ b
-            return s, z.addmm_(x, w.t())
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int,
+                wx: Tensor | None) -> Tensor:
+        if wx is not None:  # one GEMM with K = in + r
+            xe, s = shared_extended_input(x, r)
+            padded.fill_(w, wx, b.t())
+            y = torch.addmm(bias, xe, wx.t()) if bias is not None else xe @ wx.t()
+        else:
+            def cublas():  # s = block_sum(x) once per input, z = s B + bias, then z += x W^T
+                s = _shared_block_sum(x, r)
+                z = torch.addmm(bias, s, b) if bias is not None else s @ b
+                return s, z.addmm_(x, w.t())
 
-        def triton():
-            s = _shared_block_sum(x, r)
-            bt = b.t().contiguous()
-            if tma_gemm.usable(x, w, s, bt):
-                return s, tma_gemm.bone_gemm(x, w, s, k_major=True, bt=bt, bias=bias)
-            return s, mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
+            def triton():
+                s = _shared_block_sum(x, r)
+                bt = b.t().contiguous()
+                if tma_gemm.usable(x, w, s, bt):
+                    return s, tma_gemm.bone_gemm(x, w, s, k_major=True, bt=bt, bias=bias)
+                return s, mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
 
-        s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
+            s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
         ctx.save_for_backward(w, b, s)
         ctx.r = r
         return y
@@ -134,7 +145,7 @@ class BoneCuda(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             db = _run(("bone-db", dy.shape, r), lambda: s.t() @ dy,
                       lambda: K.tn(s, dy).to(dy.dtype))
-        return dx, None, _bias_grad(ctx, dy, 2), db, None
+        return dx, None, _bias_grad(ctx, dy, 2), db, None, None
 
 
 def _row_affine_triton(z: Tensor, w: Tensor, vsum: Tensor, bias: Tensor | None) -> Tensor:
@@ -145,29 +156,74 @@ def _row_affine_triton(z: Tensor, w: Tensor, vsum: Tensor, bias: Tensor | None) 
 
 
 class RowAffineCuda(torch.autograd.Function):
-    """``y = (x + u) W^T + bias + tile_out(sum_b v_b)``; bat-row (``c=None``) and bone-ab."""
+    """``y = (x + u) W^T + bias + tile_out(sum_b v_b)``; bat-row (``c=None``) and bone-ab.
+
+    With ``wx`` (``W_ext = [W | E]``, :mod:`.padded`): ``y = [z | vsum] W_ext^T`` and
+    ``[h | g] = dy W_ext``, so neither the tile of ``vsum`` nor ``g``'s pass over ``dy`` exists.
+    """
 
     @staticmethod
-    def forward(ctx, x, w, bias, a, c, r: int):
-        z, vsum = K.row_affine_fwd(x, a, c)
-        y = _run(("row-fwd", x.shape, w.shape, r, bias is not None),
-                 lambda: K.rank_r(None, r, v=vsum, expand="tile", n=w.shape[0], out_dtype=x.dtype,
-                                  bias=bias)[1].addmm_(z, w.t()),
-                 lambda: _row_affine_triton(z, w, vsum, bias))
+    def forward(ctx, x, w, bias, a, c, r: int, wx: Tensor | None):
+        out, inn = w.shape
+        if wx is not None:
+            ze = torch.empty(x.shape[0], inn + r, device=x.device, dtype=x.dtype)
+            _, vsum = K.row_affine_fwd(x, a, c, z=ze[:, :inn])
+            ze[:, inn:].copy_(vsum)
+            padded.fill_(w, wx, K.block_ones(out, r, x.dtype, x.device), key=("E", r))
+            y = torch.addmm(bias, ze, wx.t()) if bias is not None else ze @ wx.t()
+        else:
+            z, vsum = K.row_affine_fwd(x, a, c)
+            y = _run(("row-fwd", x.shape, w.shape, r, bias is not None),
+                     lambda: K.rank_r(None, r, v=vsum, expand="tile", n=out, out_dtype=x.dtype,
+                                      bias=bias)[1].addmm_(z, w.t()),
+                     lambda: _row_affine_triton(z, w, vsum, bias))
         replay.save_input(ctx, x, w, a, c)
-        ctx.r = r
+        ctx.r, ctx.padded = r, wx is not None
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, w, a, c = replay.saved_input(ctx)
         dy = dy.contiguous()
-        g = K.block_sum(dy, ctx.r)  # g = sum_a dy_a: the gradient of every v_b
-        u = dy @ w  # h, the gradient of z = x + u; du = h + g is formed inside the kernel
+        r, (out, inn) = ctx.r, w.shape
+        if ctx.padded:  # [h | g] = dy [W | E]: g = sum_a dy_a, the gradient of every v_b
+            wx = _extended_saved(w, r)
+            padded.fill_(w, wx, K.block_ones(out, r, dy.dtype, dy.device), key=("E", r))
+            hg = dy @ wx
+            u, g = hg[:, :inn], hg[:, inn:]
+        else:
+            g = K.block_sum(dy, r)
+            u = dy @ w  # h, the gradient of z = x + u; du = h + g is formed inside the kernel
         need = ctx.needs_input_grad
         dx, da, dc = K.row_affine_bwd(u, x, g, a, c, need[0], need[3], c is not None and need[4])
         return (dx, None, _bias_grad(ctx, dy, 2), None if da is None else da.to(a.dtype),
-                None if dc is None else dc.to(c.dtype), None)
+                None if dc is None else dc.to(c.dtype), None, None)
+
+
+def _extended_saved(w: Tensor, r: int) -> Tensor:
+    """``W_ext`` around a weight saved in forward (its storage still has the spare columns)."""
+    out, inn = w.shape
+    if w.stride() != (inn + r, 1):
+        raise RuntimeError(
+            f"the base weight {tuple(w.shape)} lost its padded layout between forward and "
+            "backward (moved or copied in between?); set FLASHBONE_PADDED=0 to avoid padding")
+    return w.data.as_strided((out, inn + r), (inn + r, 1))
+
+
+def has_extended_input(x: Tensor, r: int) -> bool:
+    """Whether ``[x | x P]`` was built for this input (an earlier consumer of ``x``)."""
+    return replay.cached(x, ("extended", r)) is not None
+
+
+def shared_extended_input(x: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """``([x | s], s)`` with ``s = x P``: one pass over ``x`` (:func:`.triton_kernels.extend_input`),
+    kept while ``x`` lives so that q/k/v (or gate/up) share it."""
+    hit = replay.cached(x, ("extended", r))
+    if hit is None:
+        hit = K.extend_input(x, r)
+        replay.store(x, ("extended", r), hit)
+        replay.store(x, ("block_sum", r), hit[1])
+    return hit
 
 
 class WeightSpaceCuda(torch.autograd.Function):

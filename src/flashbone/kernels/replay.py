@@ -250,7 +250,7 @@ def cached(x: Tensor, tag: object) -> Tensor | None:
 
 
 def store(x: Tensor, tag: object, value: Tensor) -> None:
-    """Keep ``value`` (a small tensor derived from ``x``) until ``x`` itself is freed."""
+    """Keep ``value`` (a tensor derived from ``x``) until ``x`` itself is freed."""
     base = _base_of(x)
     if base is None:
         return

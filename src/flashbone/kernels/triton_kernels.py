@@ -16,6 +16,7 @@ float32 and rounds once on store.
     weight_grad      dB_a     += sum_b (W_ab + I)^T G_ab  (bat)          (one read of W, G)
                                = sum_b (W_ab + 1) * G_ab  (bat-hadamard)
     mul_cast_mul     o = a * (b * c).to(a.dtype)   (RMSNorm output, recomputed by replay.py)
+    extend_input     xe = [x | s], s = block_sum(x)                      (one read of x, xe written)
 
 ``tile(t)[m, n] = t[m, n mod r]``. All are memory-bound: each tensor is read once and written
 once; the small ``r x r`` products run on tensor cores. The token GEMMs stay with cuBLAS
@@ -39,6 +40,7 @@ def _grid_rows(t: int, bt: int) -> int:
 CONFIG: dict[str, dict[str, int]] = {
     "reduce": dict(BT=64, BK=256, num_warps=4, num_stages=3),
     "expand": dict(BT=64, BN=128, num_warps=4, num_stages=3),
+    "extend": dict(BT=16, BK=256, num_warps=4, num_stages=3),
     "row_affine_fwd": dict(BT=64, PER_SM=4, num_warps=4, num_stages=3),
     "row_affine_bwd": dict(BT=64, PER_SM=2, num_warps=4, num_stages=3),
     "weight_build": dict(num_warps=4, num_stages=3),
@@ -98,7 +100,7 @@ def _reduce_kernel(a_ptr, m_ptr, v_ptr, T, K, KCHUNK, sa, smk, smj, R: tl.conste
 
 
 @triton.jit
-def _expand_kernel(v_ptr, e_ptr, o_ptr, bias_ptr, T, N, sej, sen, so, R: tl.constexpr,
+def _expand_kernel(v_ptr, e_ptr, o_ptr, bias_ptr, T, N, sv, sej, sen, so, R: tl.constexpr,
                    BT: tl.constexpr, BN: tl.constexpr, MATMUL: tl.constexpr,
                    HAS_BIAS: tl.constexpr):
     # o[t, n] = v[t, n mod R] (tile) or (v @ e)[t, n], plus bias[n]; one (BT, BN) tile each
@@ -107,11 +109,11 @@ def _expand_kernel(v_ptr, e_ptr, o_ptr, bias_ptr, T, N, sej, sen, so, R: tl.cons
     j = tl.arange(0, R)
     mask = (rows[:, None] < T) & (n[None, :] < N)
     if MATMUL:
-        vb = tl.load(v_ptr + rows[:, None] * R + j[None, :], mask=rows[:, None] < T, other=0.0)
+        vb = tl.load(v_ptr + rows[:, None] * sv + j[None, :], mask=rows[:, None] < T, other=0.0)
         e = tl.load(e_ptr + j[:, None] * sej + n[None, :] * sen, mask=n[None, :] < N, other=0.0)
         o = tl.dot(vb.to(e.dtype), e)
     else:
-        o = tl.load(v_ptr + rows[:, None] * R + (n % R)[None, :], mask=mask, other=0.0).to(tl.float32)
+        o = tl.load(v_ptr + rows[:, None] * sv + (n % R)[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         o += tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
     tl.store(o_ptr + rows[:, None] * so + n[None, :], o.to(o_ptr.dtype.element_ty), mask=mask)
@@ -150,14 +152,54 @@ def rank_r(a: torch.Tensor | None, r: int, *, m: torch.Tensor | None = None,
     o = None
     if expand is not None:
         o = torch.empty(t, n, device=dev, dtype=out_dtype or (a if a is not None else v).dtype)
-        cfg = CONFIG["expand"]
-        bt, bn = cfg["BT"], cfg["BN"]
-        _expand_kernel[(triton.cdiv(t, bt), triton.cdiv(n, bn))](
-            vsrc, e if e is not None else o, o, bias if bias is not None else o, t, n,
-            e.stride(0) if e is not None else 0, e.stride(1) if e is not None else 0, o.stride(0),
-            R=r, BT=bt, BN=bn, MATMUL=expand == "matmul", HAS_BIAS=bias is not None,
-            **_launch("expand"))
+        if expand == "matmul" and e is None:
+            raise ValueError("rank_r: expand='matmul' needs e")
+        _expand(vsrc, o, r, e=e if expand == "matmul" else None, bias=bias)
     return v, o
+
+
+def _expand(v: torch.Tensor, o: torch.Tensor, r: int, *, e: torch.Tensor | None = None,
+            bias: torch.Tensor | None = None) -> None:
+    t, n = o.shape
+    cfg = CONFIG["expand"]
+    bt, bn = cfg["BT"], cfg["BN"]
+    _expand_kernel[(triton.cdiv(t, bt), triton.cdiv(n, bn))](
+        v, e if e is not None else o, o, bias if bias is not None else o, t, n, v.stride(0),
+        e.stride(0) if e is not None else 0, e.stride(1) if e is not None else 0, o.stride(0),
+        R=r, BT=bt, BN=bn, MATMUL=e is not None, HAS_BIAS=bias is not None, **_launch("expand"))
+
+
+@triton.jit
+def _extend_kernel(x_ptr, xe_ptr, s_ptr, T, K, sx, sxe, R: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr):
+    # xe[t, :K] = x[t], xe[t, K:] = s[t] = sum_b x[t, b*R:(b+1)*R]; BT rows per program
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    j = tl.arange(0, R)
+    off = tl.arange(0, BK // R)[None, :, None] * R + j[None, None, :]
+    rmask = rows[:, None, None] < T
+    acc = tl.zeros((BT, R), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        m = rmask & (k0 + off < K)
+        a = tl.load(x_ptr + rows[:, None, None] * sx + k0 + off, mask=m, other=0.0)
+        tl.store(xe_ptr + rows[:, None, None] * sxe + k0 + off, a, mask=m)
+        acc += tl.sum(a.to(tl.float32), axis=1)
+    sb = acc.to(xe_ptr.dtype.element_ty)
+    smask = rows[:, None] < T
+    tl.store(xe_ptr + rows[:, None] * sxe + K + j[None, :], sb, mask=smask)
+    tl.store(s_ptr + rows[:, None] * R + j[None, :], sb, mask=smask)
+
+
+def extend_input(x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``xe = [x | s]`` (``T x (in + r)``) and ``s = x P`` (``T x r``, its own copy) in one pass
+    over ``x``: the activation side of bone's padded GEMM (:mod:`.padded`)."""
+    t, k = x.shape
+    xe = torch.empty(t, k + r, device=x.device, dtype=x.dtype)
+    s = torch.empty(t, r, device=x.device, dtype=x.dtype)
+    cfg = CONFIG["extend"]
+    bt, bk = cfg["BT"], max(cfg["BK"], r)
+    _extend_kernel[(triton.cdiv(t, bt),)](x, xe, s, t, k, x.stride(0), xe.stride(0), R=r, BT=bt,
+                                         BK=bk, **_launch("extend"))
+    return xe, s
 
 
 _ONES: dict[tuple, torch.Tensor] = {}
@@ -276,11 +318,13 @@ def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz
     tl.atomic_add(v_ptr + rows[:, None] * R + j[None, :], vacc, mask=rmask)
 
 
-def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None):
-    """``z = x + u`` with ``u_b = x_b A_b^T`` and ``vsum = sum_b x_b C_b^T`` (float32)."""
+def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
+                   z: torch.Tensor | None = None):
+    """``z = x + u`` with ``u_b = x_b A_b^T`` and ``vsum = sum_b x_b C_b^T`` (float32).
+    ``z`` may be given (``T x in``, rows strided: the first columns of a wider buffer)."""
     t, inn = x.shape
     nb, r, _ = a.shape
-    z = torch.empty_like(x)
+    z = torch.empty_like(x) if z is None else z
     vsum = torch.zeros(t, r, device=x.device, dtype=torch.float32)
     bt = CONFIG["row_affine_fwd"]["BT"]
     nt = _grid_rows(t, bt)
@@ -296,7 +340,7 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None):
 
 @triton.jit
 def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc_ptr,
-                           T, ROWS, su, sx, sdx, R: tl.constexpr, BT: tl.constexpr,
+                           T, ROWS, su, sx, sg, sdx, R: tl.constexpr, BT: tl.constexpr,
                            BONE_AB: tl.constexpr, NEED_DX: tl.constexpr, NEED_DA: tl.constexpr,
                            NEED_DC: tl.constexpr):
     b = tl.program_id(0)
@@ -312,7 +356,7 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
         rows = t + tl.arange(0, BT)
         rmask = rows[:, None] < T
         ub = tl.load(u_ptr + rows[:, None] * su + cols[None, :], mask=rmask, other=0.0)
-        gb = tl.load(g_ptr + rows[:, None] * R + j[None, :], mask=rmask, other=0.0)
+        gb = tl.load(g_ptr + rows[:, None] * sg + j[None, :], mask=rmask, other=0.0)
         if NEED_DA or NEED_DC:
             xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=rmask, other=0.0)
         if BONE_AB:
@@ -345,7 +389,7 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
     """
     t, inn = u.shape
     nb, r, _ = a.shape
-    dx = torch.empty_like(u) if need_dx else u
+    dx = torch.empty(t, inn, device=u.device, dtype=u.dtype) if need_dx else u
     da = torch.zeros(nb, r, r, device=u.device, dtype=torch.float32) if need_da else g
     dc = torch.zeros(nb, r, r, device=u.device, dtype=torch.float32) if need_dc else g
     bt = CONFIG["row_affine_bwd"]["BT"]
@@ -354,7 +398,7 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
     rows = triton.cdiv(triton.cdiv(t, chunks), bt) * bt
     grid = (nb, triton.cdiv(t, rows))
     _row_affine_bwd_kernel[grid](u, x, g, a, c if c is not None else a, dx, da, dc, t, rows,
-                                 u.stride(0), x.stride(0), dx.stride(0), R=r, BT=bt,
+                                 u.stride(0), x.stride(0), g.stride(0), dx.stride(0), R=r, BT=bt,
                                  BONE_AB=c is not None, NEED_DX=need_dx, NEED_DA=need_da,
                                  NEED_DC=need_dc, **_launch("row_affine_bwd"))
     return (dx if need_dx else None, da if need_da else None, dc if need_dc else None)

@@ -1,0 +1,91 @@
+"""The CUDA autograd Functions on the CPU through Triton's interpreter, against float32 math.
+
+    TRITON_INTERPRET=1 PYTHONPATH=src python scripts/interpret_check.py
+
+bone and the row-affine Functions, with and without the padded weight (kernels/padded.py),
+fp16 (the interpreter truncates bf16). Needs Triton installed; no GPU.
+"""
+
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from torch import nn
+from flashbone.kernels import padded
+from flashbone.kernels.functions import BoneCuda, RowAffineCuda
+from flashbone.ops import torch_ops as T
+
+torch.manual_seed(0)
+dt = torch.float16
+
+def rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+def bone_ref(x, w, bias, b, r):
+    s = T.block_sum(x, r)
+    return x @ w.t() + bias + s @ b
+
+def check_bone(t, out, inn, r, pad, twice=False):
+    x = torch.randn(t, inn, dtype=dt)
+    w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn ** -0.5, requires_grad=False)
+    w0 = w.detach().clone()
+    bias = torch.randn(out, dtype=dt)
+    b = (torch.randn(r, out) * 0.1).to(dt)
+    dy = torch.randn(t, out, dtype=dt)
+    wx = padded.rehome(w, r) if pad else None
+    assert torch.equal(w, w0)
+    xs = x.clone().requires_grad_()
+    bs = b.clone().requires_grad_()
+    y = BoneCuda.apply(xs, w, bias, bs, r, wx)
+    if twice:  # a second consumer of the same input reuses [x | xP]
+        y = y + BoneCuda.apply(xs, w, bias, bs, r, wx)
+    y.backward(dy)
+    x32 = x.float().requires_grad_()
+    b32 = b.float().requires_grad_()
+    yr = bone_ref(x32, w0.float(), bias.float(), b32, r)
+    if twice:
+        yr = 2 * yr
+    yr.backward(dy.float())
+    e = (rel(y, yr), rel(xs.grad, x32.grad), rel(bs.grad, b32.grad))
+    print("bone", t, out, inn, r, "pad" if pad else "   ", "twice" if twice else "", ["%.1e" % v for v in e])
+    assert max(e) < 1e-2, e
+    assert torch.equal(w, w0)
+
+def check_row(t, out, inn, r, pad, ab):
+    x = torch.randn(t, inn, dtype=dt)
+    w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn ** -0.5, requires_grad=False)
+    w0 = w.detach().clone()
+    bias = torch.randn(out, dtype=dt)
+    nb = inn // r
+    a = (torch.randn(nb, r, r) * 0.1).to(dt)
+    c = (torch.randn(nb, r, r) * 0.1).to(dt) if ab else None
+    dy = torch.randn(t, out, dtype=dt)
+    wx = padded.rehome(w, r) if pad else None
+    xs = x.clone().requires_grad_()
+    as_ = a.clone().requires_grad_()
+    cs = c.clone().requires_grad_() if ab else None
+    y = RowAffineCuda.apply(xs, w, bias, as_, cs, r, wx)
+    y.backward(dy)
+    x32 = x.float().requires_grad_()
+    a32 = a.float().requires_grad_()
+    c32 = c.float().requires_grad_() if ab else a32
+    xb = x32.view(t, nb, r)
+    u = torch.einsum("tbk,bjk->tbj", xb, a32)
+    v = torch.einsum("tbk,bjk->tbj", xb, c32).sum(1)
+    z = (xb + u).reshape(t, inn)
+    yr = z @ w0.float().t() + bias.float() + v.repeat(1, out // r)
+    yr.backward(dy.float())
+    e = [rel(y, yr), rel(xs.grad, x32.grad), rel(as_.grad, a32.grad)]
+    if ab:
+        e.append(rel(cs.grad, c32.grad))
+    print("bone-ab" if ab else "bat-row", t, out, inn, r, "pad" if pad else "   ", ["%.1e" % v for v in e])
+    assert max(e) < 1e-2, e
+    assert torch.equal(w, w0)
+
+for pad in (False, True):
+    check_bone(130, 96, 64, 16, pad)
+    check_bone(70, 64, 80, 16, pad)        # in % r != 0
+    check_bone(70, 48, 96, 16, pad)        # out < in: addend forward, padded backward
+    check_bone(50, 64, 64, 32, pad, twice=True)
+    check_row(130, 96, 64, 16, pad, False)
+    check_row(70, 64, 128, 32, pad, True)
+print("ok")
