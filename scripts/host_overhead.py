@@ -15,8 +15,7 @@ import torch
 from triton.testing import do_bench
 
 from flashbone.kernels import triton_kernels as K
-from flashbone.layer import BlockAdapter
-from flashbone.ops import adapted_linear
+from flashbone.layer import BlockAdapter, BoneLayer
 
 
 def host_us(fn, n=200):
@@ -65,20 +64,21 @@ def main():
         for name, fn in rows:
             print(f"{k:6d} {name:26s} GPU {gpu_us(fn):6.1f} us  host {host_us(fn, 50):6.1f} us")
     k = 4096
-    x = torch.randn(t, k, device=dev, dtype=bf, requires_grad=True)
-    w = torch.randn(k, k, device=dev, dtype=bf) * k**-0.5
-    dy = torch.randn(t, k, device=dev, dtype=bf)
+    x = torch.randn(2, t // 2, k, device=dev, dtype=bf, requires_grad=True)
+    dy = torch.randn(2, t // 2, k, device=dev, dtype=bf)
     for variant in ("bone", "bat-row", "bat"):
-        ad = BlockAdapter(variant, r, k, k, init="random", device=dev)
-        call = ad.call(bf)
+        base = torch.nn.Linear(k, k, bias=False, device=dev, dtype=bf).requires_grad_(False)
+        layer = BoneLayer(base)
+        layer.add_adapter("default", BlockAdapter(variant, r, k, k, init="random", device=dev))
+        ad = layer.adapters["default"]
         print(f"{variant:8s} host ad.call(bf16)     {host_us(lambda: ad.call(bf)):6.1f} us")
-        fwd = lambda: adapted_linear(x, w, None, [call])  # noqa: E731
-        print(f"{variant:8s} host forward           {host_us(fwd, 50):6.1f} us")
-        def fb():
-            adapted_linear(x, w, None, [ad.call(bf)]).backward(dy)
-        print(f"{variant:8s} host fwd+bwd (+cast)   {host_us(fb, 50):6.1f} us")
-    print(f"frozen   host fwd+bwd           {host_us(lambda: torch.nn.functional.linear(x, w).backward(dy), 50):6.1f} us")
-
+        print(f"{variant:8s} host layer forward     {host_us(lambda: layer(x), 50):6.1f} us (input seen)")
+        print(f"{variant:8s} host layer fwd, new x  {host_us(lambda: layer(x + 0), 50):6.1f} us (incl. x + 0)")
+        print(f"{variant:8s} host layer fwd+bwd     {host_us(lambda: layer(x).backward(dy), 50):6.1f} us")
+    base = torch.nn.Linear(k, k, bias=False, device=dev, dtype=bf).requires_grad_(False)
+    print(f"frozen   host forward           {host_us(lambda: base(x), 50):6.1f} us")
+    print(f"         host x + 0             {host_us(lambda: x + 0, 50):6.1f} us")
+    print(f"frozen   host fwd+bwd           {host_us(lambda: base(x).backward(dy), 50):6.1f} us")
 
 if __name__ == "__main__":
     main()

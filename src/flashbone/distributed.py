@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BoneError
+from .kernels.padded import compact_
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -123,11 +124,19 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def wrapper(strategy: str, device: torch.device, bf16: bool, hf_model: nn.Module) -> Callable[[nn.Module], nn.Module]:
-    """The ``wrap`` hook of :class:`flashbone.training.Trainer` for ``strategy``."""
+    """The ``wrap`` hook of :class:`flashbone.training.Trainer` for ``strategy``.
+
+    Weights padded by an earlier forward on the GPU kernels get a contiguous storage first
+    (:func:`flashbone.kernels.padded.compact_`): DDP broadcasts and FSDP shards parameters as
+    they are."""
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return lambda m: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
+        def ddp(m: nn.Module) -> nn.Module:
+            compact_(m)
+            return DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
+
+        return ddp
     if strategy != "fsdp":
         raise DistributedError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -135,6 +144,7 @@ def wrapper(strategy: str, device: torch.device, bf16: bool, hf_model: nn.Module
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
 
     def shard(m: nn.Module) -> nn.Module:
+        compact_(m)
         for layer in decoder_layers(hf_model):  # adapters live inside: same unit as their weight
             fully_shard(layer, mp_policy=mp)
         fully_shard(m, mp_policy=mp)  # embeddings, final norm, head (tied ones stay together)

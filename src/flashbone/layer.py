@@ -59,6 +59,13 @@ def features(module: nn.Module) -> tuple[int, int]:
     return (out, inn) if isinstance(module, nn.Linear) else (inn, out)  # Conv1D is (in, out)
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the call when it would return ``t``: every adapted projection
+    runs this a few times per step, and a no-op ``.to`` still costs microseconds of host time,
+    which the GPU waits for in host-bound stretches of a step (docs/kernel_notes.md, 9)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class BlockAdapter(nn.Module):
     """The trainable tensors of one adapter on one layer (``B``, and ``A`` for bone-ab)."""
 
@@ -86,7 +93,7 @@ class BlockAdapter(nn.Module):
 
     def call(self, dtype: torch.dtype) -> AdapterCall:
         """The tensors cast to the compute dtype (inside autograd), for the dispatcher."""
-        params = {n: p.to(dtype) for n, p in self.named_parameters(recurse=False)}
+        params = {n: _as(p, dtype) for n, p in self._parameters.items() if p is not None}
         dropout = self.dropout if self.dropout is not None and self.training else None
         return AdapterCall(self.variant, self.r, params, dropout, self.mini_r)
 
@@ -186,12 +193,13 @@ class BoneLayer(nn.Module):
             with torch.autocast(device, enabled=False):
                 return self._adapted(x.to(dtype), live, dtype)
         dtype = self.base_layer.weight.dtype
-        return self._adapted(x.to(dtype), live, dtype).to(x.dtype)
+        return _as(self._adapted(_as(x, dtype), live, dtype), x.dtype)
 
     def _adapted(self, x: Tensor, live: list[str], dtype: torch.dtype) -> Tensor:
         bias = self.bias
         calls = [self.adapters[a].call(dtype) for a in live]
-        return adapted_linear(x, self.weight.to(dtype), None if bias is None else bias.to(dtype), calls)
+        return adapted_linear(x, _as(self.weight, dtype), None if bias is None else _as(bias, dtype),
+                              calls)
 
     # -- merge ------------------------------------------------------------------------
     # Merging computes in float32 (float64 stays) and casts to the base dtype once. Merged
