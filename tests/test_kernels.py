@@ -301,9 +301,10 @@ def test_padded_weight_kernels_match_dense_reference(case, dtype, monkeypatch):
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("variant", ["bone", "bat-row"])
-def test_padded_weight_survives_two_forwards_before_one_backward(variant):
+def test_padded_weight_survives_two_forwards_before_one_backward(variant, monkeypatch):
     """The spare columns are rewritten by every call; saved tensors must not see that as an
     in-place change, and each backward must use its own adapter's columns."""
+    monkeypatch.setattr(padded, "VARIANTS", ("bone", "bat-row"))
     dev, dt, r = "cuda", torch.bfloat16, 32
     w = torch.nn.Parameter(torch.randn(256, 256, device=dev, dtype=dt) / 16, requires_grad=False)
     ads = [_adapter(variant, 256, 256, r, dev) for _ in range(2)]

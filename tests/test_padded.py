@@ -6,6 +6,10 @@ values and Parameter objects, the PyTorch path still exact, merge and unload giv
 weights back. The GPU math with the padding is checked in tests/test_kernels.py (CUDA only).
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -42,12 +46,21 @@ def test_only_frozen_plain_parameters_owning_their_storage_are_rehomable():
 
 def test_extended_leaves_cpu_weights_and_switched_off_alone(monkeypatch):
     w = _frozen()
-    assert padded.extended(w, 16, "bone") is None and w.is_contiguous()  # CPU: no padding
+    assert padded.extended(w, 16, "bat-row") is None and w.is_contiguous()  # CPU: no padding
     padded.rehome(w, 16)
-    assert padded.extended(w, 16, "bone") is not None
+    assert padded.extended(w, 16, "bat-row") is not None
     assert padded.extended(w, 16, "bat") is None  # bat builds W' instead: no padding
     monkeypatch.setattr(padded, "_ENABLED", False)
-    assert padded.extended(w, 16, "bone") is None
+    assert padded.extended(w, 16, "bat-row") is None
+
+
+@pytest.mark.parametrize("env,want", [("0", ()), ("1", ("bat-row",)), ("", ("bat-row",)),
+                                      ("bone, bat-row", ("bone", "bat-row"))])
+def test_the_env_switch_names_the_padded_variants(env, want):
+    code = "from flashbone.kernels import padded; print(','.join(padded.VARIANTS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "FLASHBONE_PADDED": env}).stdout.strip()
+    assert tuple(v for v in out.split(",") if v) == want
 
 
 def test_a_stray_view_with_the_same_stride_is_not_taken_for_padding():

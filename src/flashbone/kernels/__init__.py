@@ -97,7 +97,8 @@ def _bone(x, w, bias, call):
     x, r = _rows(x), call.r
     b = call.bone_b(w.shape[0]).contiguous()
     # [x | x P] is a copy of x: worth it when out >= in or when an earlier consumer built it
-    wx = _extended(w, call) if w.shape[0] >= w.shape[1] or has_extended_input(x, r) else None
+    pad = call.variant in padded.VARIANTS and (w.shape[0] >= w.shape[1] or has_extended_input(x, r))
+    wx = _extended(w, call) if pad else None
     return BoneCuda.apply(x, _rows(w), bias, b, r, wx)
 
 

@@ -24,7 +24,7 @@ before its GEMM (:func:`fill_`; constant content is written once), so adapters o
 kinds may share a layer. Weights that are views into
 other buffers (FSDP flat parameters, tied slices), tensor subclasses, trainable weights and
 code under ``torch.compile`` or CUDA-graph capture keep their layout and the addend path.
-``FLASHBONE_PADDED=0`` turns this off.
+Which variants pad is :data:`VARIANTS` (``FLASHBONE_PADDED``: ``0``, ``1`` or a comma list).
 """
 
 from __future__ import annotations
@@ -34,11 +34,19 @@ import os
 import torch
 from torch import Tensor, nn
 
-_ENABLED = os.environ.get("FLASHBONE_PADDED", "1") != "0"
-# The variants that pad. The spare columns cost r / in of the frozen weights' memory (+0.6% of
-# the bench's peak); bone-ab, with twice the trainable parameters, would pass its memory target
-# (1.05 x floor) with them (H100: 1.051 against 1.045), so it keeps the addend path.
-VARIANTS: tuple[str, ...] = ("bone", "bone-mini", "bat-row")
+# Which variants pad: ``FLASHBONE_PADDED=0`` (none), unset or ``1`` (the default below), or a
+# comma list such as ``bone,bat-row``. Measured on an H100 (docs/kernel_notes.md, 9):
+# - bat-row pads: -1.5 to -2.5 ms/step at 4k tokens, -9.6 ms at 16k, neutral at 7B with
+#   checkpointing; the spare columns cost r / in of the frozen weights (+0.6% peak memory).
+# - bone saves 0.9 ms/step of GPU time padded, but its forward is host-bound per projection at
+#   4k tokens, so the wall time moved by -0.3 to -1.0 ms, and at 7B with checkpointing it was
+#   9 ms slower (1.163 against 1.130): off by default.
+# - bone-ab would pass its 1.05 memory target with them (1.051 against 1.045): off.
+DEFAULT_VARIANTS: tuple[str, ...] = ("bat-row",)
+_ENV = os.environ.get("FLASHBONE_PADDED", "1").strip()
+VARIANTS: tuple[str, ...] = (() if _ENV == "0" else DEFAULT_VARIANTS if _ENV in ("", "1")
+                             else tuple(v.strip() for v in _ENV.split(",") if v.strip()))
+_ENABLED = True
 _WIDTH = "_flashbone_padded_width"  # attribute on the Parameter: in + r of its W_ext
 _FILL = "_flashbone_padded_fill"  # attribute on the Parameter: what the spare columns hold
 
