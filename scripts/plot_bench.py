@@ -2,10 +2,10 @@
 
     python scripts/plot_bench.py [docs/bench_results] [docs/benchmarks.png]
 
-Panels (all from device call 14, the final code; docs/bench_results/run14/): (a) step time and
-peak memory over the floor, 8 layers of LLaMA2-7B width; (b) tokens/s on the full LLaMA2-7B
-shape with gradient checkpointing; (c) training-step time over the floor against tokens per
-step (the sweep tables of run14.log, 4k being the main table).
+Panels: (a) step time and peak memory over the floor, 8 layers of LLaMA2-7B width (device
+call 35, the final code; docs/bench_results/run21_35/run35_main.json); (b) tokens/s on the full
+LLaMA2-7B shape with gradient checkpointing and (c) training-step time over the floor against
+tokens per step (both device call 14, before bat-row's padded weight; docs/bench_results/run14/).
 """
 import json
 import sys
@@ -40,7 +40,7 @@ def main() -> int:
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/bench_results")
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/benchmarks.png")
     run = src / "run14"
-    main_rows = rows(run / "main.json")
+    main_rows = rows(src / "run21_35" / "run35_main.json")
     order = ["bone", "bone-mini", "bat", "bat-row", "bat-hadamard", "bone-ab", "peft-miss",
              "peft-lora", "full"]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -52,7 +52,7 @@ def main() -> int:
     ax[0].axhline(1.0, color="k", lw=0.8)
     ax[0].set_xticks(list(x), order, rotation=45, ha="right")
     ax[0].set_ylim(0.9, 2.0)
-    ax[0].set_title("8 layers of LLaMA2-7B width, 4x1024 tokens, r=64", fontsize=10)
+    ax[0].set_title("8 layers of LLaMA2-7B width, 4x1024 tokens, r=64 (call 35)", fontsize=10)
     ax[0].legend(fontsize=8)
 
     big = rows(run / "llama7b.json")
@@ -60,10 +60,10 @@ def main() -> int:
     ax[1].barh(names[::-1], [big[m]["tokens_per_s"] for m in names[::-1]],
                color=["#3b6ea5" if not m.startswith("peft") else "#999999" for m in names[::-1]])
     ax[1].set_xlabel("tokens / s")
-    ax[1].set_title("LLaMA2-7B (32 layers), grad. checkpointing, 8x512", fontsize=10)
+    ax[1].set_title("LLaMA2-7B (32 layers), grad. checkpointing, 8x512 (call 14)", fontsize=10)
 
     sw = sweeps(run / "run14.log")
-    sw["tokens4k"] = {m: r["time_ratio"] for m, r in main_rows.items()}
+    sw["tokens4k"] = {m: r["time_ratio"] for m, r in rows(run / "main.json").items()}
     toks = [2048, 4096, 8192, 16384]
     for m in ["bone", "bat-row", "bat"]:
         ax[2].plot(toks, [sw[f"tokens{t // 1024}k"][m] for t in toks], marker="o", label=m)
@@ -71,7 +71,7 @@ def main() -> int:
     ax[2].set_xlabel("tokens per step (8 layers, hidden 4096)")
     ax[2].set_ylabel("step time / floor")
     ax[2].set_ylim(1.0, 2.1)
-    ax[2].set_title("training step against tokens per step", fontsize=10)
+    ax[2].set_title("training step against tokens per step (call 14)", fontsize=10)
     ax[2].legend(fontsize=8)
     fig.suptitle("flashbone on one H100 (bf16, AdamW, ratios to the frozen base measured in the same run)",
                  fontsize=11)

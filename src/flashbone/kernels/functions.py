@@ -23,7 +23,9 @@ epilogue (about 1.2 ms/step for bone on the bench shape); the alternative is one
 adds the rank-r term before storing, never writing the addend (:mod:`.tma_gemm`, slower than
 cuBLAS on H100: docs/kernel_notes.md section 8).
 Which runs is :func:`gemm_mode` (``FLASHBONE_GEMM=cublas|triton|auto``; ``auto`` times both
-once per shape on first use and keeps the faster).
+once per shape on first use and keeps the faster). A third way needs no addend at all: with the
+frozen weight padded to ``W_ext = [W | X]`` (:mod:`.padded`) cuBLAS runs the rank-r term as r
+more columns of K or N of the token GEMM (bat-row by default; bone's forward on request).
 """
 
 from __future__ import annotations
