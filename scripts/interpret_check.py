@@ -11,7 +11,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch
 from torch import nn
 from flashbone.kernels import padded
-from flashbone.kernels.functions import BoneCuda, RowAffineCuda
+from flashbone.kernels.functions import BoneCuda, BonePaddedCuda, RowAffineCuda
 from flashbone.ops import torch_ops as T
 
 torch.manual_seed(0)
@@ -34,10 +34,16 @@ def check_bone(t, out, inn, r, pad, twice=False):
     wx = padded.rehome(w, r) if pad else None
     assert torch.equal(w, w0)
     xs = x.clone().requires_grad_()
-    bs = b.clone().requires_grad_()
-    y = BoneCuda.apply(xs, w, bias, bs, r, wx)
+    bs = (b.float() if pad else b.clone()).requires_grad_()  # padded: the float32 master goes in
+
+    def layer():
+        if pad:
+            return BonePaddedCuda.apply(xs, w, bias, bs, r, wx)
+        return BoneCuda.apply(xs, w, bias, bs, r)
+
+    y = layer()
     if twice:  # a second consumer of the same input reuses [x | xP]
-        y = y + BoneCuda.apply(xs, w, bias, bs, r, wx)
+        y = y + layer()
     y.backward(dy)
     x32 = x.float().requires_grad_()
     b32 = b.float().requires_grad_()

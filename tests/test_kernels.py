@@ -416,6 +416,6 @@ def test_gpu_paths_find_their_autograd_functions():
     pytest.importorskip("triton")
     from flashbone.kernels import functions
 
-    for name in ("BoneCuda", "RowAffineCuda", "WeightSpaceCuda", "has_extended_input",
+    for name in ("BoneCuda", "BonePaddedCuda", "RowAffineCuda", "WeightSpaceCuda", "has_extended_input",
                  "shared_extended_input"):
         assert callable(getattr(functions, name)), name

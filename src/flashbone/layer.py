@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BoneConfigError, MergeError, TargetError
-from .ops import AdapterCall, adapted_linear
+from .ops import AdapterCall, LazyCast, adapted_linear
 from .variants import VARIANTS, check_shape, get_variant
 
 
@@ -93,7 +93,7 @@ class BlockAdapter(nn.Module):
 
     def call(self, dtype: torch.dtype) -> AdapterCall:
         """The tensors cast to the compute dtype (inside autograd), for the dispatcher."""
-        params = {n: _as(p, dtype) for n, p in self._parameters.items() if p is not None}
+        params = LazyCast({n: p for n, p in self._parameters.items() if p is not None}, dtype)
         dropout = self.dropout if self.dropout is not None and self.training else None
         return AdapterCall(self.variant, self.r, params, dropout, self.mini_r)
 

@@ -94,14 +94,17 @@ def _extended(w: Tensor, call) -> Tensor | None:
 def _bone(x, w, bias, call):
     if not supported(call.variant, x, w, call.r):
         return _torch_path(call.variant)(x, w, bias, call)
-    from .functions import BoneCuda, has_extended_input
+    from . import functions as Fn
 
     x, r = _rows(x), call.r
-    b = call.bone_b(w.shape[0]).contiguous()
     # [x | x P] is a copy of x: worth it when out >= in or when an earlier consumer built it
-    pad = call.variant in padded.VARIANTS and (w.shape[0] >= w.shape[1] or has_extended_input(x, r))
-    wx = _extended(w, call) if pad else None
-    return BoneCuda.apply(x, _rows(w), bias, b, r, wx)
+    if call.variant in padded.VARIANTS and (w.shape[0] >= w.shape[1] or Fn.has_extended_input(x, r)):
+        wx = _extended(w, call)
+        if wx is not None:  # bone's master B goes in: its cast happens in the copy to W_ext
+            b = call.master("B") if call.variant == "bone" else call.bone_b(w.shape[0])
+            return Fn.BonePaddedCuda.apply(x, w, bias, b, r, wx)
+    b = call.bone_b(w.shape[0]).contiguous()
+    return Fn.BoneCuda.apply(x, _rows(w), bias, b, r)
 
 
 def _row_affine(x, w, bias, call):

@@ -100,34 +100,66 @@ def _shared_block_sum(x: Tensor, r: int) -> Tensor:
 
 
 class BoneCuda(torch.autograd.Function):
-    """``y = x W^T + bias + (sum_b x_b) B`` for ``B (r, out)``; saves only ``s`` (``T x r``).
+    """``y = x W^T + bias + (sum_b x_b) B`` for ``B (r, out)``; saves only ``s`` (``T x r``)."""
 
-    With ``wx`` (``W_ext = [W | B^T]``, :mod:`.padded`) the forward is one GEMM,
-    ``y = [x | s] W_ext^T``, over a copy ``[x | s]`` that q/k/v (or gate/up) share. The
-    backward keeps the addend: ``[h | ds] = dy W_ext`` measured slower (docs/kernel_notes.md).
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int) -> Tensor:
+        def cublas():  # s = block_sum(x) once per input, z = s B + bias, then z += x W^T
+            s = _shared_block_sum(x, r)
+            z = torch.addmm(bias, s, b) if bias is not None else s @ b
+            return s, z.addmm_(x, w.t())
+
+        def triton():
+            s = _shared_block_sum(x, r)
+            bt = b.t().contiguous()
+            if tma_gemm.usable(x, w, s, bt):
+                return s, tma_gemm.bone_gemm(x, w, s, k_major=True, bt=bt, bias=bias)
+            return s, mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
+
+        s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
+        ctx.save_for_backward(w, b, s)
+        ctx.r = r
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        w, b, s = ctx.saved_tensors
+        return _bone_backward(ctx, dy.contiguous(), w, b, s, ctx.r) + (None,)
+
+
+def _bone_backward(ctx, dy: Tensor, w: Tensor, b: Tensor, s: Tensor, r: int) -> tuple:
+    """``(dx, None, dbias, dB)`` of bone: ``dx = dy W + tile_in(dy B^T)``, ``dB = s^T dy``."""
+    inn = w.shape[1]
+    dx = db = None
+    if ctx.needs_input_grad[0]:
+        ds = dy @ b.t()
+        dx = _run(("bone-bwd", dy.shape, w.shape, r),
+                  lambda: K.rank_r(None, r, v=ds, expand="tile", n=inn)[1].addmm_(dy, w),
+                  lambda: (tma_gemm.bone_gemm(dy, w, ds, k_major=False)
+                           if tma_gemm.usable(dy, w, ds) else mm_epilogue(dy, w, tile=ds)))
+    if ctx.needs_input_grad[3]:
+        db = _run(("bone-db", dy.shape, r), lambda: s.t() @ dy, lambda: K.tn(s, dy).to(dy.dtype))
+    return dx, None, _bias_grad(ctx, dy, 2), db
+
+
+class BonePaddedCuda(torch.autograd.Function):
+    """bone with the padded weight ``W_ext = [W | B^T]`` (:mod:`.padded`): one GEMM forward,
+    ``y = [x | s] W_ext^T``, over a copy ``[x | s]`` that q/k/v (or gate/up) share.
+
+    ``b`` is the master ``B`` (float32 in training): the forward's one copy into the spare
+    columns also casts it, and ``dB`` is returned in its dtype, so no separate cast runs in
+    either direction. The backward reads ``B^T`` back from the columns when no other call has
+    written them since (else it casts ``b`` again) and keeps the addend path, which measured
+    faster than ``[h | ds] = dy W_ext`` (docs/kernel_notes.md, 9).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int,
-                wx: Tensor | None) -> Tensor:
-        if wx is not None:  # one GEMM with K = in + r
-            xe, s = shared_extended_input(x, r)
-            padded.fill_(w, wx, b.t())
-            y = torch.addmm(bias, xe, wx.t()) if bias is not None else xe @ wx.t()
-        else:
-            def cublas():  # s = block_sum(x) once per input, z = s B + bias, then z += x W^T
-                s = _shared_block_sum(x, r)
-                z = torch.addmm(bias, s, b) if bias is not None else s @ b
-                return s, z.addmm_(x, w.t())
-
-            def triton():
-                s = _shared_block_sum(x, r)
-                bt = b.t().contiguous()
-                if tma_gemm.usable(x, w, s, bt):
-                    return s, tma_gemm.bone_gemm(x, w, s, k_major=True, bt=bt, bias=bias)
-                return s, mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
-
-            s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
+                wx: Tensor) -> Tensor:
+        xe, s = shared_extended_input(x, r)
+        ctx.key = object()
+        padded.fill_(w, wx, b.t(), key=ctx.key)
+        y = torch.addmm(bias, xe, wx.t()) if bias is not None else xe @ wx.t()
         ctx.save_for_backward(w, b, s)
         ctx.r = r
         return y
@@ -136,18 +168,13 @@ class BoneCuda(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         w, b, s = ctx.saved_tensors
         dy = dy.contiguous()
-        r, inn = ctx.r, w.shape[1]
-        dx = db = None
-        if ctx.needs_input_grad[0]:  # dx = dy W + tile_in(dy B^T)
-            ds = dy @ b.t()
-            dx = _run(("bone-bwd", dy.shape, w.shape, r),
-                      lambda: K.rank_r(None, r, v=ds, expand="tile", n=inn)[1].addmm_(dy, w),
-                      lambda: (tma_gemm.bone_gemm(dy, w, ds, k_major=False)
-                               if tma_gemm.usable(dy, w, ds) else mm_epilogue(dy, w, tile=ds)))
-        if ctx.needs_input_grad[3]:
-            db = _run(("bone-db", dy.shape, r), lambda: s.t() @ dy,
-                      lambda: K.tn(s, dy).to(dy.dtype))
-        return dx, None, _bias_grad(ctx, dy, 2), db, None, None
+        inn = w.shape[1]
+        if padded.holds(w, ctx.key):
+            bc = _extended_saved(w, ctx.r)[:, inn:].t()  # B (r, out) in the compute dtype
+        else:
+            bc = b.to(dy.dtype)
+        dx, _, dbias, db = _bone_backward(ctx, dy, w, bc, s, ctx.r)
+        return dx, None, dbias, None if db is None else db.to(b.dtype), None, None
 
 
 def _row_affine_triton(z: Tensor, w: Tensor, vsum: Tensor, bias: Tensor | None) -> Tensor:

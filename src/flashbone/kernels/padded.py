@@ -35,14 +35,14 @@ import torch
 from torch import Tensor, nn
 
 # Which variants pad: ``FLASHBONE_PADDED=0`` (none), unset or ``1`` (the default below), or a
-# comma list such as ``bone,bat-row``. Measured on an H100 (docs/kernel_notes.md, 9):
-# - bat-row pads: -1.5 to -2.5 ms/step at 4k tokens, -9.6 ms at 16k, neutral at 7B with
+# comma list such as ``bone,bat-row,bone-ab``. Measured on an H100 (docs/kernel_notes.md, 9):
+# - bat-row: -1.5 to -2.5 ms/step at 4k tokens, -9.6 ms at 16k, neutral at 7B with
 #   checkpointing; the spare columns cost r / in of the frozen weights (+0.6% peak memory).
-# - bone saves 0.9 ms/step of GPU time padded, but its forward is host-bound per projection at
-#   4k tokens, so the wall time moved by -0.3 to -1.0 ms, and at 7B with checkpointing it was
-#   9 ms slower (1.163 against 1.130): off by default.
-# - bone-ab would pass its 1.05 memory target with them (1.051 against 1.045): off.
-DEFAULT_VARIANTS: tuple[str, ...] = ("bat-row",)
+# - bone (forward only, the master B cast inside the copy to W_ext): -0.3 to -0.5 ms at 4k
+#   tokens, -4.9 ms at 7B with checkpointing (memory +0.001 and +0.013 of the floor).
+# - bone-ab would pass its 1.05 memory target with them (1.051 against 1.045): off. bone-mini
+#   was not measured padded on a normal machine: off.
+DEFAULT_VARIANTS: tuple[str, ...] = ("bone", "bat-row")
 _ENV = os.environ.get("FLASHBONE_PADDED", "1").strip()
 VARIANTS: tuple[str, ...] = (() if _ENV == "0" else DEFAULT_VARIANTS if _ENV in ("", "1")
                              else tuple(v.strip() for v in _ENV.split(",") if v.strip()))
@@ -96,16 +96,24 @@ def rehome(w: nn.Parameter, r: int) -> Tensor:
     return view_of(w, r)
 
 
-def fill_(w: Tensor, ext: Tensor, source: Tensor, key: object = None) -> None:
-    """Write ``source`` (``out x r``) into the spare columns of ``ext``, the ``W_ext`` of ``w``.
+def fill_(w: Tensor, ext: Tensor, source: Tensor, key: object) -> None:
+    """Write ``source`` (``out x r``, any dtype: the copy casts) into the spare columns of
+    ``ext``, the ``W_ext`` of ``w``, and mark them as holding ``key``.
 
-    ``key`` names constant content (the 0/1 matrix of the row-affine variants): when the
-    columns already hold it the write is skipped. ``None`` (bone's ``B^T``, new every forward)
-    always writes."""
-    if key is not None and getattr(w, _FILL, None) == key:
+    A ``key`` that compares equal names constant content (the 0/1 matrix of the row-affine
+    variants): when the columns already hold it the write is skipped. Bone passes a fresh
+    ``object()`` per forward (``B`` changes every step), which its backward checks with
+    :func:`holds` before it reads ``B^T`` back from the columns."""
+    if getattr(w, _FILL, None) == key:
         return
     ext[:, w.shape[1]:].copy_(source)
     setattr(w, _FILL, key)
+
+
+def holds(w: Tensor, key: object) -> bool:
+    """Whether the spare columns of ``w``'s ``W_ext`` still hold what :func:`fill_` wrote
+    under ``key`` (another adapter's call may have written its own since)."""
+    return getattr(w, _FILL, None) is key
 
 
 def extended(w: Tensor, r: int, variant: str) -> Tensor | None:

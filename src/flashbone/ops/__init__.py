@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,20 +33,47 @@ from . import torch_ops as T
 class AdapterCall:
     """What a layer hands to the dispatcher for one active adapter.
 
-    ``params`` are already cast to the compute dtype (the cast is part of autograd, so
-    gradients flow back to the float32 master weights).
+    ``params`` gives the tensors in the compute dtype (a :class:`LazyCast` from layers: the
+    cast is part of autograd, so gradients flow back to the float32 master weights, and it
+    happens on first access); :meth:`master` gives them uncast.
     """
 
     variant: str
     r: int
-    params: dict[str, Tensor]
+    params: Mapping[str, Tensor]
     dropout: nn.Module | None = None
     mini_r: int | None = field(default=None)
+
+    def master(self, name: str) -> Tensor:
+        """The tensor before its cast to the compute dtype (a kernel may fuse the cast)."""
+        p = self.params
+        return p.masters[name] if isinstance(p, LazyCast) else p[name]
 
     def bone_b(self, out: int) -> Tensor:
         """``B`` of shape ``(r, out)`` for the additive variants (bone-mini tiled)."""
         b = self.params["B"]
         return b if b.shape[1] == out else b.repeat(1, out // b.shape[1])
+
+
+class LazyCast(Mapping[str, Tensor]):
+    """Adapter tensors cast to the compute dtype on first access (inside autograd, so gradients
+    reach the float32 masters). A GPU path that writes the cast itself never triggers it."""
+
+    def __init__(self, masters: dict[str, Tensor], dtype: torch.dtype):
+        self.masters, self.dtype, self._cast = masters, dtype, {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        t = self._cast.get(name)
+        if t is None:
+            m = self.masters[name]
+            t = self._cast[name] = m if m.dtype == self.dtype else m.to(self.dtype)
+        return t
+
+    def __iter__(self):
+        return iter(self.masters)
+
+    def __len__(self) -> int:
+        return len(self.masters)
 
 
 FastPath = Callable[[Tensor, Tensor, "Tensor | None", AdapterCall], Tensor]
