@@ -25,7 +25,7 @@ cuBLAS on H100: docs/kernel_notes.md section 8).
 Which runs is :func:`gemm_mode` (``FLASHBONE_GEMM=cublas|triton|auto``; ``auto`` times both
 once per shape on first use and keeps the faster). A third way needs no addend at all: with the
 frozen weight padded to ``W_ext = [W | X]`` (:mod:`.padded`) cuBLAS runs the rank-r term as r
-more columns of K or N of the token GEMM (bat-row by default; bone's forward on request).
+more columns of K or N of the token GEMM (bat-row both ways, bone's forward: BonePaddedCuda).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
     W_ext = [ W | X ]   (out x (in + r)), one allocation; the layer's weight is W_ext[:, :in]
 
     bone        X = B^T   forward   y       = [x | x P] W_ext^T = x W^T + (x P) B     K = in + r
-                          backward  [h | ds] = dy W_ext         = [dy W | dy B^T]      N = in + r
+                          (backward keeps the addend: [h | ds] = dy W_ext measured slower)
     row-affine  X = E     forward   y       = [z | vsum] W_ext^T = z W^T + tile(vsum)
-    (bat-row,             backward  [h | g] = dy W_ext          = [dy W | block_sum(dy)]
+    (bat-row,             backward  [h | g] = dy W_ext          = [dy W | block_sum(dy)]  N = in + r
      bone-ab)
 
 ``P`` / ``E`` are the 0/1 matrices of :func:`.triton_kernels.block_ones` (``E[o, j] = 1`` when
@@ -21,9 +21,9 @@ view ``W_ext[:, :in]``: same values and dtype, row stride ``in + r`` (PyTorch an
 such strides without copies; ``.to()``, ``.clone()`` and ``save_pretrained`` give contiguous
 tensors again, and :func:`compact_` undoes it in place). Each call writes the ``X`` it needs
 before its GEMM (:func:`fill_`; constant content is written once), so adapters of different
-kinds may share a layer. Weights that are views into
-other buffers (FSDP flat parameters, tied slices), tensor subclasses, trainable weights and
-code under ``torch.compile`` or CUDA-graph capture keep their layout and the addend path.
+kinds may share a layer. Weights that are views into other buffers (FSDP flat parameters, tied
+slices), tensor subclasses, trainable weights and code under ``torch.compile`` or CUDA-graph
+capture keep their layout and the addend path.
 Which variants pad is :data:`VARIANTS` (``FLASHBONE_PADDED``: ``0``, ``1`` or a comma list).
 """
 
