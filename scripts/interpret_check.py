@@ -11,7 +11,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch
 from torch import nn
 from flashbone.kernels import padded
-from flashbone.kernels.functions import BoneCuda, BonePaddedCuda, RowAffineCuda
+from flashbone.kernels.functions import BoneCuda, BonePaddedCuda, RowAffineCuda, WeightSpaceCuda
 from flashbone.ops import torch_ops as T
 
 torch.manual_seed(0)
@@ -67,8 +67,9 @@ def check_row(t, out, inn, r, pad, ab):
     dy = torch.randn(t, out, dtype=dt)
     wx = padded.rehome(w, r) if pad else None
     xs = x.clone().requires_grad_()
-    as_ = a.clone().requires_grad_()
-    cs = c.clone().requires_grad_() if ab else None
+    # padded runs pass float32 masters, as the dispatcher does: the kernels cast them on load
+    as_ = (a.float() if pad else a.clone()).requires_grad_()
+    cs = (c.float() if pad else c.clone()).requires_grad_() if ab else None
     y = RowAffineCuda.apply(xs, w, bias, as_, cs, r, wx)
     y.backward(dy)
     x32 = x.float().requires_grad_()
@@ -85,7 +86,32 @@ def check_row(t, out, inn, r, pad, ab):
         e.append(rel(cs.grad, c32.grad))
     print("bone-ab" if ab else "bat-row", t, out, inn, r, "pad" if pad else "   ", ["%.1e" % v for v in e])
     assert max(e) < 1e-2, e
-    assert torch.equal(w, w0)
+    assert torch.equal(w, w0) and as_.grad.dtype == as_.dtype
+
+
+def check_bat(t, out, inn, r, hadamard, master):
+    x = torch.randn(t, inn, dtype=dt)
+    w = torch.randn(out, inn, dtype=dt) * inn ** -0.5
+    b = (torch.randn(out // r, r, r) * 0.1).to(dt)
+    dy = torch.randn(t, out, dtype=dt)
+    xs = x.clone().requires_grad_()
+    bs = (b.float() if master else b.clone()).requires_grad_()
+    y = WeightSpaceCuda.apply(xs, w, None, bs, hadamard)
+    y.backward(dy)
+    x32 = x.float().requires_grad_()
+    b32 = b.float().requires_grad_()
+    wv = w.float().view(out // r, r, inn // r, r)
+    bb = b32[:, :, None, :]
+    if hadamard:
+        wn = wv * (1 + bb) + bb
+    else:
+        wn = wv + torch.einsum("aibk,akj->aibj", wv, b32) + bb
+    yr = x32 @ wn.reshape(out, inn).t()
+    yr.backward(dy.float())
+    e = [rel(y, yr), rel(xs.grad, x32.grad), rel(bs.grad, b32.grad)]
+    print("bat-hadamard" if hadamard else "bat", t, out, inn, r, "master" if master else "", ["%.1e" % v for v in e])
+    assert max(e) < 1e-2, e
+    assert bs.grad.dtype == bs.dtype
 
 for pad in (False, True):
     check_bone(130, 96, 64, 16, pad)
@@ -94,4 +120,6 @@ for pad in (False, True):
     check_bone(50, 64, 64, 32, pad, twice=True)
     check_row(130, 96, 64, 16, pad, False)
     check_row(70, 64, 128, 32, pad, True)
+    check_bat(70, 64, 96, 16, False, pad)
+    check_bat(50, 32, 64, 16, True, pad)
 print("ok")

@@ -40,6 +40,7 @@ from . import padded
 
 _AVAILABLE: bool | None = None
 MIN_ELEMENTS = int(os.environ.get("FLASHBONE_KERNEL_MIN_ELEMENTS", 1 << 23))
+_FUSED_CAST = os.environ.get("FLASHBONE_FUSED_CAST", "1") != "0"  # A/B switch (kernel notes, 9)
 
 
 def available() -> bool:
@@ -113,9 +114,9 @@ def _row_affine(x, w, bias, call):
     from .functions import RowAffineCuda
 
     if call.variant == "bone-ab":
-        a, c = call.params["A"].contiguous(), call.params["B"].contiguous()
+        a, c = _master(call, "A"), _master(call, "B")
     else:
-        a, c = call.params["B"].contiguous(), None
+        a, c = _master(call, "B"), None
     return RowAffineCuda.apply(_rows(x), _rows(w), bias, a, c, call.r, _extended(w, call))
 
 
@@ -125,7 +126,15 @@ def _weight_space(x, w, bias, call):
     from .functions import WeightSpaceCuda
 
     hadamard = call.variant == "bat-hadamard"
-    return WeightSpaceCuda.apply(_rows(x), _rows(w), bias, call.params["B"].contiguous(), hadamard)
+    return WeightSpaceCuda.apply(_rows(x), _rows(w), bias, _master(call, "B"), hadamard)
+
+
+def _master(call, name: str) -> Tensor:
+    """The uncast adapter tensor: the Triton kernels cast it as they load it (same rounding as
+    a separate cast) and return its gradient in its own dtype, so neither direction runs a
+    cast kernel or a cast node (kernel notes, 9)."""
+    t = call.master(name) if _FUSED_CAST else call.params[name]
+    return t.contiguous()
 
 
 GPU_PATHS: dict[str, Callable] = {

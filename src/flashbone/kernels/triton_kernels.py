@@ -306,12 +306,12 @@ def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz
             cols = b * R + j
             xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=rmask, other=0.0)
             # A_b^T as (k, j): element A_b[j, k]
-            at = tl.load(a_ptr + b * R * R + j[None, :] * R + j[:, None])
+            at = tl.load(a_ptr + b * R * R + j[None, :] * R + j[:, None]).to(xb.dtype)
             u = tl.dot(xb, at)
             tl.store(z_ptr + rows[:, None] * sz + cols[None, :],
                      (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=rmask)
             if HAS_C:
-                ct = tl.load(c_ptr + b * R * R + j[None, :] * R + j[:, None])
+                ct = tl.load(c_ptr + b * R * R + j[None, :] * R + j[:, None]).to(xb.dtype)
                 vacc = tl.dot(xb, ct, vacc)
             else:
                 vacc += u
@@ -347,9 +347,10 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
     t0 = tl.program_id(1) * ROWS
     j = tl.arange(0, R)
     cols = b * R + j
-    am = tl.load(a_ptr + b * R * R + j[:, None] * R + j[None, :])  # A_b as (k, j)
+    # A_b as (k, j), cast here to the activation dtype (A may be the float32 master)
+    am = tl.load(a_ptr + b * R * R + j[:, None] * R + j[None, :]).to(dx_ptr.dtype.element_ty)
     if BONE_AB:
-        cm = tl.load(c_ptr + b * R * R + j[:, None] * R + j[None, :])
+        cm = tl.load(c_ptr + b * R * R + j[:, None] * R + j[None, :]).to(dx_ptr.dtype.element_ty)
     da = tl.zeros((R, R), dtype=tl.float32)
     dc = tl.zeros((R, R), dtype=tl.float32)
     for t in range(t0, t0 + ROWS, BT):
@@ -410,7 +411,8 @@ def _weight_build_kernel(w_ptr, b_ptr, o_ptr, NB, BPP, sw, so, R: tl.constexpr,
                          HADAMARD: tl.constexpr):
     a = tl.program_id(0)
     i = tl.arange(0, R)
-    bm = tl.load(b_ptr + a * R * R + i[:, None] * R + i[None, :])
+    # B_a cast here to W's dtype (B may be the float32 master): the same rounding as a cast
+    bm = tl.load(b_ptr + a * R * R + i[:, None] * R + i[None, :]).to(o_ptr.dtype.element_ty)
     bf = bm.to(tl.float32)
     for bb in range(0, BPP):
         b = tl.program_id(1) * BPP + bb
