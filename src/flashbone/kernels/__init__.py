@@ -40,7 +40,6 @@ from . import padded
 
 _AVAILABLE: bool | None = None
 MIN_ELEMENTS = int(os.environ.get("FLASHBONE_KERNEL_MIN_ELEMENTS", 1 << 23))
-_FUSED_CAST = os.environ.get("FLASHBONE_FUSED_CAST", "1") != "0"  # A/B switch (kernel notes, 9)
 
 
 def available() -> bool:
@@ -133,8 +132,7 @@ def _master(call, name: str) -> Tensor:
     """The uncast adapter tensor: the Triton kernels cast it as they load it (same rounding as
     a separate cast) and return its gradient in its own dtype, so neither direction runs a
     cast kernel or a cast node (kernel notes, 9)."""
-    t = call.master(name) if _FUSED_CAST else call.params[name]
-    return t.contiguous()
+    return call.master(name).contiguous()
 
 
 GPU_PATHS: dict[str, Callable] = {
