@@ -267,3 +267,16 @@ def test_autocast_computes_in_bf16_like_nn_linear(variant):
     dense = base.weight + VARIANTS[variant].delta(base.weight, {"B": ad.B.detach()}, 8)
     ref = torch.nn.functional.linear(x, dense, base.bias)
     torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-2)
+
+
+def test_adapter_call_casts_lazily_once_and_keeps_the_master():
+    from flashbone.layer import BlockAdapter
+
+    ad = BlockAdapter("bone", 8, 16, 16, init="random")
+    call = ad.call(torch.bfloat16)
+    assert call.master("B") is ad.B  # a GPU path may take the float32 master as it is
+    b = call.params["B"]
+    assert b.dtype == torch.bfloat16 and call.params["B"] is b  # one cast, reused
+    assert list(call.params) == ["B"] and len(call.params) == 1
+    b.float().sum().backward()  # the cast is inside autograd: the master gets the gradient
+    assert ad.B.grad is not None and ad.B.grad.dtype == torch.float32
