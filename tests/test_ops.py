@@ -270,8 +270,6 @@ def test_autocast_computes_in_bf16_like_nn_linear(variant):
 
 
 def test_adapter_call_casts_lazily_once_and_keeps_the_master():
-    from flashbone.layer import BlockAdapter
-
     ad = BlockAdapter("bone", 8, 16, 16, init="random")
     call = ad.call(torch.bfloat16)
     assert call.master("B") is ad.B  # a GPU path may take the float32 master as it is
