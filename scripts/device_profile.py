@@ -25,17 +25,7 @@ def main() -> int:
     dev, dtype = bench.resolve(a)
     result = {}
     for m in bench.parse_methods(a.methods):
-        model = bench.wrap(bench.build_model(a, dev, dtype), m, a)
-        params = [q for q in model.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None
-        ids = torch.randint(0, a.vocab, (a.batch, a.seq), device=dev)
-
-        def step():
-            model(input_ids=ids, labels=ids).loss.backward()
-            if opt:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
+        _, step = bench.training_step(m, a, dev, dtype)
         for _ in range(3):
             step()
         torch.cuda.synchronize()
@@ -51,7 +41,7 @@ def main() -> int:
         print(f"== {m}: GPU busy {total:.1f} ms/step")
         for k, ms, n in rows[: a.top]:
             print(f"   {ms:8.2f} ms {n:5d}x  {k}")
-        model = opt = params = None
+        step = None  # frees the model and optimizer before the next method
         gc.collect()
         torch.cuda.empty_cache()
     if a.out:

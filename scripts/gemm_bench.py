@@ -24,13 +24,18 @@ def rel(a, b):
     return float((a.float() - b).norm() / b.norm())
 
 
-def main():
+def shape_args() -> argparse.Namespace:
+    """``--tokens --hidden --inter --r``: the LLaMA layer shapes to time (scripts share them)."""
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--inter", type=int, default=11008)
     p.add_argument("--r", type=int, default=64)
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def main():
+    a = shape_args()
     dev, bf, t, r = "cuda", torch.bfloat16, a.tokens, a.r
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__}  T={t} r={r}")
     print(f"{'use':10s} {'in x out':>12s} {'cuBLAS alone':>13s} {'default':>9s} {'TMA':>9s} "

@@ -2,6 +2,9 @@
 the host spends it (each timed call starts with an empty launch queue; scripts/host_overhead.py).
 
     PYTHONPATH=src python scripts/host_breakdown.py
+
+The ``layer(x + 0)`` rows time the new input's creation too (call 30); scripts/host_layer.py
+makes the input before the timed region and is the one docs/kernel_notes.md section 9 uses.
 """
 import cProfile
 import pstats

@@ -55,17 +55,7 @@ def main() -> int:
     a = p.parse_args()
     dev, dtype = bench.resolve(a)
     for m in bench.parse_methods(a.methods):
-        model = bench.wrap(bench.build_model(a, dev, dtype), m, a)
-        params = [q for q in model.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None
-        ids = torch.randint(0, a.vocab, (a.batch, a.seq), device=dev)
-
-        def step():
-            model(input_ids=ids, labels=ids).loss.backward()
-            if opt:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
+        _, step = bench.training_step(m, a, dev, dtype)
         for _ in range(3):
             step()
         torch.cuda.synchronize()
@@ -82,7 +72,7 @@ def main() -> int:
             print(f"   gap {g:8.1f} us  after {before[:55]:55s} before {after[:55]}")
         for name, n in runtime.most_common():
             print(f"   runtime {name}: {n // 2} per step, {runtime_us[name] / 2e3:.2f} ms")
-        model = opt = params = None
+        step = None  # frees the model and optimizer before the next method
         gc.collect()
         torch.cuda.empty_cache()
     return 0

@@ -5,25 +5,18 @@ addend path, so a step-level difference can be traced to its GEMMs and passes.
 
 Median times (triton.testing.do_bench) per projection shape of a LLaMA layer, T tokens.
 """
-import argparse
-
 import torch
-from triton.testing import do_bench
+from gemm_bench import ms, shape_args
 
 from flashbone.kernels import triton_kernels as K
 
 
 def us(fn):
-    return 1e3 * do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return 1e3 * ms(fn)
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--inter", type=int, default=11008)
-    p.add_argument("--r", type=int, default=64)
-    a = p.parse_args()
+    a = shape_args()
     dev, bf, t, r = "cuda", torch.bfloat16, a.tokens, a.r
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__}  T={t} r={r}  (us)")
     for i, o in [(a.hidden, a.hidden), (a.hidden, a.inter), (a.inter, a.hidden)]:

@@ -50,7 +50,7 @@ def test_extended_leaves_cpu_weights_and_switched_off_alone(monkeypatch):
     padded.rehome(w, 16)
     assert padded.extended(w, 16, "bat-row") is not None
     assert padded.extended(w, 16, "bat") is None  # bat builds W' instead: no padding
-    monkeypatch.setattr(padded, "_ENABLED", False)
+    monkeypatch.setattr(padded, "VARIANTS", ())  # FLASHBONE_PADDED=0
     assert padded.extended(w, 16, "bat-row") is None
 
 

@@ -176,19 +176,36 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: torch.dtype) -> dict:
-    """Build, wrap and train one method; the row of the table (times in ms, memory in GiB)."""
-    from .ops import use_backend
-
+def training_step(method: str, a: argparse.Namespace, dev: torch.device, dtype: torch.dtype):
+    """``(model, step)`` for one method: the wrapped bench model and a function that runs one
+    AdamW training step on the bench's fixed batch and returns the loss (what
+    :func:`run_method` times; scripts/device_profile.py and friends profile the same step)."""
     model = wrap(build_model(a, dev, dtype), method, a)
     params = [p for p in model.parameters() if p.requires_grad]
-    n_train = sum(p.numel() for p in params)
     opt = None
     if params:
         fused = {"fused": True} if dev.type == "cuda" else {}
         opt = torch.optim.AdamW(params, lr=1e-5, **fused)
     gen = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen).to(dev)
+
+    def step() -> torch.Tensor:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return loss
+
+    return model, step
+
+
+def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: torch.dtype) -> dict:
+    """Build, wrap and train one method; the row of the table (times in ms, memory in GiB)."""
+    from .ops import use_backend
+
+    model, step_fn = training_step(method, a, dev, dtype)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     backend = use_backend("torch") if method.endswith("@torch") else contextlib.nullcontext()
     if dev.type == "cuda":
         _sync(dev)
@@ -197,11 +214,7 @@ def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: tor
     with backend:
         for _ in range(a.warmup + a.steps):
             t0 = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            if opt is not None:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            loss = step_fn()
             # host done queueing; far below step_ms: GPU-bound. Near it: host-bound, or the host
             # waited on a full launch queue (kernel notes, section 8); a profile tells them apart
             hosts.append(time.perf_counter() - t0)
@@ -216,7 +229,7 @@ def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: tor
                loss_finite=all(math.isfinite(x) for x in losses))
     if method == "peft-lora" or method.startswith("peft-lora-"):
         row["lora_r"] = matched_lora_r(a)
-    del model, opt, params, loss
+    del model, step_fn, loss
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()

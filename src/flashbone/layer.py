@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BoneConfigError, MergeError, TargetError
-from .ops import AdapterCall, LazyCast, adapted_linear
+from .ops import AdapterCall, LazyCast, adapted_linear, as_dtype
 from .variants import VARIANTS, check_shape, get_variant
 
 
@@ -57,13 +57,6 @@ def features(module: nn.Module) -> tuple[int, int]:
         return module.out_features, module.in_features
     out, inn = module.weight.shape
     return (out, inn) if isinstance(module, nn.Linear) else (inn, out)  # Conv1D is (in, out)
-
-
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t.to(dtype)`` without the call when it would return ``t``: every adapted projection
-    runs this a few times per step, and a no-op ``.to`` still costs microseconds of host time,
-    which the GPU waits for in host-bound stretches of a step (docs/kernel_notes.md, 9)."""
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 class BlockAdapter(nn.Module):
@@ -193,13 +186,13 @@ class BoneLayer(nn.Module):
             with torch.autocast(device, enabled=False):
                 return self._adapted(x.to(dtype), live, dtype)
         dtype = self.base_layer.weight.dtype
-        return _as(self._adapted(_as(x, dtype), live, dtype), x.dtype)
+        return as_dtype(self._adapted(as_dtype(x, dtype), live, dtype), x.dtype)
 
     def _adapted(self, x: Tensor, live: list[str], dtype: torch.dtype) -> Tensor:
         bias = self.bias
         calls = [self.adapters[a].call(dtype) for a in live]
-        return adapted_linear(x, _as(self.weight, dtype), None if bias is None else _as(bias, dtype),
-                              calls)
+        bias = None if bias is None else as_dtype(bias, dtype)
+        return adapted_linear(x, as_dtype(self.weight, dtype), bias, calls)
 
     # -- merge ------------------------------------------------------------------------
     # Merging computes in float32 (float64 stays) and casts to the base dtype once. Merged

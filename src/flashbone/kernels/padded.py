@@ -47,18 +47,8 @@ DEFAULT_VARIANTS: tuple[str, ...] = ("bone", "bat-row", "bone-ab")
 _ENV = os.environ.get("FLASHBONE_PADDED", "1").strip()
 VARIANTS: tuple[str, ...] = (() if _ENV == "0" else DEFAULT_VARIANTS if _ENV in ("", "1")
                              else tuple(v.strip() for v in _ENV.split(",") if v.strip()))
-_ENABLED = True
 _WIDTH = "_flashbone_padded_width"  # attribute on the Parameter: in + r of its W_ext
 _FILL = "_flashbone_padded_fill"  # attribute on the Parameter: what the spare columns hold
-
-
-def set_enabled(flag: bool) -> None:
-    global _ENABLED
-    _ENABLED = flag
-
-
-def enabled() -> bool:
-    return _ENABLED
 
 
 def view_of(w: Tensor, r: int) -> Tensor | None:
@@ -119,9 +109,9 @@ def holds(w: Tensor, key: object) -> bool:
 
 def extended(w: Tensor, r: int, variant: str) -> Tensor | None:
     """``W_ext`` for the layer weight ``w`` (re-homed on first use), or ``None`` when ``w``
-    must keep its layout (see the module docstring), the variant does not pad (:data:`VARIANTS`)
-    or padding is switched off."""
-    if not _ENABLED or variant not in VARIANTS:
+    must keep its layout (see the module docstring) or the variant does not pad (:data:`VARIANTS`,
+    empty when padding is switched off)."""
+    if variant not in VARIANTS:
         return None
     ext = view_of(w, r)
     if ext is not None or not w.is_cuda or not rehomable(w):

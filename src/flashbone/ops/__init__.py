@@ -55,6 +55,11 @@ class AdapterCall:
         return b if b.shape[1] == out else b.repeat(1, out // b.shape[1])
 
 
+def as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, skipping the call (and its dispatch) when ``t`` already has ``dtype``."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class LazyCast(Mapping[str, Tensor]):
     """Adapter tensors cast to the compute dtype on first access (inside autograd, so gradients
     reach the float32 masters). A GPU path that writes the cast itself never triggers it."""
@@ -65,8 +70,7 @@ class LazyCast(Mapping[str, Tensor]):
     def __getitem__(self, name: str) -> Tensor:
         t = self._cast.get(name)
         if t is None:
-            m = self.masters[name]
-            t = self._cast[name] = m if m.dtype == self.dtype else m.to(self.dtype)
+            t = self._cast[name] = as_dtype(self.masters[name], self.dtype)
         return t
 
     def __iter__(self):
