@@ -108,3 +108,4 @@ def test_compact_restores_contiguous_storage_in_place():
     assert padded.compact_(m) == 1
     assert m.weight is p and p.is_contiguous() and torch.equal(p, before)
     assert padded.compact_(m) == 0
+

@@ -189,10 +189,13 @@ class BoneLayer(nn.Module):
         return as_dtype(self._adapted(as_dtype(x, dtype), live, dtype), x.dtype)
 
     def _adapted(self, x: Tensor, live: list[str], dtype: torch.dtype) -> Tensor:
-        bias = self.bias
-        calls = [self.adapters[a].call(dtype) for a in live]
+        # runs on every forward: attributes read once (nn.Module lookups cost host time that
+        # the GPU waits for at small steps, docs/kernel_notes.md 9)
+        base, adapters = self.base_layer, self.adapters._modules
+        w, bias = base.weight, base.bias
+        calls = [adapters[a].call(dtype) for a in live]
         bias = None if bias is None else as_dtype(bias, dtype)
-        return adapted_linear(x, as_dtype(self.weight, dtype), bias, calls)
+        return adapted_linear(x, as_dtype(w.t() if self.is_conv1d else w, dtype), bias, calls)
 
     # -- merge ------------------------------------------------------------------------
     # Merging computes in float32 (float64 stays) and casts to the base dtype once. Merged

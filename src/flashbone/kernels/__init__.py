@@ -103,8 +103,9 @@ def _bone(x, w, bias, call):
         if wx is not None:  # bone's master B goes in: its cast happens in the copy to W_ext
             b = call.master("B") if call.variant == "bone" else call.bone_b(w.shape[0])
             return Fn.BonePaddedCuda.apply(x, w, bias, b, r, wx)
-    b = call.bone_b(w.shape[0]).contiguous()
-    return Fn.BoneCuda.apply(x, _rows(w), bias, b, r)
+    # bone's master B goes in (cast inside, dB returned float32); bone-mini's tiled B is cast
+    b = call.master("B") if call.variant == "bone" else call.bone_b(w.shape[0])
+    return Fn.BoneCuda.apply(x, _rows(w), bias, b.contiguous(), r)
 
 
 def _row_affine(x, w, bias, call):

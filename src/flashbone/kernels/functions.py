@@ -100,10 +100,16 @@ def _shared_block_sum(x: Tensor, r: int) -> Tensor:
 
 
 class BoneCuda(torch.autograd.Function):
-    """``y = x W^T + bias + (sum_b x_b) B`` for ``B (r, out)``; saves only ``s`` (``T x r``)."""
+    """``y = x W^T + bias + (sum_b x_b) B`` for ``B (r, out)``; saves only ``s`` (``T x r``).
+
+    ``b`` may be the float32 master: it is cast here (no autograd node) and ``dB`` comes back
+    in its dtype."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int) -> Tensor:
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b_master: Tensor,
+                r: int) -> Tensor:
+        b = b_master if b_master.dtype == x.dtype else b_master.to(x.dtype)
+
         def cublas():  # s = block_sum(x) once per input, z = s B + bias, then z += x W^T
             s = _shared_block_sum(x, r)
             z = torch.addmm(bias, s, b) if bias is not None else s @ b
@@ -118,17 +124,20 @@ class BoneCuda(torch.autograd.Function):
 
         s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
         ctx.save_for_backward(w, b, s)
-        ctx.r = r
+        ctx.r, ctx.b_dtype = r, b_master.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         w, b, s = ctx.saved_tensors
-        return _bone_backward(ctx, dy.contiguous(), w, b, s, ctx.r) + (None,)
+        dx, _, dbias, db = _bone_backward(ctx, dy.contiguous(), w, b, s, ctx.r, ctx.b_dtype)
+        return dx, None, dbias, None if db is None else db.to(ctx.b_dtype), None
 
 
-def _bone_backward(ctx, dy: Tensor, w: Tensor, b: Tensor, s: Tensor, r: int) -> tuple:
-    """``(dx, None, dbias, dB)`` of bone: ``dx = dy W + tile_in(dy B^T)``, ``dB = s^T dy``."""
+def _bone_backward(ctx, dy: Tensor, w: Tensor, b: Tensor, s: Tensor, r: int,
+                   db_dtype: torch.dtype) -> tuple:
+    """``(dx, None, dbias, dB)`` of bone: ``dx = dy W + tile_in(dy B^T)``, ``dB = s^T dy``
+    (float32 straight from its GEMM when ``db_dtype`` is float32, else in ``dy``'s dtype)."""
     inn = w.shape[1]
     dx = db = None
     if ctx.needs_input_grad[0]:
@@ -137,8 +146,10 @@ def _bone_backward(ctx, dy: Tensor, w: Tensor, b: Tensor, s: Tensor, r: int) -> 
                   lambda: K.rank_r(None, r, v=ds, expand="tile", n=inn)[1].addmm_(dy, w),
                   lambda: (tma_gemm.bone_gemm(dy, w, ds, k_major=False)
                            if tma_gemm.usable(dy, w, ds) else mm_epilogue(dy, w, tile=ds)))
-    if ctx.needs_input_grad[3]:
-        db = _run(("bone-db", dy.shape, r), lambda: s.t() @ dy, lambda: K.tn(s, dy).to(dy.dtype))
+    if ctx.needs_input_grad[3]:  # (computing dB right after ds measured slower: call 43)
+        db = _run(("bone-db", dy.shape, r),
+                  lambda: mm_float32(s.t(), dy) if db_dtype == torch.float32 else s.t() @ dy,
+                  lambda: K.tn(s, dy))
     return dx, None, _bias_grad(ctx, dy, 2), db
 
 
@@ -147,10 +158,10 @@ class BonePaddedCuda(torch.autograd.Function):
     ``y = [x | s] W_ext^T``, over a copy ``[x | s]`` that q/k/v (or gate/up) share.
 
     ``b`` is the master ``B`` (float32 in training): the forward's one copy into the spare
-    columns also casts it, and ``dB`` is returned in its dtype, so no separate cast runs in
-    either direction. The backward reads ``B^T`` back from the columns when no other call has
-    written them since (else it casts ``b`` again) and keeps the addend path, which measured
-    faster than ``[h | ds] = dy W_ext`` (docs/kernel_notes.md, 9).
+    columns also casts it, and ``dB`` is computed in float32 by its GEMM, so no separate cast
+    runs in either direction. The backward reads ``B^T`` back from the columns when no other
+    call has written them since (else it casts ``b`` again) and keeps the addend path, which
+    measured faster than ``[h | ds] = dy W_ext`` (docs/kernel_notes.md, 9 and 10).
     """
 
     @staticmethod
@@ -173,8 +184,27 @@ class BonePaddedCuda(torch.autograd.Function):
             bc = _extended_saved(w, ctx.r)[:, inn:].t()  # B (r, out) in the compute dtype
         else:
             bc = b.to(dy.dtype)
-        dx, _, dbias, db = _bone_backward(ctx, dy, w, bc, s, ctx.r)
+        dx, _, dbias, db = _bone_backward(ctx, dy, w, bc, s, ctx.r, b.dtype)
         return dx, None, dbias, None if db is None else db.to(b.dtype), None, None
+
+
+_MM_DTYPE: bool | None = None  # whether torch.mm takes out_dtype here (CUDA, PyTorch >= 2.8)
+
+
+def mm_float32(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` of half-precision operands, returned in float32 by the GEMM itself (no
+    rounding to half and no cast kernel: the gradient of a float32 master tensor)."""
+    global _MM_DTYPE
+    if _MM_DTYPE is not False and a.is_cuda:
+        try:
+            y = torch.mm(a, b, out_dtype=torch.float32)
+            _MM_DTYPE = True
+            return y
+        except (TypeError, RuntimeError, NotImplementedError):
+            if _MM_DTYPE:  # it worked before: a real error
+                raise
+            _MM_DTYPE = False
+    return (a @ b).float()
 
 
 def _row_affine_triton(z: Tensor, w: Tensor, vsum: Tensor, bias: Tensor | None) -> Tensor:

@@ -231,7 +231,8 @@ def saved_input(ctx) -> list:
 # ------------------------------------------------------------------ per-input small results
 # q/k/v (and gate/up) read the same input: what depends only on it (bone's block sum) is
 # computed by the first and reused by the others, for as long as that input lives.
-_PER_INPUT: dict[tuple[int, object], tuple[weakref.ref, int, Tensor]] = {}
+# id(input) -> (input, its version, {tag: value}); one finalizer per input, not per tag
+_PER_INPUT: dict[int, tuple[weakref.ref, int, dict]] = {}
 
 
 def _base_of(x: Tensor) -> Tensor | None:
@@ -240,20 +241,36 @@ def _base_of(x: Tensor) -> Tensor | None:
     return base if same else None
 
 
-def cached(x: Tensor, tag: object) -> Tensor | None:
-    """The tensor stored with :func:`store` for this input (same object and version), if any."""
-    base = _base_of(x)
-    hit = _PER_INPUT.get((id(base), tag)) if base is not None else None
+def _entry(base: Tensor) -> dict | None:
+    hit = _PER_INPUT.get(id(base))
     if hit is not None and hit[0]() is base and hit[1] == base._version:
         return hit[2]
     return None
 
 
-def store(x: Tensor, tag: object, value: Tensor) -> None:
-    """Keep ``value`` (a tensor derived from ``x``) until ``x`` itself is freed."""
+def cached(x: Tensor, tag: object) -> Tensor | None:
+    """The tensor stored with :func:`store` for this input (same object and version), if any."""
+    base = _base_of(x)
+    values = _entry(base) if base is not None else None
+    return None if values is None else values.get(tag)
+
+
+def store(x: Tensor, tag: object, value) -> None:
+    """Keep ``value`` (derived from ``x``) until ``x`` itself is freed or changed in place."""
     base = _base_of(x)
     if base is None:
         return
-    key = (id(base), tag)
-    _PER_INPUT[key] = (weakref.ref(base), base._version, value)
-    weakref.finalize(base, _PER_INPUT.pop, key, None)
+    values = _entry(base)
+    if values is None:
+        key = id(base)
+        values = {}
+        _PER_INPUT[key] = (weakref.ref(base), base._version, values)
+        weakref.finalize(base, _drop, key, values)
+    values[tag] = value
+
+
+def _drop(key: int, values: dict) -> None:
+    """Forget a freed input's entry (unless a newer input has taken over its id)."""
+    hit = _PER_INPUT.get(key)
+    if hit is not None and hit[2] is values:
+        del _PER_INPUT[key]
