@@ -54,8 +54,8 @@ def test_extended_leaves_cpu_weights_and_switched_off_alone(monkeypatch):
     assert padded.extended(w, 16, "bat-row") is None
 
 
-@pytest.mark.parametrize("env,want", [("0", ()), ("1", ("bone", "bat-row", "bone-ab")),
-                                      ("", ("bone", "bat-row", "bone-ab")),
+@pytest.mark.parametrize("env,want", [("0", ()), ("1", ("bone", "bat-row", "bone-ab", "bone-mini")),
+                                      ("", ("bone", "bat-row", "bone-ab", "bone-mini")),
                                       ("bat-row, bone-ab", ("bat-row", "bone-ab"))])
 def test_the_env_switch_names_the_padded_variants(env, want):
     code = "from flashbone.kernels import padded; print(','.join(padded.VARIANTS))"

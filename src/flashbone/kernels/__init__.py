@@ -15,7 +15,7 @@ Switches (docs/kernel_notes.md has the measurements behind each default):
 ``FLASHBONE_REPLAY=0`` saves layer inputs instead of recomputing them (:mod:`.replay`);
 ``FLASHBONE_PADDED=0|1|bone,bat-row`` chooses the variants whose frozen weight gets r spare
 columns so that cuBLAS runs the rank-r terms inside the token GEMMs (:mod:`.padded`; default
-bone and bat-row); ``FLASHBONE_GEMM=cublas|triton|auto`` picks how the rank-r addend meets the token GEMM
+bone, bat-row, bone-ab and bone-mini); ``FLASHBONE_GEMM=cublas|triton|auto`` picks how the rank-r addend meets the token GEMM
 otherwise (:mod:`.functions`; ``triton`` is the TMA GEMM of :mod:`.tma_gemm`);
 ``FLASHBONE_KERNEL_CONFIG='{"row_affine_bwd": {"PER_SM": 4}}'`` overrides launch parameters
 (:data:`.triton_kernels.CONFIG`).
