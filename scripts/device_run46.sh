@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call 46: final code of the fourth session (commit 1fca0b2). CUDA tests, main table.
+# Device call 46: commit 1fca0b2 (before bone-mini padded by default). CUDA tests, main table.
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT; L=$OUT/run46.log
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $L
