@@ -2,6 +2,7 @@
 # Device call 42: bone's padded backward ([h | ds] = dy W_ext, one add, dB in float32 by its GEMM:
 # three launches instead of five) and leaner dispatch, against the previous code (ab/src, a copy
 # of commit 86059d8), alternating in one call. CUDA tests first.
+# (The "new" code of this call, the three-launch padded backward, was reverted after it: kernel notes section 10.)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT; L=$OUT/run42.log
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $L

@@ -2,6 +2,7 @@
 # Device call 45: bone's B^T copies batched once per forward pass (padded.forward_pass), against
 # the same code without it (ab/mid) and the previous commit (ab/src = 86059d8), alternating in one
 # call. CUDA tests first (including 4 fused-AdamW steps on the padded kernels vs the PyTorch path).
+# (The batched copy, "new" here, was not kept: it measured slower; kernel notes section 10 describes it.)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT; L=$OUT/run45.log
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $L
