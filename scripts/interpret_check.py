@@ -11,7 +11,8 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch
 from torch import nn
 from flashbone.kernels import padded
-from flashbone.kernels.functions import BoneCuda, BonePaddedCuda, RowAffineCuda, WeightSpaceCuda
+from flashbone.kernels.functions import (BoneCuda, BoneGroupCuda, BonePaddedCuda, RowAffineCuda,
+                                        WeightSpaceCuda)
 from flashbone.ops import torch_ops as T
 
 torch.manual_seed(0)
@@ -113,6 +114,46 @@ def check_bat(t, out, inn, r, hadamard, master):
     assert max(e) < 1e-2, e
     assert bs.grad.dtype == bs.dtype
 
+def check_group(t, outs, inn, r, unused=()):
+    """q/k/v-like members on one input (BoneGroupCuda), some outputs left out of the loss."""
+    x = torch.randn(t, inn, dtype=dt)
+    xs, x32 = x.clone().requires_grad_(), x.float().requires_grad_()
+    flat, refs, dys = [], [], []
+    for i, out in enumerate(outs):
+        w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn ** -0.5, requires_grad=False)
+        w0 = w.detach().clone()
+        wx = padded.rehome(w, r)
+        bias = torch.randn(out, dtype=dt).requires_grad_() if i == 0 else None
+        b = (torch.randn(r, out) * 0.1).requires_grad_()  # the float32 master
+        flat += [w, bias, b, wx]
+        refs.append((w0, bias, b))
+        dys.append(None if i in unused else torch.randn(t, out, dtype=dt))
+    ys = BoneGroupCuda.apply(xs, r, *flat)
+    torch.autograd.backward([y for y, d in zip(ys, dys) if d is not None],
+                            [d for d in dys if d is not None])
+    errs = []
+    for (w0, bias, b), y, d in zip(refs, ys, dys):
+        b32 = b.detach().clone().requires_grad_()
+        bias32 = None if bias is None else bias.detach().float().requires_grad_()
+        yr = bone_ref(x32, w0.float(), 0 if bias is None else bias32, b32, r)
+        errs.append(rel(y, yr))
+        if d is not None:
+            g32 = torch.autograd.grad(yr, [b32] + ([bias32] if bias is not None else []),
+                                      d.float(), retain_graph=True)
+            errs.append(rel(b.grad, g32[0]))
+            if bias is not None:
+                errs.append(rel(bias.grad, g32[1]))
+        else:
+            assert b.grad is None
+    loss = sum((bone_ref(x32, w0.float(), 0 if bias is None else bias.detach().float(),
+                         b.detach(), r) * d.float()).sum()
+               for (w0, bias, b), d in zip(refs, dys) if d is not None)
+    loss.backward()
+    errs.append(rel(xs.grad, x32.grad))
+    print("group", t, outs, inn, r, "unused", unused, ["%.1e" % v for v in errs])
+    assert max(errs) < 1e-2, errs
+
+
 for pad in (False, True):
     check_bone(130, 96, 64, 16, pad)
     check_bone(70, 64, 80, 32, pad)        # in % r != 0: a partial last block
@@ -122,4 +163,7 @@ for pad in (False, True):
     check_row(70, 64, 128, 32, pad, True)
     check_bat(70, 64, 96, 16, False, pad)
     check_bat(50, 32, 64, 16, True, pad)
+check_group(130, [64, 32, 32], 64, 16)        # q, k, v with fewer kv heads
+check_group(70, [128, 128], 64, 32, unused=(1,))  # gate/up, one output unused
+check_group(50, [64, 64], 80, 32)              # in % r != 0
 print("ok")

@@ -367,6 +367,52 @@ def test_tiny_llama_on_kernels_matches_pytorch_path(variant):
     assert _rel(grads["auto"], grads["torch"]) < 3e-2
 
 
+def _graph_nodes(t):
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        n = stack.pop()
+        if n is not None and n not in seen:
+            seen.add(n)
+            stack.extend(f for f, _ in n.next_functions)
+    return {type(n).__name__ for n in seen}
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("variant", ["bone", "bone-mini"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_sibling_groups_match_the_pytorch_path(variant, checkpointing):
+    # step 1 learns that q/k/v and gate/up read one input, step 2 runs them as groups (one
+    # BoneGroupCuda node each); under non-reentrant checkpointing the groups stand aside
+    from flashbone import BoneConfig, get_bone_model, siblings
+
+    grads = {}
+    for backend in ("auto", "torch"):
+        torch.manual_seed(0)
+        m = _tiny_llama(torch.bfloat16, layers=2).cuda()
+        if checkpointing:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.train()
+        cfg = BoneConfig(variant=variant, r=16, mini_r=16 if variant == "bone-mini" else None,
+                         init="random")
+        bm = get_bone_model(m, cfg)
+        params = [p for p in bm.parameters() if p.requires_grad]
+        ids = torch.randint(0, 50, (2, 64), device="cuda")
+        with use_backend(backend):
+            for _ in range(2):
+                for p in params:
+                    p.grad = None
+                loss = bm(input_ids=ids, labels=ids).loss
+                loss.backward()
+        grads[backend] = torch.cat([p.grad.flatten() for p in params])
+        if backend == "auto":
+            attn = bm.model.model.layers[0].self_attn
+            assert siblings.siblings_of(attn.q_proj) == [attn.k_proj, attn.v_proj]
+            grouped = "BoneGroupCudaBackward" in _graph_nodes(bm(input_ids=ids, labels=ids).loss)
+            assert grouped == (not checkpointing and variant in padded.VARIANTS)
+    assert _rel(grads["auto"], grads["torch"]) < 3e-2
+
+
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("variant", ["bone", "bat-row"])

@@ -24,6 +24,7 @@ from typing import Iterable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from . import siblings
 from .errors import BoneConfigError, MergeError, TargetError
 from .ops import AdapterCall, LazyCast, adapted_linear, as_dtype
 from .variants import VARIANTS, check_shape, get_variant
@@ -186,6 +187,14 @@ class BoneLayer(nn.Module):
             with torch.autocast(device, enabled=False):
                 return self._adapted(x.to(dtype), live, dtype)
         dtype = self.base_layer.weight.dtype
+        if x.is_cuda:  # q/k/v and gate/up as one group (flashbone.siblings)
+            y = siblings.take(self, x)
+            if y is not None:
+                return y
+            siblings.learn(self, x)
+            y = siblings.run(self, x, dtype)
+            if y is not None:
+                return y
         return as_dtype(self._adapted(as_dtype(x, dtype), live, dtype), x.dtype)
 
     def _adapted(self, x: Tensor, live: list[str], dtype: torch.dtype) -> Tensor:

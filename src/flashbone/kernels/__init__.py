@@ -108,6 +108,32 @@ def _bone(x, w, bias, call):
     return Fn.BoneCuda.apply(x, _rows(w), bias, b.contiguous(), r)
 
 
+def bone_group(x: Tensor, members: list) -> list[Tensor] | None:
+    """Outputs of padded bone layers that read the same input ``x``, as one autograd node
+    (:class:`.functions.BoneGroupCuda`); ``members`` is ``[(w, bias, call), ...]``. ``None``
+    when any member would not take the padded path alone, or under saved-tensor hooks
+    (non-reentrant checkpointing checks that its recompute saves what the forward saved, and the
+    first forward of a group runs before its members are known)."""
+    from . import replay
+
+    if replay.saved_tensor_hooks_active():
+        return None
+    r, flat = None, []
+    for w, bias, call in members:
+        if (call.variant not in ("bone", "bone-mini") or call.variant not in padded.VARIANTS
+                or (r is not None and call.r != r) or not supported(call.variant, x, w, call.r)):
+            return None
+        r = call.r
+        wx = _extended(w, call)
+        if wx is None:
+            return None
+        b = call.master("B") if call.variant == "bone" else call.bone_b(w.shape[0])
+        flat += [w, bias, b, wx]
+    from .functions import BoneGroupCuda
+
+    return list(BoneGroupCuda.apply(_rows(x), r, *flat))
+
+
 def _row_affine(x, w, bias, call):
     if not supported(call.variant, x, w, call.r):
         return _torch_path(call.variant)(x, w, bias, call)
@@ -146,10 +172,13 @@ GPU_PATHS: dict[str, Callable] = {
 }
 
 
-def register(register_gpu_path: Callable[[str, Callable], None]) -> None:
+def register(register_gpu_path: Callable[[str, Callable], None],
+             register_group_path: Callable[[Callable], None] | None = None) -> None:
     """Register every GPU path with the dispatcher (called by :mod:`flashbone.ops`)."""
     for variant, fn in GPU_PATHS.items():
         register_gpu_path(variant, fn)
+    if register_group_path is not None:
+        register_group_path(bone_group)
 
 
-__all__ = ["available", "supported", "register", "GPU_PATHS"]
+__all__ = ["available", "supported", "register", "bone_group", "GPU_PATHS"]

@@ -188,6 +188,65 @@ class BonePaddedCuda(torch.autograd.Function):
         return dx, None, dbias, None if db is None else db.to(b.dtype), None, None
 
 
+class BoneGroupCuda(torch.autograd.Function):
+    """Several padded bone layers that read the same input (q/k/v, gate/up) as one node.
+
+    Forward: one shared ``[x | s]``, then per member its ``B^T`` copy and its GEMM, as in
+    :class:`BonePaddedCuda`. Backward: ``ds = sum_i dy_i B_i^T`` accumulated by cuBLAS, one tile
+    of it, then ``dx = tile(ds) + sum_i dy_i W_i`` with every GEMM adding onto the same buffer:
+    one tile launch instead of one per member, and no separate sums of the members' input
+    gradients (autograd would add them pairwise). One Python forward and backward serve the group,
+    which is host time the attention and MLP blocks are short of (docs/kernel_notes.md, 10).
+
+    ``flat`` holds ``(w, bias, b, wx)`` per member; ``b`` is the master ``B`` (or bone-mini's
+    tiled copy) and ``dB`` comes back in its dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, r: int, *flat):
+        ctx.set_materialize_grads(False)
+        xe, s = shared_extended_input(x, r)
+        ys, saved, keys = [], [], []
+        for i in range(0, len(flat), 4):
+            w, bias, b, wx = flat[i:i + 4]
+            key = object()
+            padded.fill_(w, wx, b.t(), key=key)
+            ys.append(torch.addmm(bias, xe, wx.t()) if bias is not None else xe @ wx.t())
+            saved += [w, b]
+            keys.append(key)
+        ctx.save_for_backward(*saved, s)
+        ctx.r, ctx.keys = r, keys
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *dys):
+        *saved, s = ctx.saved_tensors
+        r, need = ctx.r, ctx.needs_input_grad
+        inn = saved[0].shape[1]
+        ds, live, grads = None, [], []
+        for i, dy in enumerate(dys):
+            w, b = saved[2 * i], saved[2 * i + 1]
+            if dy is None:  # this member's output took no part in the loss
+                grads += [None, None, None, None]
+                continue
+            dy = dy.contiguous()
+            if need[0]:
+                bc = (_extended_saved(w, r)[:, inn:].t() if padded.holds(w, ctx.keys[i])
+                      else b.to(dy.dtype))
+                ds = dy @ bc.t() if ds is None else ds.addmm_(dy, bc.t())
+                live.append((dy, w))
+            db = None
+            if need[2 + 4 * i + 2]:
+                db = (mm_float32(s.t(), dy) if b.dtype == torch.float32 else s.t() @ dy).to(b.dtype)
+            grads += [None, _bias_grad(ctx, dy, 2 + 4 * i + 1), db, None]
+        dx = None
+        if ds is not None:
+            dx = K.rank_r(None, r, v=ds, expand="tile", n=inn)[1]
+            for dy, w in live:
+                dx.addmm_(dy, w)
+        return (dx, None, *grads)
+
+
 _MM_DTYPE: bool | None = None  # whether torch.mm takes out_dtype here (CUDA, PyTorch >= 2.8)
 
 

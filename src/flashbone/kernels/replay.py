@@ -82,6 +82,11 @@ class Replay:
         return value
 
 
+def saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks (e.g. non-reentrant checkpointing) are active right now."""
+    return _hooks_active()
+
+
 def _hooks_active() -> bool:
     try:
         return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None

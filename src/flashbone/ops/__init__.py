@@ -115,6 +115,16 @@ def register_gpu_path(variant: str, fn: FastPath) -> None:
     _GPU_PATHS[variant] = fn
 
 
+GroupPath = Callable[[Tensor, list], "list[Tensor] | None"]
+_GPU_GROUP: list[GroupPath] = []
+
+
+def register_gpu_group_path(fn: GroupPath) -> None:
+    """Register a CUDA implementation of several layers that read one input (see
+    :func:`adapted_linear_group`)."""
+    _GPU_GROUP[:] = [fn]
+
+
 # -- PyTorch fast paths: (x (T, in), W (out, in), bias, call) -> y (T, out) ---------------
 
 
@@ -205,6 +215,23 @@ def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
     return y.view(*lead, out)
 
 
+def adapted_linear_group(x: Tensor, members: Sequence[tuple[Tensor, Tensor | None, AdapterCall]]
+                         ) -> list[Tensor] | None:
+    """:func:`adapted_linear` of several layers that read the same ``x`` (q/k/v, gate/up),
+    each ``(W, bias, call)`` with one adapter, computed together by a registered GPU path.
+
+    Same values as calling :func:`adapted_linear` per member; ``None`` when no group path
+    applies (CPU, another backend, a trainable weight, a variant without one), and the caller
+    then runs the members one by one."""
+    if _backend != "auto" or not _GPU_GROUP or not x.is_cuda:
+        return None
+    if any(w.requires_grad for w, _, _ in members):
+        return None
+    lead = x.shape[:-1]
+    outs = _GPU_GROUP[0](x.reshape(-1, x.shape[-1]), list(members))
+    return None if outs is None else [y.view(*lead, y.shape[-1]) for y in outs]
+
+
 def _flat(calls: Sequence[AdapterCall]) -> list[Tensor]:
     return [p for c in calls for p in c.params.values()]
 
@@ -222,15 +249,17 @@ def reference_weight(w: Tensor, calls: Sequence[AdapterCall]) -> Tensor:
 # needs neither CUDA nor Triton, and on CPU the PyTorch paths above stay in charge.
 from ..kernels import register as _register_kernels  # noqa: E402
 
-_register_kernels(register_gpu_path)
+_register_kernels(register_gpu_path, register_gpu_group_path)
 
 __all__ = [
     "AdapterCall",
     "adapted_linear",
+    "adapted_linear_group",
     "set_backend",
     "get_backend",
     "use_backend",
     "register_gpu_path",
+    "register_gpu_group_path",
     "reference_weight",
     "TORCH_PATHS",
 ]
