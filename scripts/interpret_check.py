@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from flashbone.kernels import padded
 from flashbone.kernels.functions import (BoneCuda, BoneGroupCuda, BonePaddedCuda, RowAffineCuda,
-                                        WeightSpaceCuda)
+                                        RowAffineGroupCuda, WeightSpaceCuda)
 from flashbone.ops import torch_ops as T
 
 torch.manual_seed(0)
@@ -154,6 +154,45 @@ def check_group(t, outs, inn, r, unused=()):
     assert max(errs) < 1e-2, errs
 
 
+def check_row_group(t, outs, inn, r, ab, unused=()):
+    """bat-row / bone-ab members on one input (RowAffineGroupCuda) against each member alone
+    through RowAffineCuda (checked against float32 math above)."""
+    x = torch.randn(t, inn, dtype=dt)
+    nb = inn // r
+    members, dys = [], []
+    for i, out in enumerate(outs):
+        w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn ** -0.5, requires_grad=False)
+        wx = padded.rehome(w, r)
+        bias = torch.randn(out, dtype=dt) if i == 0 else None
+        a = torch.randn(nb, r, r) * 0.1
+        c = torch.randn(nb, r, r) * 0.1 if ab else None
+        members.append((w, bias, a, c, wx))
+        dys.append(None if i in unused else torch.randn(t, out, dtype=dt))
+
+    def leaves():
+        return [(a.clone().requires_grad_(), None if c is None else c.clone().requires_grad_())
+                for _, _, a, c, _ in members]
+
+    xg, lg = x.clone().requires_grad_(), leaves()
+    flat = [v for (w, bias, _, _, wx), (a, c) in zip(members, lg) for v in (w, bias, a, c, wx)]
+    ys = RowAffineGroupCuda.apply(xg, r, *flat)
+    torch.autograd.backward([y for y, d in zip(ys, dys) if d is not None], [d for d in dys if d is not None])
+    xs, ls = x.clone().requires_grad_(), leaves()
+    yss = [RowAffineCuda.apply(xs, w, bias, a, c, r, wx)
+           for (w, bias, _, _, wx), (a, c) in zip(members, ls)]
+    torch.autograd.backward([y for y, d in zip(yss, dys) if d is not None], [d for d in dys if d is not None])
+    errs = [rel(y, ys_) for y, ys_ in zip(ys, yss)] + [rel(xg.grad, xs.grad)]
+    for (ag, cg), (a_s, c_s), d in zip(lg, ls, dys):
+        if d is None:
+            assert ag.grad is None
+            continue
+        errs.append(rel(ag.grad, a_s.grad))
+        if cg is not None:
+            errs.append(rel(cg.grad, c_s.grad))
+    print("row group", "bone-ab" if ab else "bat-row", t, outs, inn, r, "unused", unused, ["%.1e" % v for v in errs])
+    assert max(errs) < 1e-3, errs
+
+
 for pad in (False, True):
     check_bone(130, 96, 64, 16, pad)
     check_bone(70, 64, 80, 32, pad)        # in % r != 0: a partial last block
@@ -166,4 +205,6 @@ for pad in (False, True):
 check_group(130, [64, 32, 32], 64, 16)        # q, k, v with fewer kv heads
 check_group(70, [128, 128], 64, 32, unused=(1,))  # gate/up, one output unused
 check_group(50, [64, 64], 80, 32)              # in % r != 0
+check_row_group(130, [64, 32, 32], 64, 16, False)
+check_row_group(70, [128, 128], 64, 32, True, unused=(0,))
 print("ok")

@@ -379,11 +379,12 @@ def _graph_nodes(t):
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("variant", ["bone", "bone-mini"])
+@pytest.mark.parametrize("variant", ["bone", "bone-mini", "bat-row", "bone-ab"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_sibling_groups_match_the_pytorch_path(variant, checkpointing):
     # step 1 learns that q/k/v and gate/up read one input, step 2 runs them as groups (one
-    # BoneGroupCuda node each); under non-reentrant checkpointing the groups stand aside
+    # BoneGroupCuda / RowAffineGroupCuda node each); under non-reentrant checkpointing the
+    # groups stand aside
     from flashbone import BoneConfig, get_bone_model, siblings
 
     grads = {}
@@ -408,7 +409,9 @@ def test_sibling_groups_match_the_pytorch_path(variant, checkpointing):
         if backend == "auto":
             attn = bm.model.model.layers[0].self_attn
             assert siblings.siblings_of(attn.q_proj) == [attn.k_proj, attn.v_proj]
-            grouped = "BoneGroupCudaBackward" in _graph_nodes(bm(input_ids=ids, labels=ids).loss)
+            node = "RowAffine" if variant in ("bat-row", "bone-ab") else "Bone"
+            nodes = _graph_nodes(bm(input_ids=ids, labels=ids).loss)
+            grouped = f"{node}GroupCudaBackward" in nodes
             assert grouped == (not checkpointing and variant in padded.VARIANTS)
     assert _rel(grads["auto"], grads["torch"]) < 3e-2
 

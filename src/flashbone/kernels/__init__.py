@@ -108,30 +108,44 @@ def _bone(x, w, bias, call):
     return Fn.BoneCuda.apply(x, _rows(w), bias, b.contiguous(), r)
 
 
-def bone_group(x: Tensor, members: list) -> list[Tensor] | None:
-    """Outputs of padded bone layers that read the same input ``x``, as one autograd node
-    (:class:`.functions.BoneGroupCuda`); ``members`` is ``[(w, bias, call), ...]``. ``None``
-    when any member would not take the padded path alone, or under saved-tensor hooks
-    (non-reentrant checkpointing checks that its recompute saves what the forward saved, and the
-    first forward of a group runs before its members are known)."""
+_GROUPS = ({"bone", "bone-mini"}, {"bat-row"}, {"bone-ab"})  # variants that can share a node
+
+
+def layer_group(x: Tensor, members: list) -> list[Tensor] | None:
+    """Outputs of padded layers that read the same input ``x`` (``members``:
+    ``[(w, bias, call), ...]``), as one autograd node: :class:`.functions.BoneGroupCuda` for
+    bone and bone-mini, :class:`.functions.RowAffineGroupCuda` for bat-row or bone-ab.
+
+    ``None`` when the members mix kinds or differ in r, when any of them would not take the
+    padded path alone, or under saved-tensor hooks (non-reentrant checkpointing checks that its
+    recompute saves what the forward saved, and the first forward of a group runs before its
+    members are known)."""
     from . import replay
 
-    if replay.saved_tensor_hooks_active():
+    variants = {call.variant for _, _, call in members}
+    r = members[0][2].r
+    if (not any(variants <= g for g in _GROUPS) or not variants <= set(padded.VARIANTS)
+            or replay.saved_tensor_hooks_active()):
         return None
-    r, flat = None, []
+    flat = []
     for w, bias, call in members:
-        if (call.variant not in ("bone", "bone-mini") or call.variant not in padded.VARIANTS
-                or (r is not None and call.r != r) or not supported(call.variant, x, w, call.r)):
+        if call.r != r or not supported(call.variant, x, w, r):
             return None
-        r = call.r
         wx = _extended(w, call)
         if wx is None:
             return None
-        b = call.master("B") if call.variant == "bone" else call.bone_b(w.shape[0])
-        flat += [w, bias, b, wx]
-    from .functions import BoneGroupCuda
+        if call.variant == "bone":
+            flat += [w, bias, call.master("B"), wx]
+        elif call.variant == "bone-mini":
+            flat += [w, bias, call.bone_b(w.shape[0]), wx]
+        elif call.variant == "bone-ab":
+            flat += [w, bias, _master(call, "A"), _master(call, "B"), wx]
+        else:
+            flat += [w, bias, _master(call, "B"), None, wx]
+    from . import functions as Fn
 
-    return list(BoneGroupCuda.apply(_rows(x), r, *flat))
+    fn = Fn.RowAffineGroupCuda if variants & {"bat-row", "bone-ab"} else Fn.BoneGroupCuda
+    return list(fn.apply(_rows(x), r, *flat))
 
 
 def _row_affine(x, w, bias, call):
@@ -178,7 +192,7 @@ def register(register_gpu_path: Callable[[str, Callable], None],
     for variant, fn in GPU_PATHS.items():
         register_gpu_path(variant, fn)
     if register_group_path is not None:
-        register_group_path(bone_group)
+        register_group_path(layer_group)
 
 
-__all__ = ["available", "supported", "register", "bone_group", "GPU_PATHS"]
+__all__ = ["available", "supported", "register", "layer_group", "GPU_PATHS"]

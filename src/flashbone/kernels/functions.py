@@ -247,6 +247,63 @@ class BoneGroupCuda(torch.autograd.Function):
         return (dx, None, *grads)
 
 
+class RowAffineGroupCuda(torch.autograd.Function):
+    """Several padded row-affine layers (bat-row or bone-ab) that read the same input, as one
+    node: each member runs as in :class:`RowAffineCuda` with its padded weight, but the group
+    saves (or plans the recompute of) ``x`` once and has one Python forward and backward.
+
+    ``flat`` holds ``(w, bias, a, c, wx)`` per member (``c`` is ``None`` for bat-row).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, r: int, *flat):
+        ctx.set_materialize_grads(False)
+        ys, rest = [], []
+        sums = torch.zeros(len(flat) // 5, x.shape[0], r, device=x.device, dtype=torch.float32)
+        for i in range(0, len(flat), 5):
+            w, bias, a, c, wx = flat[i:i + 5]
+            out, inn = w.shape
+            ze = torch.empty(x.shape[0], inn + r, device=x.device, dtype=x.dtype)
+            _, vsum = K.row_affine_fwd(x, a, c, z=ze[:, :inn], vsum=sums[i // 5])
+            ze[:, inn:].copy_(vsum)
+            padded.fill_(w, wx, K.block_ones(out, r, x.dtype, x.device), key=("E", r))
+            ys.append(torch.addmm(bias, ze, wx.t()) if bias is not None else ze @ wx.t())
+            rest += [w, a, c]
+        replay.save_input(ctx, x, *rest)
+        ctx.r = r
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *dys):
+        x, *rest = replay.saved_input(ctx)
+        r, need = ctx.r, ctx.needs_input_grad
+        # one zeroed buffer for every member's dA (and dC): each gradient is a slice of it
+        wants = [(need[2 + 5 * i + 2], rest[3 * i + 2] is not None and need[2 + 5 * i + 3])
+                 if dy is not None else (False, False) for i, dy in enumerate(dys)]
+        bufs = torch.zeros(sum(map(sum, wants)), *rest[1].shape, device=x.device,
+                           dtype=torch.float32)
+        dx, grads, used = None, [], 0
+        for i, dy in enumerate(dys):
+            w, a, c = rest[3 * i:3 * i + 3]
+            at = 2 + 5 * i  # this member's first input index
+            if dy is None:  # this member's output took no part in the loss
+                grads += [None] * 5
+                continue
+            out, inn = w.shape
+            wx = _extended_saved(w, r)
+            padded.fill_(w, wx, K.block_ones(out, r, dy.dtype, dy.device), key=("E", r))
+            hg = dy.contiguous() @ wx  # [h | g]: g = sum_a dy_a, the gradient of every v_b
+            k = sum(wants[i])
+            dxi, da, dc = K.row_affine_bwd(hg[:, :inn], x, hg[:, inn:], a, c, need[0], *wants[i],
+                                           bufs[used:used + k] if k else None)
+            used += k
+            if dxi is not None:
+                dx = dxi if dx is None else dx.add_(dxi)
+            grads += [None, _bias_grad(ctx, dy, at + 1), None if da is None else da.to(a.dtype),
+                      None if dc is None else dc.to(c.dtype), None]
+        return (dx, None, *grads)
+
+
 _MM_DTYPE: bool | None = None  # whether torch.mm takes out_dtype here (CUDA, PyTorch >= 2.8)
 
 

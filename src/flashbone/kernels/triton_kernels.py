@@ -319,13 +319,14 @@ def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz
 
 
 def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
-                   z: torch.Tensor | None = None):
+                   z: torch.Tensor | None = None, vsum: torch.Tensor | None = None):
     """``z = x + u`` with ``u_b = x_b A_b^T`` and ``vsum = sum_b x_b C_b^T`` (float32).
-    ``z`` may be given (``T x in``, rows strided: the first columns of a wider buffer)."""
+    ``z`` may be given (``T x in``, rows strided: the first columns of a wider buffer), and
+    ``vsum`` too (zeroed, ``T x r`` float32: a group zeroes its members' in one launch)."""
     t, inn = x.shape
     nb, r, _ = a.shape
     z = torch.empty_like(x) if z is None else z
-    vsum = torch.zeros(t, r, device=x.device, dtype=torch.float32)
+    vsum = torch.zeros(t, r, device=x.device, dtype=torch.float32) if vsum is None else vsum
     bt = CONFIG["row_affine_fwd"]["BT"]
     nt = _grid_rows(t, bt)
     want = CONFIG["row_affine_fwd"]["PER_SM"] * _num_sms(x.device)  # programs to launch
@@ -381,18 +382,22 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
 
 
 def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.Tensor,
-                   c: torch.Tensor | None, need_dx: bool, need_da: bool, need_dc: bool):
+                   c: torch.Tensor | None, need_dx: bool, need_da: bool, need_dc: bool,
+                   grads: torch.Tensor | None = None):
     """Input gradient and ``dA``/``dC`` (float32) of the row-affine layer from ``h = dy W``.
 
     bat-row (``c=None``): ``du_b = h_b + g`` formed in registers; ``dx_b = h_b + du_b A_b``,
     ``dA_b = du_b^T x_b``. bone-ab: ``dx_b = h_b + h_b A_b + g C_b``, ``dA_b = h_b^T x_b``,
-    ``dC_b = g^T x_b``.
+    ``dC_b = g^T x_b``. ``grads`` may give their zeroed float32 buffer, ``(need_da + need_dc,
+    nb, r, r)`` (a group zeroes all its members' in one launch).
     """
     t, inn = u.shape
     nb, r, _ = a.shape
     dx = torch.empty(t, inn, device=u.device, dtype=u.dtype) if need_dx else u
-    da = torch.zeros(nb, r, r, device=u.device, dtype=torch.float32) if need_da else g
-    dc = torch.zeros(nb, r, r, device=u.device, dtype=torch.float32) if need_dc else g
+    if grads is None and (need_da or need_dc):
+        grads = torch.zeros(need_da + need_dc, nb, r, r, device=u.device, dtype=torch.float32)
+    da = grads[0] if need_da else g
+    dc = grads[-1] if need_dc else g
     bt = CONFIG["row_affine_bwd"]["BT"]
     want = CONFIG["row_affine_bwd"]["PER_SM"] * _num_sms(u.device)  # programs to launch
     chunks = max(1, min(triton.cdiv(t, bt), (want + nb - 1) // nb))
