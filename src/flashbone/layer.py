@@ -12,7 +12,7 @@
       copies:     {"default": trained copy, ...}      (one per adapter that lists it)
 
 The math lives in :mod:`flashbone.variants` (dense reference) and :mod:`flashbone.ops`
-(fast paths). This file only holds parameters and bookkeeping: which adapters are
+(fast paths); on CUDA, layers that read one input may run as a group (:mod:`flashbone.siblings`). This file only holds parameters and bookkeeping: which adapters are
 active, merged or disabled.
 """
 
