@@ -136,18 +136,20 @@ def main() -> int:
 
     for k in sorted({a.hidden, a.inter}):  # bat-row
         x = torch.randn(t, k, device=dev, dtype=bf)
-        am = torch.randn(k // r, r, r, device=dev, dtype=bf) * 0.02
+        am = torch.randn(k // r, r, r, device=dev) * 0.02  # the float32 master, cast on load
         xb = x.float().view(t, -1, r)
         zref = (xb + torch.einsum("tbk,bjk->tbj", xb, am.float())).reshape(t, k)
         sw.run("row_affine_fwd", f"{t}x{k}", e * 2 * t * k,
-               {"BT": [32, 64, 128], "PER_SM": [1, 2, 4, 8], "num_warps": warps},
+               {"BT": [32, 64, 128], "PER_SM": [1, 2, 4, 8], "num_warps": warps,
+                "num_stages": stages},
                lambda: K.row_affine_fwd(x, am, None)[0], lambda z: rel(z, zref))
         u = torch.randn(t, k, device=dev, dtype=bf)
         gs = torch.randn(t, r, device=dev, dtype=bf)
         du = u.float().view(t, -1, r) + gs.float()[:, None, :]
         dxref = (u.float().view(t, -1, r) + torch.einsum("tbj,bjk->tbk", du, am.float())).reshape(t, k)
         sw.run("row_affine_bwd", f"{t}x{k}", e * 3 * t * k,
-               {"BT": [32, 64, 128], "PER_SM": [1, 2, 4, 8], "num_warps": warps},
+               {"BT": [32, 64, 128], "PER_SM": [1, 2, 4, 8], "num_warps": warps,
+                "num_stages": stages},
                lambda: K.row_affine_bwd(u, x, gs, am, None, True, True, False)[0],
                lambda dx: rel(dx, dxref))
 
