@@ -187,7 +187,8 @@ class BoneLayer(nn.Module):
             with torch.autocast(device, enabled=False):
                 return self._adapted(x.to(dtype), live, dtype)
         dtype = self.base_layer.weight.dtype
-        if x.is_cuda:  # q/k/v and gate/up as one group (flashbone.siblings)
+        # q/k/v and gate/up as one group (flashbone.siblings); not while torch.compile traces
+        if x.is_cuda and not torch.compiler.is_compiling():
             y = siblings.take(self, x)
             if y is not None:
                 return y
