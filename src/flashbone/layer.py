@@ -12,8 +12,9 @@
       copies:     {"default": trained copy, ...}      (one per adapter that lists it)
 
 The math lives in :mod:`flashbone.variants` (dense reference) and :mod:`flashbone.ops`
-(fast paths); on CUDA, layers that read one input may run as a group (:mod:`flashbone.siblings`). This file only holds parameters and bookkeeping: which adapters are
-active, merged or disabled.
+(fast paths); on CUDA, layers that read one input may run as a group
+(:mod:`flashbone.siblings`). This file only holds parameters and bookkeeping: which adapters
+are active, merged or disabled.
 """
 
 from __future__ import annotations

@@ -147,10 +147,22 @@ def _bone_backward(ctx, dy: Tensor, w: Tensor, b: Tensor, s: Tensor, r: int,
                   lambda: (tma_gemm.bone_gemm(dy, w, ds, k_major=False)
                            if tma_gemm.usable(dy, w, ds) else mm_epilogue(dy, w, tile=ds)))
     if ctx.needs_input_grad[3]:  # (computing dB right after ds measured slower: call 43)
-        db = _run(("bone-db", dy.shape, r),
-                  lambda: mm_float32(s.t(), dy) if db_dtype == torch.float32 else s.t() @ dy,
+        db = _run(("bone-db", dy.shape, r), lambda: _bone_db(s, dy, db_dtype),
                   lambda: K.tn(s, dy))
     return dx, None, _bias_grad(ctx, dy, 2), db
+
+
+def _bone_db(s: Tensor, dy: Tensor, dtype: torch.dtype) -> Tensor:
+    """``dB = s^T dy``: float32 straight from the GEMM for a float32 master, else ``dy``'s dtype."""
+    return mm_float32(s.t(), dy) if dtype == torch.float32 else s.t() @ dy
+
+
+def _compute_b(w: Tensor, b: Tensor, key: object, r: int, dtype: torch.dtype) -> Tensor:
+    """``B (r, out)`` in the compute dtype for a padded bone backward: read back from the spare
+    columns when this forward's copy is still there, else cast again."""
+    if padded.holds(w, key):
+        return _extended_saved(w, r)[:, w.shape[1]:].t()
+    return b.to(dtype)
 
 
 class BonePaddedCuda(torch.autograd.Function):
@@ -179,11 +191,7 @@ class BonePaddedCuda(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         w, b, s = ctx.saved_tensors
         dy = dy.contiguous()
-        inn = w.shape[1]
-        if padded.holds(w, ctx.key):
-            bc = _extended_saved(w, ctx.r)[:, inn:].t()  # B (r, out) in the compute dtype
-        else:
-            bc = b.to(dy.dtype)
+        bc = _compute_b(w, b, ctx.key, ctx.r, dy.dtype)
         dx, _, dbias, db = _bone_backward(ctx, dy, w, bc, s, ctx.r, b.dtype)
         return dx, None, dbias, None if db is None else db.to(b.dtype), None, None
 
@@ -231,13 +239,12 @@ class BoneGroupCuda(torch.autograd.Function):
                 continue
             dy = dy.contiguous()
             if need[0]:
-                bc = (_extended_saved(w, r)[:, inn:].t() if padded.holds(w, ctx.keys[i])
-                      else b.to(dy.dtype))
+                bc = _compute_b(w, b, ctx.keys[i], r, dy.dtype)
                 ds = dy @ bc.t() if ds is None else ds.addmm_(dy, bc.t())
                 live.append((dy, w))
             db = None
             if need[2 + 4 * i + 2]:
-                db = (mm_float32(s.t(), dy) if b.dtype == torch.float32 else s.t() @ dy).to(b.dtype)
+                db = _bone_db(s, dy, b.dtype).to(b.dtype)
             grads += [None, _bias_grad(ctx, dy, 2 + 4 * i + 1), db, None]
         dx = None
         if ds is not None:
@@ -262,12 +269,7 @@ class RowAffineGroupCuda(torch.autograd.Function):
         sums = torch.zeros(len(flat) // 5, x.shape[0], r, device=x.device, dtype=torch.float32)
         for i in range(0, len(flat), 5):
             w, bias, a, c, wx = flat[i:i + 5]
-            out, inn = w.shape
-            ze = torch.empty(x.shape[0], inn + r, device=x.device, dtype=x.dtype)
-            _, vsum = K.row_affine_fwd(x, a, c, z=ze[:, :inn], vsum=sums[i // 5])
-            ze[:, inn:].copy_(vsum)
-            padded.fill_(w, wx, K.block_ones(out, r, x.dtype, x.device), key=("E", r))
-            ys.append(torch.addmm(bias, ze, wx.t()) if bias is not None else ze @ wx.t())
+            ys.append(_row_affine_padded_fwd(x, w, bias, a, c, r, wx, sums[i // 5]))
             rest += [w, a, c]
         replay.save_input(ctx, x, *rest)
         ctx.r = r
@@ -289,13 +291,9 @@ class RowAffineGroupCuda(torch.autograd.Function):
             if dy is None:  # this member's output took no part in the loss
                 grads += [None] * 5
                 continue
-            out, inn = w.shape
-            wx = _extended_saved(w, r)
-            padded.fill_(w, wx, K.block_ones(out, r, dy.dtype, dy.device), key=("E", r))
-            hg = dy.contiguous() @ wx  # [h | g]: g = sum_a dy_a, the gradient of every v_b
             k = sum(wants[i])
-            dxi, da, dc = K.row_affine_bwd(hg[:, :inn], x, hg[:, inn:], a, c, need[0], *wants[i],
-                                           bufs[used:used + k] if k else None)
+            dxi, da, dc = _row_affine_padded_bwd(dy.contiguous(), x, w, a, c, r, need[0],
+                                                 *wants[i], bufs[used:used + k] if k else None)
             used += k
             if dxi is not None:
                 dx = dxi if dx is None else dx.add_(dxi)
@@ -339,13 +337,9 @@ class RowAffineCuda(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, bias, a, c, r: int, wx: Tensor | None):
-        out, inn = w.shape
+        out = w.shape[0]
         if wx is not None:
-            ze = torch.empty(x.shape[0], inn + r, device=x.device, dtype=x.dtype)
-            _, vsum = K.row_affine_fwd(x, a, c, z=ze[:, :inn])
-            ze[:, inn:].copy_(vsum)
-            padded.fill_(w, wx, K.block_ones(out, r, x.dtype, x.device), key=("E", r))
-            y = torch.addmm(bias, ze, wx.t()) if bias is not None else ze @ wx.t()
+            y = _row_affine_padded_fwd(x, w, bias, a, c, r, wx)
         else:
             z, vsum = K.row_affine_fwd(x, a, c)
             y = _run(("row-fwd", x.shape, w.shape, r, bias is not None),
@@ -360,19 +354,42 @@ class RowAffineCuda(torch.autograd.Function):
     def backward(ctx, dy):
         x, w, a, c = replay.saved_input(ctx)
         dy = dy.contiguous()
-        r, (out, inn) = ctx.r, w.shape
-        if ctx.padded:  # [h | g] = dy [W | E]: g = sum_a dy_a, the gradient of every v_b
-            wx = _extended_saved(w, r)
-            padded.fill_(w, wx, K.block_ones(out, r, dy.dtype, dy.device), key=("E", r))
-            hg = dy @ wx
-            u, g = hg[:, :inn], hg[:, inn:]
+        r, need = ctx.r, ctx.needs_input_grad
+        wants = (need[0], need[3], c is not None and need[4])
+        if ctx.padded:
+            dx, da, dc = _row_affine_padded_bwd(dy, x, w, a, c, r, *wants)
         else:
             g = K.block_sum(dy, r)
             u = dy @ w  # h, the gradient of z = x + u; du = h + g is formed inside the kernel
-        need = ctx.needs_input_grad
-        dx, da, dc = K.row_affine_bwd(u, x, g, a, c, need[0], need[3], c is not None and need[4])
+            dx, da, dc = K.row_affine_bwd(u, x, g, a, c, *wants)
         return (dx, None, _bias_grad(ctx, dy, 2), None if da is None else da.to(a.dtype),
                 None if dc is None else dc.to(c.dtype), None, None)
+
+
+def _row_affine_padded_fwd(x: Tensor, w: Tensor, bias: Tensor | None, a: Tensor,
+                           c: Tensor | None, r: int, wx: Tensor,
+                           vsum: Tensor | None = None) -> Tensor:
+    """``y = [z | vsum] W_ext^T`` (K = in + r): the row-affine pass writes ``z`` into the first
+    columns of one buffer, ``vsum`` (float32, optionally a zeroed slice the caller owns) goes
+    into the last r, and ``W_ext = [W | E]``."""
+    out, inn = w.shape
+    ze = torch.empty(x.shape[0], inn + r, device=x.device, dtype=x.dtype)
+    _, vsum = K.row_affine_fwd(x, a, c, z=ze[:, :inn], vsum=vsum)
+    ze[:, inn:].copy_(vsum)
+    padded.fill_(w, wx, K.block_ones(out, r, x.dtype, x.device), key=("E", r))
+    return torch.addmm(bias, ze, wx.t()) if bias is not None else ze @ wx.t()
+
+
+def _row_affine_padded_bwd(dy: Tensor, x: Tensor, w: Tensor, a: Tensor, c: Tensor | None,
+                           r: int, need_dx: bool, need_da: bool, need_dc: bool,
+                           grads: Tensor | None = None):
+    """``(dx, dA, dC)`` from ``[h | g] = dy [W | E]`` (N = in + r): ``g = sum_a dy_a``, the
+    gradient of every ``v_b``, comes out of the token GEMM."""
+    out, inn = w.shape
+    wx = _extended_saved(w, r)
+    padded.fill_(w, wx, K.block_ones(out, r, dy.dtype, dy.device), key=("E", r))
+    hg = dy @ wx
+    return K.row_affine_bwd(hg[:, :inn], x, hg[:, inn:], a, c, need_dx, need_da, need_dc, grads)
 
 
 def _extended_saved(w: Tensor, r: int) -> Tensor:
