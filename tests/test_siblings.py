@@ -1,6 +1,8 @@
 """Layers that read one input, grouped for the GPU (flashbone.siblings): what is learned and
 when a waiting output is handed out. The grouped GPU math is in tests/test_kernels.py (CUDA)."""
 
+import weakref
+
 import torch
 
 from flashbone import BoneConfig, get_bone_model, siblings
@@ -42,7 +44,7 @@ def test_a_waiting_output_goes_only_to_the_same_input_and_adapter_once():
     adapter = k.adapters["default"]
 
     def wait(x):
-        siblings._waiting[k] = (__import__("weakref").ref(x), x._version, y, adapter)
+        siblings._waiting[k] = (weakref.ref(x), x._version, y, adapter)
 
     wait(x)
     assert siblings.take(k, x) is y
