@@ -193,18 +193,26 @@ def check_row_group(t, outs, inn, r, ab, unused=()):
     assert max(errs) < 1e-3, errs
 
 
-for pad in (False, True):
-    check_bone(130, 96, 64, 16, pad)
-    check_bone(70, 64, 80, 32, pad)        # in % r != 0: a partial last block
-    check_bone(70, 48, 96, 16, pad)        # out < in: addend forward, padded backward
-    check_bone(50, 64, 64, 32, pad, twice=True)
-    check_row(130, 96, 64, 16, pad, False)
-    check_row(70, 64, 128, 32, pad, True)
-    check_bat(70, 64, 96, 16, False, pad)
-    check_bat(50, 32, 64, 16, True, pad)
-check_group(130, [64, 32, 32], 64, 16)        # q, k, v with fewer kv heads
-check_group(70, [128, 128], 64, 32, unused=(1,))  # gate/up, one output unused
-check_group(50, [64, 64], 80, 32)              # in % r != 0
-check_row_group(130, [64, 32, 32], 64, 16, False)
-check_row_group(70, [128, 128], 64, 32, True, unused=(0,))
+from flashbone.kernels import triton_kernels as K  # noqa: E402
+
+# the row-affine forward has two kernels: whole rows per program (many tokens) and a split
+# over blocks with atomics (few); MIN_T=0 sends these small checks through the first
+for min_t in (K.CONFIG["row_affine_rows"]["MIN_T"], 0):
+    K.CONFIG["row_affine_rows"]["MIN_T"] = min_t
+    print("row_affine_rows MIN_T", min_t)
+    for pad in (False, True):
+        check_bone(130, 96, 64, 16, pad)
+        check_bone(70, 64, 80, 32, pad)        # in % r != 0: a partial last block
+        check_bone(70, 48, 96, 16, pad)        # out < in: addend forward, padded backward
+        check_bone(50, 64, 64, 32, pad, twice=True)
+        check_row(130, 96, 64, 16, pad, False)
+        check_row(70, 64, 128, 32, pad, True)
+        check_bat(70, 64, 96, 16, False, pad)
+        check_bat(50, 32, 64, 16, True, pad)
+    check_group(130, [64, 32, 32], 64, 16)        # q, k, v with fewer kv heads
+    check_group(70, [128, 128], 64, 32, unused=(1,))  # gate/up, one output unused
+    check_group(50, [64, 64], 80, 32)              # in % r != 0
+    check_row_group(130, [64, 32, 32], 64, 16, False)
+    check_row_group(70, [128, 128], 64, 32, True, unused=(0,))
+
 print("ok")

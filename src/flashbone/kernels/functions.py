@@ -266,10 +266,9 @@ class RowAffineGroupCuda(torch.autograd.Function):
     def forward(ctx, x: Tensor, r: int, *flat):
         ctx.set_materialize_grads(False)
         ys, rest = [], []
-        sums = torch.zeros(len(flat) // 5, x.shape[0], r, device=x.device, dtype=torch.float32)
         for i in range(0, len(flat), 5):
             w, bias, a, c, wx = flat[i:i + 5]
-            ys.append(_row_affine_padded_fwd(x, w, bias, a, c, r, wx, sums[i // 5]))
+            ys.append(_row_affine_padded_fwd(x, w, bias, a, c, r, wx))
             rest += [w, a, c]
         replay.save_input(ctx, x, *rest)
         ctx.r = r
@@ -292,10 +291,12 @@ class RowAffineGroupCuda(torch.autograd.Function):
                 grads += [None] * 5
                 continue
             k = sum(wants[i])
+            into = dx if K.CONFIG["row_affine_bwd"]["ACC"] else None  # add inside the kernel
             dxi, da, dc = _row_affine_padded_bwd(dy.contiguous(), x, w, a, c, r, need[0],
-                                                 *wants[i], bufs[used:used + k] if k else None)
+                                                 *wants[i], bufs[used:used + k] if k else None,
+                                                 into)
             used += k
-            if dxi is not None:
+            if dxi is not None and dxi is not dx:
                 dx = dxi if dx is None else dx.add_(dxi)
             grads += [None, _bias_grad(ctx, dy, at + 1), None if da is None else da.to(a.dtype),
                       None if dc is None else dc.to(c.dtype), None]
@@ -367,29 +368,27 @@ class RowAffineCuda(torch.autograd.Function):
 
 
 def _row_affine_padded_fwd(x: Tensor, w: Tensor, bias: Tensor | None, a: Tensor,
-                           c: Tensor | None, r: int, wx: Tensor,
-                           vsum: Tensor | None = None) -> Tensor:
+                           c: Tensor | None, r: int, wx: Tensor) -> Tensor:
     """``y = [z | vsum] W_ext^T`` (K = in + r): the row-affine pass writes ``z`` into the first
-    columns of one buffer, ``vsum`` (float32, optionally a zeroed slice the caller owns) goes
-    into the last r, and ``W_ext = [W | E]``."""
+    columns of one buffer and ``vsum`` into the last r, and ``W_ext = [W | E]``."""
     out, inn = w.shape
     ze = torch.empty(x.shape[0], inn + r, device=x.device, dtype=x.dtype)
-    _, vsum = K.row_affine_fwd(x, a, c, z=ze[:, :inn], vsum=vsum)
-    ze[:, inn:].copy_(vsum)
+    K.row_affine_fwd(x, a, c, z=ze[:, :inn], vsum=ze[:, inn:])
     padded.fill_(w, wx, K.block_ones(out, r, x.dtype, x.device), key=("E", r))
     return torch.addmm(bias, ze, wx.t()) if bias is not None else ze @ wx.t()
 
 
 def _row_affine_padded_bwd(dy: Tensor, x: Tensor, w: Tensor, a: Tensor, c: Tensor | None,
                            r: int, need_dx: bool, need_da: bool, need_dc: bool,
-                           grads: Tensor | None = None):
+                           grads: Tensor | None = None, dx: Tensor | None = None):
     """``(dx, dA, dC)`` from ``[h | g] = dy [W | E]`` (N = in + r): ``g = sum_a dy_a``, the
-    gradient of every ``v_b``, comes out of the token GEMM."""
+    gradient of every ``v_b``, comes out of the token GEMM. A given ``dx`` is added to."""
     out, inn = w.shape
     wx = _extended_saved(w, r)
     padded.fill_(w, wx, K.block_ones(out, r, dy.dtype, dy.device), key=("E", r))
     hg = dy @ wx
-    return K.row_affine_bwd(hg[:, :inn], x, hg[:, inn:], a, c, need_dx, need_da, need_dc, grads)
+    return K.row_affine_bwd(hg[:, :inn], x, hg[:, inn:], a, c, need_dx, need_da, need_dc, grads,
+                            dx)
 
 
 def _extended_saved(w: Tensor, r: int) -> Tensor:

@@ -42,7 +42,11 @@ CONFIG: dict[str, dict[str, int]] = {
     "expand": dict(BT=64, BN=128, num_warps=4, num_stages=3),
     "extend": dict(BT=16, BK=256, num_warps=4, num_stages=3),
     "row_affine_fwd": dict(BT=64, PER_SM=4, num_warps=4, num_stages=3),
-    "row_affine_bwd": dict(BT=64, PER_SM=2, num_warps=4, num_stages=3),
+    # PER_SM=0: as many programs as fit on the GPU at once (one wave, from the compiled
+    # kernel's registers and shared memory). ACC=1: a group's members add their input
+    # gradients into one dx inside this kernel; 0: dx.add_ after it.
+    "row_affine_bwd": dict(BT=64, PER_SM=0, ACC=1, num_warps=4, num_stages=2),
+    "row_affine_rows": dict(BT=32, MIN_T=2048, num_warps=4, num_stages=6),
     "weight_build": dict(num_warps=4, num_stages=3),
     "weight_grad": dict(num_warps=8, num_stages=2),
     "mul_cast_mul": dict(BR=4, BC=1024, num_warps=4, num_stages=3),
@@ -320,32 +324,76 @@ def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz
     tl.atomic_add(v_ptr + rows[:, None] * R + j[None, :], vacc, mask=rmask)
 
 
+@triton.jit
+def _row_affine_rows_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, sx, sz, sv,
+                            R: tl.constexpr, BT: tl.constexpr, HAS_C: tl.constexpr):
+    # One program owns BT whole rows: it walks every block b, so vsum is complete in its
+    # registers and is stored once, in v's dtype (no zeroed buffer, no atomics, no copy).
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    j = tl.arange(0, R)
+    rmask = rows[:, None] < T
+    vacc = tl.zeros((BT, R), dtype=tl.float32)
+    for b in range(0, NB):
+        cols = b * R + j
+        xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=rmask, other=0.0)
+        blk = b * R * R + j[:, None] * R + j[None, :]
+        u = tl.dot(xb, tl.trans(tl.load(a_ptr + blk).to(xb.dtype)))
+        tl.store(z_ptr + rows[:, None] * sz + cols[None, :],
+                 (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=rmask)
+        if HAS_C:
+            vacc = tl.dot(xb, tl.trans(tl.load(c_ptr + blk).to(xb.dtype)), vacc)
+        else:
+            vacc += u
+    tl.store(v_ptr + rows[:, None] * sv + j[None, :], vacc.to(v_ptr.dtype.element_ty),
+             mask=rmask)
+
+
 def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
                    z: torch.Tensor | None = None, vsum: torch.Tensor | None = None):
-    """``z = x + u`` with ``u_b = x_b A_b^T`` and ``vsum = sum_b x_b C_b^T`` (float32).
+    """``z = x + u`` with ``u_b = x_b A_b^T`` and ``vsum = sum_b x_b C_b^T``.
+
     ``z`` may be given (``T x in``, rows strided: the first columns of a wider buffer), and
-    ``vsum`` too (zeroed, ``T x r`` float32: a group zeroes its members' in one launch)."""
+    ``vsum`` too (``T x r``, any float dtype, rows strided: the padded path passes the last r
+    columns of that same buffer); by default ``vsum`` is a new float32 tensor. With enough
+    rows to fill the GPU, one program owns whole rows and stores ``vsum`` once; with fewer,
+    programs also split the blocks and add float32 partial sums atomically.
+    """
     t, inn = x.shape
     nb, r, _ = a.shape
     z = torch.empty_like(x) if z is None else z
-    vsum = torch.zeros(t, r, device=x.device, dtype=torch.float32) if vsum is None else vsum
+    out = vsum
+    sms = _num_sms(x.device)
+    cfg = CONFIG["row_affine_rows"]
+    if t >= cfg["MIN_T"]:
+        if out is None:
+            out = torch.empty(t, r, device=x.device, dtype=torch.float32)
+        grid = (triton.cdiv(t, cfg["BT"]),)
+        _row_affine_rows_kernel[grid](x, a, c if c is not None else a, z, out, t, nb,
+                                      x.stride(0), z.stride(0), out.stride(0), R=r,
+                                      BT=cfg["BT"], HAS_C=c is not None,
+                                      **_launch("row_affine_rows"))
+        return z, out
+    acc = torch.zeros(t, r, device=x.device, dtype=torch.float32)
     bt = CONFIG["row_affine_fwd"]["BT"]
     nt = _grid_rows(t, bt)
-    want = CONFIG["row_affine_fwd"]["PER_SM"] * _num_sms(x.device)  # programs to launch
+    want = CONFIG["row_affine_fwd"]["PER_SM"] * sms  # programs to launch
     groups = max(1, min(nb, (want + nt - 1) // nt))
     bpp = triton.cdiv(nb, groups)
     grid = (nt, triton.cdiv(nb, bpp))
-    _row_affine_fwd_kernel[grid](x, a, c if c is not None else a, z, vsum, t, nb, bpp,
+    _row_affine_fwd_kernel[grid](x, a, c if c is not None else a, z, acc, t, nb, bpp,
                                  x.stride(0), z.stride(0), R=r, BT=bt, HAS_C=c is not None,
                                  **_launch("row_affine_fwd"))
-    return z, vsum
+    if out is None:
+        return z, acc
+    out.copy_(acc)
+    return z, out
 
 
 @triton.jit
 def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc_ptr,
                            T, ROWS, su, sx, sg, sdx, R: tl.constexpr, BT: tl.constexpr,
                            BONE_AB: tl.constexpr, NEED_DX: tl.constexpr, NEED_DA: tl.constexpr,
-                           NEED_DC: tl.constexpr):
+                           NEED_DC: tl.constexpr, ACC: tl.constexpr):
     b = tl.program_id(0)
     t0 = tl.program_id(1) * ROWS
     j = tl.arange(0, R)
@@ -375,6 +423,9 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
             dxb = tl.dot(du, am) + ub.to(tl.float32)
             if BONE_AB:
                 dxb = tl.dot(gb, cm, dxb)
+            if ACC:  # a sibling's input gradient is already there: add, saving an add_ pass
+                dxb += tl.load(dx_ptr + rows[:, None] * sdx + cols[None, :], mask=rmask,
+                               other=0.0).to(tl.float32)
             tl.store(dx_ptr + rows[:, None] * sdx + cols[None, :],
                      dxb.to(dx_ptr.dtype.element_ty), mask=rmask)
     if NEED_DA:
@@ -385,30 +436,35 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
 
 def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.Tensor,
                    c: torch.Tensor | None, need_dx: bool, need_da: bool, need_dc: bool,
-                   grads: torch.Tensor | None = None):
+                   grads: torch.Tensor | None = None, dx: torch.Tensor | None = None):
     """Input gradient and ``dA``/``dC`` (float32) of the row-affine layer from ``h = dy W``.
 
     bat-row (``c=None``): ``du_b = h_b + g`` formed in registers; ``dx_b = h_b + du_b A_b``,
     ``dA_b = du_b^T x_b``. bone-ab: ``dx_b = h_b + h_b A_b + g C_b``, ``dA_b = h_b^T x_b``,
     ``dC_b = g^T x_b``. ``grads`` may give their zeroed float32 buffer, ``(need_da + need_dc,
-    nb, r, r)`` (a group zeroes all its members' in one launch).
+    nb, r, r)`` (a group zeroes all its members' in one launch). With ``dx`` given (a
+    sibling's input gradient, same shape), this layer's is added into it in place.
     """
     t, inn = u.shape
     nb, r, _ = a.shape
-    dx = torch.empty(t, inn, device=u.device, dtype=u.dtype) if need_dx else u
+    acc = dx is not None and need_dx
+    if not acc:
+        dx = torch.empty(t, inn, device=u.device, dtype=u.dtype) if need_dx else u
     if grads is None and (need_da or need_dc):
         grads = torch.zeros(need_da + need_dc, nb, r, r, device=u.device, dtype=torch.float32)
     da = grads[0] if need_da else g
     dc = grads[-1] if need_dc else g
-    bt = CONFIG["row_affine_bwd"]["BT"]
-    want = CONFIG["row_affine_bwd"]["PER_SM"] * _num_sms(u.device)  # programs to launch
-    chunks = max(1, min(triton.cdiv(t, bt), (want + nb - 1) // nb))
-    rows = triton.cdiv(triton.cdiv(t, chunks), bt) * bt
-    grid = (nb, triton.cdiv(t, rows))
-    _row_affine_bwd_kernel[grid](u, x, g, a, c if c is not None else a, dx, da, dc, t, rows,
-                                 u.stride(0), x.stride(0), g.stride(0), dx.stride(0), R=r, BT=bt,
-                                 BONE_AB=c is not None, NEED_DX=need_dx, NEED_DA=need_da,
-                                 NEED_DC=need_dc, **_launch("row_affine_bwd"))
+    cfg = CONFIG["row_affine_bwd"]
+    args = [u, x, g, a, c if c is not None else a, dx, da, dc, t, cfg["BT"], u.stride(0),
+            x.stride(0), g.stride(0), dx.stride(0)]
+    kw = dict(R=r, BT=cfg["BT"], BONE_AB=c is not None, NEED_DX=need_dx, NEED_DA=need_da,
+              NEED_DC=need_dc, ACC=acc, **_launch("row_affine_bwd"))
+    # one wave: each program walks `rows` tokens of one block, summing its dA in registers
+    per_sm = cfg["PER_SM"] or _resident_blocks(_row_affine_bwd_kernel, args, kw, u.device)
+    chunks = max(1, min(triton.cdiv(t, cfg["BT"]), per_sm * _num_sms(u.device) // nb))
+    rows = triton.cdiv(triton.cdiv(t, chunks), cfg["BT"]) * cfg["BT"]
+    args[9] = rows
+    _row_affine_bwd_kernel[(nb, triton.cdiv(t, rows))](*args, **kw)
     return (dx if need_dx else None, da if need_da else None, dc if need_dc else None)
 
 
@@ -485,6 +541,33 @@ def _blocks_per_program(na: int, nb: int, device) -> int:
 
 
 _SMS: dict[int, int] = {}
+
+
+_RESIDENT: dict[tuple, int] = {}
+
+
+def _resident_blocks(fn, args: list, kwargs: dict, device) -> int:
+    """How many programs of ``fn``, compiled for these arguments, one SM holds at once: the
+    least of what its registers, shared memory and warp slots allow (the occupancy rule).
+    A grid of that many per SM runs in one wave; one program more per SM starts a second.
+    Cached per constexpr/launch setting and dtypes; 2 where the compiled kernel is not
+    available (Triton's interpreter)."""
+    key = (fn, tuple(kwargs.items()), tuple(v.dtype for v in args if torch.is_tensor(v)))
+    hit = _RESIDENT.get(key)
+    if hit is None:
+        if torch.device(device).type != "cuda":
+            return 2
+        k = fn.warmup(*args, grid=(1,), **kwargs)  # compiles (or finds) it, launches nothing
+        k._init_handles()  # loads it: fills n_regs
+        props = torch.cuda.get_device_properties(device)
+        warps = k.metadata.num_warps
+        per_warp = -(-k.n_regs * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
+        by_regs = getattr(props, "regs_per_multiprocessor", 65536) // (per_warp * warps)
+        smem = getattr(props, "shared_memory_per_multiprocessor", 233472)
+        by_smem = smem // (k.metadata.shared + 1024)  # the runtime reserves 1 KiB per block
+        by_warps = props.max_threads_per_multi_processor // (32 * warps)
+        hit = _RESIDENT[key] = max(1, min(by_regs, by_smem, by_warps, 32))
+    return hit
 
 
 def _num_sms(device) -> int:
