@@ -3,6 +3,7 @@ from a CUDA-only profile (no CPU tracing, so host speed is close to unprofiled),
 time of each phase measured without the profiler.
 
     PYTHONPATH=src python scripts/idle_phases.py --methods floor,bone,bat-row [bench flags]
+        [--top N]    also each method's N costliest kernels (GPU us per step, by name)
 
 Phases are cut at the first cross-entropy backward kernel (forward -> backward) and the first
 optimizer kernel (multi_tensor_apply / fused AdamW) of each step. Measured on the H100 machines:
@@ -50,6 +51,7 @@ def _phase_idle(ks, steps: int) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
+    p.add_argument("--top", type=int, default=0, help="print each method's N costliest kernels")
     a = p.parse_args()
     dev, dtype = bench.resolve(a)
     print(f"{'method':<12}{'wall ms':>9}{'busy':>8}{'idle fwd':>10}{'bwd':>7}{'opt':>7}"
@@ -92,6 +94,12 @@ def main() -> int:
         idle = _phase_idle(ks, 2)
         print(f"{m:<12}{wall:9.2f}{busy / 2e3:8.2f}{idle['forward']:10.2f}{idle['backward']:7.2f}"
               f"{idle['optimizer']:7.2f}{hf:10.2f}{hb:7.2f}{ho:7.2f}")
+        if a.top:
+            per: dict[str, list[float]] = {}
+            for s, t, name in ks:
+                per.setdefault(name[:90], []).append(t - s)
+            for name, ds in sorted(per.items(), key=lambda kv: -sum(kv[1]))[:a.top]:
+                print(f"    {sum(ds) / 2:9.1f} us/step {len(ds) // 2:5d} calls  {name}")
         model = step = opt = None
         gc.collect()
         torch.cuda.empty_cache()

@@ -9,10 +9,10 @@
 GPU time by do_bench (median, us) at T tokens, r = 64, for the launch parameters swept here,
 and host time per call (small T, so the GPU never holds the host back).
 
-    PYTHONPATH=src python scripts/row_affine_rows.py [--ncu] [--bwd]
+    PYTHONPATH=src python scripts/row_affine_rows.py [--ncu] [--bwd | --fwd]
 
 ``--ncu`` runs each kernel a few times only, for ``ncu -k regex:row_affine``; ``--bwd``
-skips the forward sweep.
+skips the forward sweep, ``--fwd`` the backward one.
 Measured on the H100 machines: docs/kernel_notes.md section 11.
 """
 import itertools
@@ -85,40 +85,50 @@ def main():
         base = do_bench(fwd(x, a, ze, 1 << 30), return_mode="median") * 1e3
         print(f"{inn:>6} {'split + zeros + copy':<34} {base:>8.1f}")
         best = None
-        for bt, warps, stages in itertools.product((16, 32), (2, 4, 8), (3, 4, 5, 6)):
-            ROWS.update(BT=bt, num_warps=warps, num_stages=stages)
+        for bt, pairs, warps, stages in itertools.product((16, 32), (0, 1), (4, 8), (3, 4, 5, 6)):
+            ROWS.update(BT=bt, PAIRS=pairs, num_warps=warps, num_stages=stages)
             ze.zero_()
             fwd(x, a, ze, 0)()
             err = rel(ze, ref)
             us = do_bench(fwd(x, a, ze, 0), return_mode="median") * 1e3
-            print(f"{inn:>6} rows BT={bt} warps={warps} stages={stages:<8} {us:>8.1f} {err:>9.1e}")
+            print(f"{inn:>6} rows BT={bt} PAIRS={pairs} warps={warps} stages={stages:<3} "
+                  f"{us:>8.1f} {err:>9.1e}")
             assert err < 1e-2, err
             if best is None or us < best[0]:
-                best = (us, bt, warps, stages)
+                best = (us, bt, pairs, warps, stages)
         print(f"{inn:>6} best rows {best}: {best[0] / base:.3f} of split")
-    ROWS.update(BT=32, num_warps=4, num_stages=6)
+        a16 = a.to(BF)  # A cast beforehand: is the per-step cast of float32 A the cost?
+        for bt, pairs, warps, stages in itertools.product((16, 32), (0, 1), (4, 8), (3, 4, 6)):
+            ROWS.update(BT=bt, PAIRS=pairs, num_warps=warps, num_stages=stages)
+            us = do_bench(fwd(x, a16, ze, 0), return_mode="median") * 1e3
+            print(f"{inn:>6} rows bf16-A BT={bt} PAIRS={pairs} warps={warps} stages={stages:<3} "
+                  f"{us:>8.1f}")
+    ROWS.update(BT=32, PAIRS=0, num_warps=4, num_stages=6)
     bwd_cfg = dict(K.CONFIG["row_affine_bwd"])
     print(f"\n{'in':>6} {'backward kernel alone, us':<40} {'plain':>7} {'acc':>7} {'fit/SM':>7}")
-    for inn in (4096, 11008):
+    for inn in () if "--fwd" in sys.argv else (4096, 11008):
         x = torch.randn(t, inn, device=DEV, dtype=BF)
         a = torch.randn(inn // R, R, R, device=DEV) * 0.02
         hg = torch.randn(t, inn + R, device=DEV, dtype=BF)
         h, g = hg[:, :inn], hg[:, inn:]
         dx = torch.empty(t, inn, device=DEV, dtype=BF)
         grads = torch.zeros(1, inn // R, R, R, device=DEV)
-        for bt, warps, stages, per_sm in itertools.product((32, 64), (4, 8), (2, 3), (0, 2, 4)):
-            K.CONFIG["row_affine_bwd"].update(BT=bt, num_warps=warps, num_stages=stages,
-                                              PER_SM=per_sm)
+        ref = K.row_affine_bwd(h, x, g, a, None, True, True, False)
+        for bt, warps, stages in itertools.product((32, 64), (4, 8), (2, 3, 4)):
+            K.CONFIG["row_affine_bwd"].update(BT=bt, num_warps=warps, num_stages=stages)
+            got = K.row_affine_bwd(h, x, g, a, None, True, True, False)
+            errs = [rel(p, q) for p, q in zip(got[:2], ref[:2])]
+            assert max(errs) < 2e-2, errs
             times = []
             for acc in (False, True):
                 def f():
                     return K.row_affine_bwd(h, x, g, a, None, True, True, False, grads,
                                             dx if acc else None)
                 times.append(do_bench(f, return_mode="median") * 1e3)
-            fit = [v for k, v in K._RESIDENT.items() if dict(k[1]).get("BT") == bt
+            fit = [v[1] for k, v in K._FITTED.items() if dict(k[1]).get("BT") == bt
                    and dict(k[1])["num_warps"] == warps and dict(k[1])["num_stages"] == stages]
-            print(f"{inn:>6} BT={bt} warps={warps} stages={stages} PER_SM={per_sm:<13} "
-                  f"{times[0]:>7.1f} {times[1]:>7.1f} {str(fit):>7}")
+            print(f"{inn:>6} BT={bt} warps={warps} stages={stages:<20} "
+                  f"{times[0]:>7.1f} {times[1]:>7.1f} {str(fit):>7}  err {max(errs):.1e}")
     K.CONFIG["row_affine_bwd"].update(bwd_cfg)
     # host time per call: a small T, many calls, one sync at the end
     x, a, ze = inputs(128, 4096)

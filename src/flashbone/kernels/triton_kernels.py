@@ -8,9 +8,11 @@ float32 and rounds once on store.
                      two launches: a K-split reduce with atomics, a 2-D-grid expand; the
                      default paths use only the expand: cuBLAS reduces faster, block_sum)
     tn               o = s^T d  for thin s (T, r)                        (one read of d, split over T)
-    row_affine_fwd   z_b       = x_b + x_b A_b^T,  vsum += x_b C_b^T     (one read of x, z written)
-    row_affine_bwd   du_b = h_b (+ g for bat-row);  dx_b = h_b + du_b A_b (+ g C_b)
-                     dA_b += du_b^T x_b,  dC_b += g^T x_b     (one read of h, x, g; fp32 atomics)
+    row_affine_fwd   z_b       = x_b + x_b A_b^T,  vsum = sum_b x_b C_b^T (one read of x, z written;
+                     a program owns whole rows, or, with few tokens, splits blocks + atomics)
+    row_affine_bwd   dx_b = h_b + h_b A_b + g C_b   (bat-row: C = A, so du_b = h_b + g)
+                     dA_b += h_b^T x_b (+ g^T x_b: bat-row),  dC_b += g^T x_b
+                     (one read of h, x, g; dx added to a sibling's in place; fp32 atomics)
     weight_build     W'_ab     = W_ab + W_ab B_a + B_a   (bat)           (one read of W)
                                = W_ab (1 + B_a) + B_a     (bat-hadamard)
     weight_grad      dB_a     += sum_b (W_ab + I)^T G_ab  (bat)          (one read of W, G)
@@ -45,8 +47,8 @@ CONFIG: dict[str, dict[str, int]] = {
     # PER_SM=0: as many programs as fit on the GPU at once (one wave, from the compiled
     # kernel's registers and shared memory). ACC=1: a group's members add their input
     # gradients into one dx inside this kernel; 0: dx.add_ after it.
-    "row_affine_bwd": dict(BT=64, PER_SM=0, ACC=1, num_warps=4, num_stages=2),
-    "row_affine_rows": dict(BT=32, MIN_T=2048, num_warps=4, num_stages=6),
+    "row_affine_bwd": dict(BT=64, PER_SM=0, ACC=1, num_warps=4, num_stages=4),
+    "row_affine_rows": dict(BT=32, MIN_T=2048, PAIRS=1, num_warps=8, num_stages=5),
     "weight_build": dict(num_warps=4, num_stages=3),
     "weight_grad": dict(num_warps=8, num_stages=2),
     "mul_cast_mul": dict(BR=4, BC=1024, num_warps=4, num_stages=3),
@@ -326,24 +328,31 @@ def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz
 
 @triton.jit
 def _row_affine_rows_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, sx, sz, sv,
-                            R: tl.constexpr, BT: tl.constexpr, HAS_C: tl.constexpr):
+                            R: tl.constexpr, BT: tl.constexpr, HAS_C: tl.constexpr,
+                            PAIRS: tl.constexpr):
     # One program owns BT whole rows: it walks every block b, so vsum is complete in its
     # registers and is stored once, in v's dtype (no zeroed buffer, no atomics, no copy).
+    # PAIRS: two blocks per step, twice the bytes in flight for the same pipeline depth.
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     j = tl.arange(0, R)
     rmask = rows[:, None] < T
     vacc = tl.zeros((BT, R), dtype=tl.float32)
-    for b in range(0, NB):
-        cols = b * R + j
-        xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=rmask, other=0.0)
-        blk = b * R * R + j[:, None] * R + j[None, :]
-        u = tl.dot(xb, tl.trans(tl.load(a_ptr + blk).to(xb.dtype)))
-        tl.store(z_ptr + rows[:, None] * sz + cols[None, :],
-                 (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=rmask)
-        if HAS_C:
-            vacc = tl.dot(xb, tl.trans(tl.load(c_ptr + blk).to(xb.dtype)), vacc)
-        else:
-            vacc += u
+    for b0 in range(0, NB, 1 + PAIRS):
+        for k in tl.static_range(1 + PAIRS):
+            b = b0 + k
+            cols = b * R + j
+            m = rmask & (b < NB)
+            xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=m, other=0.0)
+            blk = b * R * R + j[:, None] * R + j[None, :]
+            am = tl.load(a_ptr + blk, mask=b < NB, other=0.0)
+            u = tl.dot(xb, tl.trans(am.to(xb.dtype)))
+            tl.store(z_ptr + rows[:, None] * sz + cols[None, :],
+                     (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=m)
+            if HAS_C:
+                cm = tl.load(c_ptr + blk, mask=b < NB, other=0.0)
+                vacc = tl.dot(xb, tl.trans(cm.to(xb.dtype)), vacc)
+            else:
+                vacc += u
     tl.store(v_ptr + rows[:, None] * sv + j[None, :], vacc.to(v_ptr.dtype.element_ty),
              mask=rmask)
 
@@ -367,11 +376,12 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
     if t >= cfg["MIN_T"]:
         if out is None:
             out = torch.empty(t, r, device=x.device, dtype=torch.float32)
-        grid = (triton.cdiv(t, cfg["BT"]),)
-        _row_affine_rows_kernel[grid](x, a, c if c is not None else a, z, out, t, nb,
-                                      x.stride(0), z.stride(0), out.stride(0), R=r,
-                                      BT=cfg["BT"], HAS_C=c is not None,
-                                      **_launch("row_affine_rows"))
+        args = [x, a, c if c is not None else a, z, out, t, nb, x.stride(0), z.stride(0),
+                out.stride(0)]
+        kw = dict(R=r, BT=cfg["BT"], HAS_C=c is not None, PAIRS=bool(cfg["PAIRS"]),
+                  **_launch("row_affine_rows"))
+        kw, _ = _fit(_row_affine_rows_kernel, args, kw, x.device)
+        _row_affine_rows_kernel[(triton.cdiv(t, cfg["BT"]),)](*args, **kw)
         return z, out
     acc = torch.zeros(t, r, device=x.device, dtype=torch.float32)
     bt = CONFIG["row_affine_fwd"]["BT"]
@@ -402,6 +412,8 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
     am = tl.load(a_ptr + b * R * R + j[:, None] * R + j[None, :]).to(dx_ptr.dtype.element_ty)
     if BONE_AB:
         cm = tl.load(c_ptr + b * R * R + j[:, None] * R + j[None, :]).to(dx_ptr.dtype.element_ty)
+    else:
+        cm = am
     da = tl.zeros((R, R), dtype=tl.float32)
     dc = tl.zeros((R, R), dtype=tl.float32)
     for t in range(t0, t0 + ROWS, BT):
@@ -411,18 +423,18 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
         gb = tl.load(g_ptr + rows[:, None] * sg + j[None, :], mask=rmask, other=0.0)
         if NEED_DA or NEED_DC:
             xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=rmask, other=0.0)
-        if BONE_AB:
-            du = ub  # bone-ab: A sees h, C sees g
-        else:
-            du = (ub.to(tl.float32) + gb.to(tl.float32)).to(ub.dtype)  # bat-row: du = h + g
+        # every dot reads loaded tiles as they are, so the pipeliner prefetches them (forming
+        # du = h + g first and reading du was 15 to 20% slower, call 62); bat-row is bone-ab
+        # with C = A and dC added into dA
         if NEED_DA:
-            da = tl.dot(tl.trans(du), xb, da)
+            da = tl.dot(tl.trans(ub), xb, da)
+            if not BONE_AB:
+                da = tl.dot(tl.trans(gb), xb, da)
         if NEED_DC:
             dc = tl.dot(tl.trans(gb), xb, dc)
         if NEED_DX:
-            dxb = tl.dot(du, am) + ub.to(tl.float32)
-            if BONE_AB:
-                dxb = tl.dot(gb, cm, dxb)
+            dxb = tl.dot(ub, am, ub.to(tl.float32))
+            dxb = tl.dot(gb, cm, dxb)
             if ACC:  # a sibling's input gradient is already there: add, saving an add_ pass
                 dxb += tl.load(dx_ptr + rows[:, None] * sdx + cols[None, :], mask=rmask,
                                other=0.0).to(tl.float32)
@@ -460,7 +472,8 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
     kw = dict(R=r, BT=cfg["BT"], BONE_AB=c is not None, NEED_DX=need_dx, NEED_DA=need_da,
               NEED_DC=need_dc, ACC=acc, **_launch("row_affine_bwd"))
     # one wave: each program walks `rows` tokens of one block, summing its dA in registers
-    per_sm = cfg["PER_SM"] or _resident_blocks(_row_affine_bwd_kernel, args, kw, u.device)
+    kw, fit = _fit(_row_affine_bwd_kernel, args, kw, u.device)
+    per_sm = cfg["PER_SM"] or fit
     chunks = max(1, min(triton.cdiv(t, cfg["BT"]), per_sm * _num_sms(u.device) // nb))
     rows = triton.cdiv(triton.cdiv(t, chunks), cfg["BT"]) * cfg["BT"]
     args[9] = rows
@@ -543,30 +556,41 @@ def _blocks_per_program(na: int, nb: int, device) -> int:
 _SMS: dict[int, int] = {}
 
 
-_RESIDENT: dict[tuple, int] = {}
+_FITTED: dict[tuple, tuple[dict, int]] = {}
 
 
-def _resident_blocks(fn, args: list, kwargs: dict, device) -> int:
-    """How many programs of ``fn``, compiled for these arguments, one SM holds at once: the
-    least of what its registers, shared memory and warp slots allow (the occupancy rule).
-    A grid of that many per SM runs in one wave; one program more per SM starts a second.
-    Cached per constexpr/launch setting and dtypes; 2 where the compiled kernel is not
-    available (Triton's interpreter)."""
+def _fit(fn, args: list, kwargs: dict, device) -> tuple[dict, int]:
+    """``(kwargs, per_sm)`` for launching ``fn`` on these arguments: ``num_stages`` lowered
+    until the compiled kernel fits an SM's shared memory (each stage holds one step's tiles,
+    so a larger r, float32 operands or a second adapter need more room per stage), and how
+    many of its programs one SM holds at once: the least that its registers, shared memory
+    and warp slots allow. A grid of ``per_sm`` programs per SM runs in one wave; one more
+    per SM starts a second. Cached per constexpr/launch setting and dtypes; on the CPU
+    (Triton's interpreter) the kwargs as given and 2."""
     key = (fn, tuple(kwargs.items()), tuple(v.dtype for v in args if torch.is_tensor(v)))
-    hit = _RESIDENT.get(key)
-    if hit is None:
-        if torch.device(device).type != "cuda":
-            return 2
-        k = fn.warmup(*args, grid=(1,), **kwargs)  # compiles (or finds) it, launches nothing
-        k._init_handles()  # loads it: fills n_regs
-        props = torch.cuda.get_device_properties(device)
-        warps = k.metadata.num_warps
-        per_warp = -(-k.n_regs * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
-        by_regs = getattr(props, "regs_per_multiprocessor", 65536) // (per_warp * warps)
-        smem = getattr(props, "shared_memory_per_multiprocessor", 233472)
-        by_smem = smem // (k.metadata.shared + 1024)  # the runtime reserves 1 KiB per block
-        by_warps = props.max_threads_per_multi_processor // (32 * warps)
-        hit = _RESIDENT[key] = max(1, min(by_regs, by_smem, by_warps, 32))
+    hit = _FITTED.get(key)
+    if hit is not None:
+        return hit
+    if torch.device(device).type != "cuda":
+        return kwargs, 2
+    kw = dict(kwargs)
+    while True:
+        try:
+            k = fn.warmup(*args, grid=(1,), **kw)  # compiles (or finds) it, launches nothing
+            k._init_handles()  # loads it: checks its shared memory, fills n_regs
+            break
+        except triton.runtime.errors.OutOfResources:
+            if kw["num_stages"] <= 1:
+                raise
+            kw["num_stages"] -= 1
+    props = torch.cuda.get_device_properties(device)
+    warps = k.metadata.num_warps
+    per_warp = -(-k.n_regs * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
+    by_regs = getattr(props, "regs_per_multiprocessor", 65536) // (per_warp * warps)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 233472)
+    by_smem = smem // (k.metadata.shared + 1024)  # the runtime reserves 1 KiB per block
+    by_warps = props.max_threads_per_multi_processor // (32 * warps)
+    hit = _FITTED[key] = (kw, max(1, min(by_regs, by_smem, by_warps, 32)))
     return hit
 
 
