@@ -195,6 +195,23 @@ def check_row_group(t, outs, inn, r, ab, unused=()):
 
 from flashbone.kernels import triton_kernels as K  # noqa: E402
 
+
+def check_row_bwd_product(t, inn, r, ab):
+    """row_affine_bwd with the input given as a product x * x2 (formed in the kernel) against
+    the same call on the eager product: bitwise the same input, so the same results."""
+    nb = inn // r
+    x1, x2 = torch.randn(t, inn, dtype=dt), torch.randn(t, inn, dtype=dt)
+    hg = torch.randn(t, inn + r, dtype=dt)
+    a = torch.randn(nb, r, r) * 0.1
+    c = torch.randn(nb, r, r) * 0.1 if ab else None
+    args = (hg[:, :inn], x1, hg[:, inn:], a, c, True, True, ab)
+    fused = K.row_affine_bwd(*args, x2=x2)
+    ref = K.row_affine_bwd(hg[:, :inn], x1 * x2, *args[2:])
+    errs = [rel(p, q) for p, q in zip(fused, ref) if q is not None]
+    print("row bwd product", "bone-ab" if ab else "bat-row", t, inn, r, ["%.1e" % v for v in errs])
+    assert max(errs) < 1e-6, errs
+
+
 # the row-affine forward has two kernels: whole rows per program (many tokens) and a split
 # over blocks with atomics (few); MIN_T=0 sends these small checks through the first
 for min_t in (K.CONFIG["row_affine_rows"]["MIN_T"], 0):
@@ -214,5 +231,7 @@ for min_t in (K.CONFIG["row_affine_rows"]["MIN_T"], 0):
     check_group(50, [64, 64], 80, 32)              # in % r != 0
     check_row_group(130, [64, 32, 32], 64, 16, False)
     check_row_group(70, [128, 128], 64, 32, True, unused=(0,))
+    check_row_bwd_product(130, 128, 32, False)
+    check_row_bwd_product(70, 64, 16, True)
 
 print("ok")

@@ -9,10 +9,11 @@
 GPU time by do_bench (median, us) at T tokens, r = 64, for the launch parameters swept here,
 and host time per call (small T, so the GPU never holds the host back).
 
-    PYTHONPATH=src python scripts/row_affine_rows.py [--ncu] [--bwd | --fwd]
+    PYTHONPATH=src python scripts/row_affine_rows.py [--ncu] [--bwd | --fwd | --product]
 
 ``--ncu`` runs each kernel a few times only, for ``ncu -k regex:row_affine``; ``--bwd``
-skips the forward sweep, ``--fwd`` the backward one.
+skips the forward sweep, ``--fwd`` the backward one; ``--product`` times the backward with its input formed as a
+product (down_proj) against the product's own pass.
 Measured on the H100 machines: docs/kernel_notes.md section 11.
 """
 import itertools
@@ -66,6 +67,21 @@ def bwd_pair(t, inn):
 
 def main():
     t = 4096
+    if "--product" in sys.argv:  # down_proj: the input silu(gate) * up, recomputed or formed
+        for inn in (11008,):
+            x1, x2 = (torch.randn(t, inn, device=DEV, dtype=BF) for _ in range(2))
+            a = torch.randn(inn // R, R, R, device=DEV) * 0.02
+            hg = torch.randn(t, inn + R, device=DEV, dtype=BF)
+            h, g = hg[:, :inn], hg[:, inn:]
+            grads = torch.zeros(1, inn // R, R, R, device=DEV)
+            eager = do_bench(lambda: K.row_affine_bwd(h, x1 * x2, g, a, None, True, True, False,
+                                                      grads), return_mode="median") * 1e3
+            fused = do_bench(lambda: K.row_affine_bwd(h, x1, g, a, None, True, True, False,
+                                                      grads, x2=x2), return_mode="median") * 1e3
+            mul = do_bench(lambda: x1 * x2, return_mode="median") * 1e3
+            print(f"{inn:>6} backward, x = x1 * x2: mul {mul:.1f} + kernel = {eager:.1f} us, "
+                  f"formed in the kernel {fused:.1f} us")
+        return
     if "--ncu" in sys.argv:
         for inn in (4096, 11008):
             x, a, ze = inputs(t, inn)

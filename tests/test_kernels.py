@@ -175,6 +175,25 @@ def test_replay_steps_aside_for_saved_tensor_hooks_and_unknown_producers():
     assert replay.plan(torch.sin(h)) is None  # producer not replayable
 
 
+def test_replay_hands_a_sole_consumer_the_factors_of_a_product():
+    """down_proj's input ``silu(gate) * up``: its only consumer gets ``(a, b)`` to form the
+    product in its kernel; with two consumers, or for RMSNorm's output, they get ``x``."""
+    h = torch.randn(2, 3, 8, requires_grad=True)
+    a, b = torch.nn.functional.silu(h * 2.0), h * 3.0
+    x = a * b
+    rp, sources = replay.plan(x.view(-1, 8))
+    fa, fb = rp.factors(sources)
+    assert fa.shape == fb.shape == (6, 8) and torch.equal(fa * fb, x.view(-1, 8))
+    assert rp.pending == 0 and rp.value is None  # nothing was recomputed into memory
+    rp2, src2 = replay.plan(x.view(-1, 8))  # the same input planned again: shared
+    rp2.pending += 1  # and a second consumer of it
+    assert rp2.factors(src2) is None and torch.equal(rp2.acquire(src2), x.view(-1, 8))
+    rs = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    xn = torch.randn(8, dtype=torch.bfloat16) * (h * rs).to(torch.bfloat16)  # RMSNorm's output
+    rp3, src3 = replay.plan(xn.view(-1, 8))
+    assert rp3.product is None and rp3.factors(src3) is None
+
+
 def test_replay_refuses_a_source_changed_in_place():
     a, b = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
     a2, b2 = a * 1.0, b * 1.0

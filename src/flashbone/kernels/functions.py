@@ -353,16 +353,19 @@ class RowAffineCuda(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, w, a, c = replay.saved_input(ctx)
+        if K.CONFIG["row_affine_bwd"]["X_MUL"]:  # x = x1 * x2 formed inside the kernel
+            (x, w, a, c), x2 = replay.saved_input_factors(ctx)
+        else:
+            (x, w, a, c), x2 = replay.saved_input(ctx), None
         dy = dy.contiguous()
         r, need = ctx.r, ctx.needs_input_grad
         wants = (need[0], need[3], c is not None and need[4])
         if ctx.padded:
-            dx, da, dc = _row_affine_padded_bwd(dy, x, w, a, c, r, *wants)
+            dx, da, dc = _row_affine_padded_bwd(dy, x, w, a, c, r, *wants, x2=x2)
         else:
             g = K.block_sum(dy, r)
-            u = dy @ w  # h, the gradient of z = x + u; du = h + g is formed inside the kernel
-            dx, da, dc = K.row_affine_bwd(u, x, g, a, c, *wants)
+            u = dy @ w  # h, the gradient of z = x + u
+            dx, da, dc = K.row_affine_bwd(u, x, g, a, c, *wants, x2=x2)
         return (dx, None, _bias_grad(ctx, dy, 2), None if da is None else da.to(a.dtype),
                 None if dc is None else dc.to(c.dtype), None, None)
 
@@ -380,15 +383,17 @@ def _row_affine_padded_fwd(x: Tensor, w: Tensor, bias: Tensor | None, a: Tensor,
 
 def _row_affine_padded_bwd(dy: Tensor, x: Tensor, w: Tensor, a: Tensor, c: Tensor | None,
                            r: int, need_dx: bool, need_da: bool, need_dc: bool,
-                           grads: Tensor | None = None, dx: Tensor | None = None):
+                           grads: Tensor | None = None, dx: Tensor | None = None,
+                           x2: Tensor | None = None):
     """``(dx, dA, dC)`` from ``[h | g] = dy [W | E]`` (N = in + r): ``g = sum_a dy_a``, the
-    gradient of every ``v_b``, comes out of the token GEMM. A given ``dx`` is added to."""
+    gradient of every ``v_b``, comes out of the token GEMM. A given ``dx`` is added to; with
+    ``x2`` the layer input is ``x * x2``."""
     out, inn = w.shape
     wx = _extended_saved(w, r)
     padded.fill_(w, wx, K.block_ones(out, r, dy.dtype, dy.device), key=("E", r))
     hg = dy @ wx
     return K.row_affine_bwd(hg[:, :inn], x, hg[:, inn:], a, c, need_dx, need_da, need_dc, grads,
-                            dx)
+                            dx, x2)
 
 
 def _extended_saved(w: Tensor, r: int) -> Tensor:

@@ -61,19 +61,38 @@ class Replay:
     """
 
     def __init__(self, fn: Callable[[Sequence[Tensor]], Tensor], shape: torch.Size,
-                 versions: list[int]):
+                 versions: list[int], product: tuple[int, int] | None = None):
         self.fn, self.shape, self.versions = fn, shape, versions
+        self.product = product  # (i, j) when the tensor is sources[i] * sources[j]
         self.pending = 0
         self.value: Tensor | None = None
+
+    def _check_versions(self, sources: Sequence[Tensor]) -> None:
+        if [t._version for t in sources] != self.versions:
+            raise RuntimeError(
+                "flashbone: a tensor needed to recompute a layer input was modified in "
+                "place after the forward pass; set FLASHBONE_REPLAY=0 to save inputs instead"
+            )
+
+    def factors(self, sources: Sequence[Tensor]) -> tuple[Tensor, Tensor] | None:
+        """``(a, b)`` with the tensor equal to ``a * b`` (same shape and dtype, no broadcast)
+        for its last consumer when nobody recomputed it yet, so that consumer's kernel can
+        form the product as it loads ``a`` and ``b``; otherwise ``None`` (call
+        :meth:`acquire`)."""
+        if self.product is None or self.value is not None or self.pending != 1:
+            return None
+        a, b = (sources[i] for i in self.product)
+        if not (a.shape == b.shape and a.dtype == b.dtype and a.numel() == self.shape.numel()
+                and a.is_contiguous() and b.is_contiguous()):
+            return None
+        self._check_versions(sources)
+        self.pending -= 1
+        return a.view(self.shape), b.view(self.shape)
 
     def acquire(self, sources: Sequence[Tensor]) -> Tensor:
         """The recomputed tensor (computed by the first consumer, dropped after the last)."""
         if self.value is None:
-            if [t._version for t in sources] != self.versions:
-                raise RuntimeError(
-                    "flashbone: a tensor needed to recompute a layer input was modified in "
-                    "place after the forward pass; set FLASHBONE_REPLAY=0 to save inputs instead"
-                )
+            self._check_versions(sources)
             self.value = self.fn(sources).reshape(self.shape)
         value = self.value
         self.pending -= 1
@@ -210,7 +229,9 @@ def plan(x: Tensor) -> tuple[Replay, list[Tensor]] | None:
             warnings.warn("flashbone: recomputing layer inputs did not reproduce them exactly; "
                           "saving inputs instead from now on", RuntimeWarning, stacklevel=2)
             return None
-    rp = Replay(fn, x.shape, [t._version for t in sources])
+    product = (expr[1][1], expr[2][1]) if (expr[0] == "mul" and expr[1][0] == "src"
+                                           and expr[2][0] == "src") else None
+    rp = Replay(fn, x.shape, [t._version for t in sources], product)
     rp.pending = 1
     # Shared while the input itself lives (its forward); the entry goes with it.
     _SHARED[key] = (weakref.ref(base), base._version, weakref.ref(rp), sources)
@@ -231,6 +252,19 @@ def saved_input(ctx) -> list:
     saved = ctx.saved_tensors
     src, rest = saved[: ctx.n_src], saved[ctx.n_src:]
     return [src[0] if ctx.replay is None else ctx.replay.acquire(src), *rest]
+
+
+def saved_input_factors(ctx) -> tuple[list, Tensor | None]:
+    """Like :func:`saved_input`, but where ``x`` would be recomputed as a product ``a * b``
+    of two saved tensors for this consumer alone (``silu(gate) * up``, the down_proj input),
+    returns ``([a, *rest], b)`` instead: a kernel that forms ``x`` as it loads ``a`` and ``b``
+    saves the product's pass. Otherwise ``([x, *rest], None)``."""
+    saved = ctx.saved_tensors
+    src, rest = saved[: ctx.n_src], saved[ctx.n_src:]
+    ab = None if ctx.replay is None else ctx.replay.factors(src)
+    if ab is not None:
+        return [ab[0], *rest], ab[1]
+    return [src[0] if ctx.replay is None else ctx.replay.acquire(src), *rest], None
 
 
 # ------------------------------------------------------------------ per-input small results

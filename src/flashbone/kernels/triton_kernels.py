@@ -46,8 +46,9 @@ CONFIG: dict[str, dict[str, int]] = {
     "row_affine_fwd": dict(BT=64, PER_SM=4, num_warps=4, num_stages=3),
     # PER_SM=0: as many programs as fit on the GPU at once (one wave, from the compiled
     # kernel's registers and shared memory). ACC=1: a group's members add their input
-    # gradients into one dx inside this kernel; 0: dx.add_ after it.
-    "row_affine_bwd": dict(BT=64, PER_SM=0, ACC=1, num_warps=4, num_stages=4),
+    # gradients into one dx inside this kernel; 0: dx.add_ after it. X_MUL=1: an input that
+    # is a product of two saved tensors (silu(gate) * up) is formed as it is loaded.
+    "row_affine_bwd": dict(BT=64, PER_SM=0, ACC=1, X_MUL=1, num_warps=4, num_stages=4),
     "row_affine_rows": dict(BT=32, MIN_T=2048, PAIRS=1, num_warps=8, num_stages=5),
     "weight_build": dict(num_warps=4, num_stages=3),
     "weight_grad": dict(num_warps=8, num_stages=2),
@@ -400,10 +401,10 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
 
 
 @triton.jit
-def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc_ptr,
-                           T, ROWS, su, sx, sg, sdx, R: tl.constexpr, BT: tl.constexpr,
+def _row_affine_bwd_kernel(u_ptr, x_ptr, x2_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc_ptr,
+                           T, ROWS, su, sx, sx2, sg, sdx, R: tl.constexpr, BT: tl.constexpr,
                            BONE_AB: tl.constexpr, NEED_DX: tl.constexpr, NEED_DA: tl.constexpr,
-                           NEED_DC: tl.constexpr, ACC: tl.constexpr):
+                           NEED_DC: tl.constexpr, ACC: tl.constexpr, X_MUL: tl.constexpr):
     b = tl.program_id(0)
     t0 = tl.program_id(1) * ROWS
     j = tl.arange(0, R)
@@ -423,6 +424,9 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
         gb = tl.load(g_ptr + rows[:, None] * sg + j[None, :], mask=rmask, other=0.0)
         if NEED_DA or NEED_DC:
             xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=rmask, other=0.0)
+            if X_MUL:  # x = x * x2 rounded once, as the eager product (silu(gate) * up)
+                x2 = tl.load(x2_ptr + rows[:, None] * sx2 + cols[None, :], mask=rmask, other=0.0)
+                xb = (xb.to(tl.float32) * x2.to(tl.float32)).to(xb.dtype)
         # every dot reads loaded tiles as they are, so the pipeliner prefetches them (forming
         # du = h + g first and reading du was 15 to 20% slower, call 62); bat-row is bone-ab
         # with C = A and dC added into dA
@@ -448,14 +452,17 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc
 
 def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.Tensor,
                    c: torch.Tensor | None, need_dx: bool, need_da: bool, need_dc: bool,
-                   grads: torch.Tensor | None = None, dx: torch.Tensor | None = None):
+                   grads: torch.Tensor | None = None, dx: torch.Tensor | None = None,
+                   x2: torch.Tensor | None = None):
     """Input gradient and ``dA``/``dC`` (float32) of the row-affine layer from ``h = dy W``.
 
     bat-row (``c=None``): ``du_b = h_b + g`` formed in registers; ``dx_b = h_b + du_b A_b``,
     ``dA_b = du_b^T x_b``. bone-ab: ``dx_b = h_b + h_b A_b + g C_b``, ``dA_b = h_b^T x_b``,
     ``dC_b = g^T x_b``. ``grads`` may give their zeroed float32 buffer, ``(need_da + need_dc,
     nb, r, r)`` (a group zeroes all its members' in one launch). With ``dx`` given (a
-    sibling's input gradient, same shape), this layer's is added into it in place.
+    sibling's input gradient, same shape), this layer's is added into it in place. With
+    ``x2`` (same shape and dtype as ``x``), the layer input is ``x * x2``, formed as it is
+    loaded (the down_proj input ``silu(gate) * up`` is never recomputed into memory).
     """
     t, inn = u.shape
     nb, r, _ = a.shape
@@ -467,16 +474,17 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
     da = grads[0] if need_da else g
     dc = grads[-1] if need_dc else g
     cfg = CONFIG["row_affine_bwd"]
-    args = [u, x, g, a, c if c is not None else a, dx, da, dc, t, cfg["BT"], u.stride(0),
-            x.stride(0), g.stride(0), dx.stride(0)]
+    xm = x2 is not None and (need_da or need_dc)
+    args = [u, x, x2 if xm else x, g, a, c if c is not None else a, dx, da, dc, t, cfg["BT"],
+            u.stride(0), x.stride(0), x2.stride(0) if xm else 0, g.stride(0), dx.stride(0)]
     kw = dict(R=r, BT=cfg["BT"], BONE_AB=c is not None, NEED_DX=need_dx, NEED_DA=need_da,
-              NEED_DC=need_dc, ACC=acc, **_launch("row_affine_bwd"))
+              NEED_DC=need_dc, ACC=acc, X_MUL=xm, **_launch("row_affine_bwd"))
     # one wave: each program walks `rows` tokens of one block, summing its dA in registers
     kw, fit = _fit(_row_affine_bwd_kernel, args, kw, u.device)
     per_sm = cfg["PER_SM"] or fit
     chunks = max(1, min(triton.cdiv(t, cfg["BT"]), per_sm * _num_sms(u.device) // nb))
     rows = triton.cdiv(triton.cdiv(t, chunks), cfg["BT"]) * cfg["BT"]
-    args[9] = rows
+    args[10] = rows
     _row_affine_bwd_kernel[(nb, triton.cdiv(t, rows))](*args, **kw)
     return (dx if need_dx else None, da if need_da else None, dc if need_dc else None)
 
