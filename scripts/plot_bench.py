@@ -3,7 +3,7 @@
     python scripts/plot_bench.py [docs/bench_results] [docs/benchmarks.png]
 
 Panels: (a) step time and peak memory over the floor, 8 layers of LLaMA2-7B width (device
-call 56, the final code; docs/bench_results/run42_56/run56_main.json); (b) tokens/s on the full
+call 68, the final code; docs/bench_results/run57_68/run68_main.json); (b) tokens/s on the full
 LLaMA2-7B shape with gradient checkpointing and (c) training-step time over the floor against
 tokens per step (both device call 14, before bat-row's padded weight; docs/bench_results/run14/).
 """
@@ -40,7 +40,7 @@ def main() -> int:
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/bench_results")
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/benchmarks.png")
     run = src / "run14"
-    main_rows = rows(src / "run42_56" / "run56_main.json")
+    main_rows = rows(src / "run57_68" / "run68_main.json")
     order = ["bone", "bone-mini", "bat", "bat-row", "bat-hadamard", "bone-ab", "peft-miss",
              "peft-lora", "full"]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -52,7 +52,7 @@ def main() -> int:
     ax[0].axhline(1.0, color="k", lw=0.8)
     ax[0].set_xticks(list(x), order, rotation=45, ha="right")
     ax[0].set_ylim(0.9, 2.0)
-    ax[0].set_title("8 layers of LLaMA2-7B width, 4x1024 tokens, r=64 (call 56)", fontsize=10)
+    ax[0].set_title("8 layers of LLaMA2-7B width, 4x1024 tokens, r=64 (call 68)", fontsize=10)
     ax[0].legend(fontsize=8)
 
     big = rows(run / "llama7b.json")
