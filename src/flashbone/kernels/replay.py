@@ -249,9 +249,17 @@ def save_input(ctx, x: Tensor, *rest) -> None:
 
 def saved_input(ctx) -> list:
     """In backward: ``[x, *rest]`` as given to :func:`save_input` (``x`` recomputed if so)."""
+    src, rest = _split_saved(ctx)
+    return [_input(ctx, src), *rest]
+
+
+def _split_saved(ctx) -> tuple[tuple, tuple]:
     saved = ctx.saved_tensors
-    src, rest = saved[: ctx.n_src], saved[ctx.n_src:]
-    return [src[0] if ctx.replay is None else ctx.replay.acquire(src), *rest]
+    return saved[: ctx.n_src], saved[ctx.n_src:]
+
+
+def _input(ctx, src) -> Tensor:
+    return src[0] if ctx.replay is None else ctx.replay.acquire(src)
 
 
 def saved_input_factors(ctx) -> tuple[list, Tensor | None]:
@@ -259,12 +267,11 @@ def saved_input_factors(ctx) -> tuple[list, Tensor | None]:
     of two saved tensors for this consumer alone (``silu(gate) * up``, the down_proj input),
     returns ``([a, *rest], b)`` instead: a kernel that forms ``x`` as it loads ``a`` and ``b``
     saves the product's pass. Otherwise ``([x, *rest], None)``."""
-    saved = ctx.saved_tensors
-    src, rest = saved[: ctx.n_src], saved[ctx.n_src:]
+    src, rest = _split_saved(ctx)
     ab = None if ctx.replay is None else ctx.replay.factors(src)
     if ab is not None:
         return [ab[0], *rest], ab[1]
-    return [src[0] if ctx.replay is None else ctx.replay.acquire(src), *rest], None
+    return [_input(ctx, src), *rest], None
 
 
 # ------------------------------------------------------------------ per-input small results

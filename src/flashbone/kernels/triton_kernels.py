@@ -372,7 +372,6 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
     nb, r, _ = a.shape
     z = torch.empty_like(x) if z is None else z
     out = vsum
-    sms = _num_sms(x.device)
     cfg = CONFIG["row_affine_rows"]
     if t >= cfg["MIN_T"]:
         if out is None:
@@ -387,7 +386,7 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
     acc = torch.zeros(t, r, device=x.device, dtype=torch.float32)
     bt = CONFIG["row_affine_fwd"]["BT"]
     nt = _grid_rows(t, bt)
-    want = CONFIG["row_affine_fwd"]["PER_SM"] * sms  # programs to launch
+    want = CONFIG["row_affine_fwd"]["PER_SM"] * _num_sms(x.device)  # programs to launch
     groups = max(1, min(nb, (want + nt - 1) // nt))
     bpp = triton.cdiv(nb, groups)
     grid = (nt, triton.cdiv(nb, bpp))
@@ -456,9 +455,9 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
                    x2: torch.Tensor | None = None):
     """Input gradient and ``dA``/``dC`` (float32) of the row-affine layer from ``h = dy W``.
 
-    bat-row (``c=None``): ``du_b = h_b + g`` formed in registers; ``dx_b = h_b + du_b A_b``,
-    ``dA_b = du_b^T x_b``. bone-ab: ``dx_b = h_b + h_b A_b + g C_b``, ``dA_b = h_b^T x_b``,
-    ``dC_b = g^T x_b``. ``grads`` may give their zeroed float32 buffer, ``(need_da + need_dc,
+    bat-row (``c=None``): ``dx_b = h_b + (h_b + g) A_b``, ``dA_b = (h_b + g)^T x_b``, each
+    as two dots on the loaded tiles. bone-ab: ``dx_b = h_b + h_b A_b + g C_b``,
+    ``dA_b = h_b^T x_b``, ``dC_b = g^T x_b``. ``grads`` may give their zeroed float32 buffer, ``(need_da + need_dc,
     nb, r, r)`` (a group zeroes all its members' in one launch). With ``dx`` given (a
     sibling's input gradient, same shape), this layer's is added into it in place. With
     ``x2`` (same shape and dtype as ``x``), the layer input is ``x * x2``, formed as it is
