@@ -7,7 +7,7 @@ time of each phase measured without the profiler.
 
 Phases are cut at the first cross-entropy backward kernel (forward -> backward) and the first
 optimizer kernel (multi_tensor_apply / fused AdamW) of each step. Measured on the H100 machines:
-docs/kernel_notes.md section 10.
+docs/kernel_notes.md.
 """
 import argparse
 import gc

@@ -1,11 +1,13 @@
 """Draw docs/benchmarks.png from the JSON that `flashbone bench` wrote on the device.
 
-    python scripts/plot_bench.py [docs/bench_results] [docs/benchmarks.png]
+    python scripts/plot_bench.py RESULTS_DIR [docs/benchmarks.png]
 
-Panels: (a) step time and peak memory over the floor, 8 layers of LLaMA2-7B width (device
-call 68, the final code; docs/bench_results/run57_68/run68_main.json); (b) tokens/s on the full
-LLaMA2-7B shape with gradient checkpointing and (c) training-step time over the floor against
-tokens per step (both device call 14, before bat-row's padded weight; docs/bench_results/run14/).
+Panels: (a) step time and peak memory over the floor, 8 layers of LLaMA2-7B width
+(RESULTS_DIR/run57_68/run68_main.json); (b) tokens/s on the full LLaMA2-7B shape with gradient
+checkpointing and (c) training-step time over the floor against tokens per step (both from
+RESULTS_DIR/run14/, before bat-row's padded weight). The raw JSON behind the current plot left
+the tree; git history keeps it: ``git archive fe5cc2b docs/bench_results | tar -x`` and pass
+``docs/bench_results``.
 """
 import json
 import sys

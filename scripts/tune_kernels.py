@@ -10,7 +10,7 @@ configuration's time, and both as a share of the measured copy bandwidth; ``--js
 Also times the alternatives that are not launch parameters: cuBLAS (``x @ P``, ``dy @ B^T``)
 against the Triton reduce, and the RMSNorm recompute in one pass against eager PyTorch.
 ``--only reduce,row_affine_bwd,...`` restricts the sweep. Host
-time per call is measured by scripts/host_overhead.py.
+time per call is not measured here (profile a step with scripts/idle_phases.py).
 """
 
 from __future__ import annotations

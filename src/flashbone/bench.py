@@ -216,7 +216,7 @@ def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: tor
             t0 = time.perf_counter()
             loss = step_fn()
             # host done queueing; far below step_ms: GPU-bound. Near it: host-bound, or the host
-            # waited on a full launch queue (kernel notes, section 8); a profile tells them apart
+            # waited on a full launch queue (docs/kernel_notes.md); a profile tells them apart
             hosts.append(time.perf_counter() - t0)
             _sync(dev)
             times.append(time.perf_counter() - t0)

@@ -201,7 +201,7 @@ class BoneLayer(nn.Module):
 
     def _adapted(self, x: Tensor, live: list[str], dtype: torch.dtype) -> Tensor:
         # runs on every forward: attributes read once (nn.Module lookups cost host time that
-        # the GPU waits for at small steps, docs/kernel_notes.md 9)
+        # the GPU waits for at small steps, docs/kernel_notes.md)
         base, adapters = self.base_layer, self.adapters._modules
         w, bias = base.weight, base.bias
         calls = [adapters[a].call(dtype) for a in live]

@@ -5,7 +5,7 @@
         y_k and y_v wait for k_proj(x) and v_proj(x), which return them
 
 Why: at a few thousand tokens per step the GPU waits for the host in the attention block
-(docs/kernel_notes.md, 10). A group costs one Python forward and one backward instead of three,
+(docs/kernel_notes.md). A group costs one Python forward and one backward instead of three,
 and its backward sums the members' input gradients into one buffer instead of leaving autograd
 to add them pairwise.
 

@@ -23,7 +23,7 @@ otherwise (:mod:`.functions`; ``triton`` is the TMA GEMM of :mod:`.tma_gemm`);
 Small calls take the PyTorch path too: below ``MIN_ELEMENTS`` input elements (tokens x in) a
 layer is bound by host launch overhead, where the kernels' extra launches cost more than their
 saved memory passes (H100, hidden 2048: the PyTorch path won at 2k tokens, the kernels at 4k;
-scripts/profile_small_batch.py, docs/kernel_notes.md); bat-row and bone-ab need twice that.
+docs/kernel_notes.md); bat-row and bone-ab need twice that.
 ``FLASHBONE_KERNEL_MIN_ELEMENTS`` sets it.
 """
 
@@ -64,7 +64,7 @@ def supported(variant: str, x: Tensor, w: Tensor, r: int) -> bool:
         return False
     # The row-affine variants (bat-row, bone-ab) need twice the size: at 2^23 elements they lost
     # to the PyTorch path on time in three H100 measurements (hidden 2048 x 4k tokens twice,
-    # hidden 4096 x 2k tokens once) while bone and bat won at hidden 4096 (kernel notes, 8).
+    # hidden 4096 x 2k tokens once) while bone and bat won at hidden 4096 (docs/kernel_notes.md).
     need = MIN_ELEMENTS * (2 if variant in ("bat-row", "bone-ab") else 1)
     if not available() or x.numel() < need:
         return False
@@ -172,7 +172,7 @@ def _weight_space(x, w, bias, call):
 def _master(call, name: str) -> Tensor:
     """The uncast adapter tensor: the Triton kernels cast it as they load it (same rounding as
     a separate cast) and return its gradient in its own dtype, so neither direction runs a
-    cast kernel or a cast node (kernel notes, 9)."""
+    cast kernel or a cast node (docs/kernel_notes.md)."""
     return call.master(name).contiguous()
 
 

@@ -17,11 +17,11 @@ each step makes (``|x|`` = one read or write of a ``T x in`` tensor)::
 
 ``P`` is the 0/1 matrix of :func:`.triton_kernels.block_ones`: the skinny GEMMs (``x P``,
 ``s B``, ``dy B^T``, ``s^T dy``) go to cuBLAS, which streams these operands at least as fast as
-our Triton reduce and costs half its host time per launch (scripts/tune_kernels.py,
-scripts/host_overhead.py). "Onto" means cuBLAS reads the addend as ``C`` with ``beta = 1`` in its
+our Triton reduce and costs half its host time per launch (scripts/tune_kernels.py).
+"Onto" means cuBLAS reads the addend as ``C`` with ``beta = 1`` in its
 epilogue (about 1.2 ms/step for bone on the bench shape); the alternative is one Triton GEMM that
 adds the rank-r term before storing, never writing the addend (:mod:`.tma_gemm`, slower than
-cuBLAS on H100: docs/kernel_notes.md section 8).
+cuBLAS on H100: docs/kernel_notes.md).
 Which runs is :func:`gemm_mode` (``FLASHBONE_GEMM=cublas|triton|auto``; ``auto`` times both
 once per shape on first use and keeps the faster). A third way needs no addend at all: with the
 frozen weight padded to ``W_ext = [W | X]`` (:mod:`.padded`) cuBLAS runs the rank-r term as r
@@ -173,7 +173,7 @@ class BonePaddedCuda(torch.autograd.Function):
     columns also casts it, and ``dB`` is computed in float32 by its GEMM, so no separate cast
     runs in either direction. The backward reads ``B^T`` back from the columns when no other
     call has written them since (else it casts ``b`` again) and keeps the addend path, which
-    measured faster than ``[h | ds] = dy W_ext`` (docs/kernel_notes.md, 9 and 10).
+    measured faster than ``[h | ds] = dy W_ext`` (docs/kernel_notes.md).
     """
 
     @staticmethod
@@ -204,7 +204,7 @@ class BoneGroupCuda(torch.autograd.Function):
     of it, then ``dx = tile(ds) + sum_i dy_i W_i`` with every GEMM adding onto the same buffer:
     one tile launch instead of one per member, and no separate sums of the members' input
     gradients (autograd would add them pairwise). One Python forward and backward serve the group,
-    which is host time the attention and MLP blocks are short of (docs/kernel_notes.md, 10).
+    which is host time the attention and MLP blocks are short of (docs/kernel_notes.md).
 
     ``flat`` holds ``(w, bias, b, wx)`` per member; ``b`` is the master ``B`` (or bone-mini's
     tiled copy) and ``dB`` comes back in its dtype.

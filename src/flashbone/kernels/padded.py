@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 # Which variants pad: ``FLASHBONE_PADDED=0`` (none), unset or ``1`` (the default below), or a
-# comma list such as ``bone,bat-row``. Measured on an H100 (docs/kernel_notes.md, 9):
+# comma list such as ``bone,bat-row``. Measured on an H100 (docs/kernel_notes.md):
 # - bat-row: -1.5 to -2.5 ms/step at 4k tokens, -9.6 ms at 16k, neutral at 7B with
 #   checkpointing; the spare columns cost r / in of the frozen weights (+0.6% peak memory).
 # - bone (forward only, the master B cast inside the copy to W_ext): -0.3 to -0.5 ms at 4k

@@ -1,7 +1,0 @@
-#!/usr/bin/env bash
-# Device call 35: final code (bat-row pads by default, bone does not). CUDA tests, main table.
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT; L=$OUT/run35.log
-timeout 150 python -m pytest -p no:cacheprovider tests/test_kernels.py tests/test_padded.py tests/test_bench.py 2>&1 | grep -E "passed|failed|FAILED|Error" | tail -12 | tee $L
-timeout 200 python -m flashbone bench --steps 10 --json $OUT/run35_main.json \
-  --methods floor,bone,bat-row,bat,bone-mini,bat-hadamard,bone-ab,peft-lora,peft-miss,peft-bat,full 2>&1 | grep -v '^{' | tail -14 | tee -a $L
