@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python scripts/device_profile.py --methods floor,bone,bat-row,bat [bench flags]
 
-Uses the bench's model and wrapping (flashbone.bench); 3 warm-up steps, 2 profiled steps;
+Uses the bench's model and wrapping (flashbone.commands.bench); 3 warm-up steps, 2 profiled steps;
 prints per method the GPU time per step and the kernels that take most of it.
 """
 import argparse
@@ -13,7 +13,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from flashbone import bench
+from flashbone.commands import bench
 
 
 def main() -> int:

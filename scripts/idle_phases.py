@@ -21,7 +21,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from flashbone import bench
+from flashbone.commands import bench
 
 
 def _kernels(path: str) -> list[tuple[float, float, str]]:

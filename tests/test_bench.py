@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from flashbone import bench
+from flashbone.commands import bench
 from flashbone.cli import main
 
 TINY = ["--device", "cpu", "--layers", "1", "--hidden", "64", "--intermediate", "128",

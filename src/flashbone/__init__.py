@@ -8,10 +8,11 @@
     merged = model.merge_and_unload()
 
 Where things live: the math of every variant in ``variants.py``; fast paths in ``ops/``;
-layers in ``layer.py``; model surgery in ``model.py``; files in ``io.py``.
+layers in ``layer.py``; model surgery in ``model.py``; files in ``adapter_files.py``;
+the layout and what may import what: docs/architecture.md.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .config import BoneConfig
 from .errors import (

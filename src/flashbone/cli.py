@@ -16,19 +16,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import BoneError
+from .errors import BoneError, CLIError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("flashbone.commands.train", "fine-tune a model with Bone, Bat, a baseline or in full"),
     "merge": ("flashbone.commands.merge", "merge an adapter into its base and save a HF checkpoint"),
     "eval": ("flashbone.commands.evaluate", "generate and score on GSM8K, MATH or tiny-math"),
     "plot": ("flashbone.commands.plot", "loss curves of several runs in one figure"),
-    "bench": ("flashbone.bench", "time Bone/Bat against the frozen base, PEFT and full fine-tuning"),
+    "bench": ("flashbone.commands.bench", "time Bone/Bat against the frozen base, PEFT and full fine-tuning"),
 }
-
-
-class CLIError(BoneError):
-    """A bad command-line input; printed as one line."""
 
 
 def _load_yaml(path: str) -> dict:
@@ -63,7 +59,7 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str | None) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="flashbone", description=__doc__.split("\n")[1])
     parser.add_argument("--version", action="version", version=f"flashbone {__version__}")

@@ -1,6 +1,6 @@
 """``BoneConfig``: what to adapt, and how.
 
-The config is a plain dataclass that round-trips through JSON. :mod:`flashbone.io` maps it
+The config is a plain dataclass that round-trips through JSON. :mod:`flashbone.adapter_files` maps it
 to and from PEFT's ``MISS`` / legacy ``BONE`` files.
 """
 

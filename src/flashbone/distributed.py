@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BoneError
-from .kernels.padded import compact_
+from .layer import compact_weights as compact_
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -127,7 +127,7 @@ def wrapper(strategy: str, device: torch.device, bf16: bool, hf_model: nn.Module
     """The ``wrap`` hook of :class:`flashbone.training.Trainer` for ``strategy``.
 
     Weights padded by an earlier forward on the GPU kernels get a contiguous storage first
-    (:func:`flashbone.kernels.padded.compact_`): DDP broadcasts and FSDP shards parameters as
+    (:func:`flashbone.layer.compact_weights`): DDP broadcasts and FSDP shards parameters as
     they are."""
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel

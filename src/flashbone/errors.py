@@ -29,3 +29,7 @@ class AdapterFileError(BoneError):
 
 class MergeError(BoneError):
     """Merging or unmerging would produce non-finite weights or cannot be inverted."""
+
+
+class CLIError(BoneError):
+    """A bad command-line input (flag, file, combination); the CLI prints it as one line."""

@@ -25,6 +25,7 @@ from typing import Iterable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from . import kernels  # noqa: F401  (registers the GPU paths into ops on import)
 from . import siblings
 from .errors import BoneConfigError, MergeError, TargetError
 from .ops import AdapterCall, LazyCast, adapted_linear, as_dtype
@@ -278,6 +279,13 @@ class BoneLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"active={self.active_adapters}, merged={self.merged_adapters}")
+
+
+def compact_weights(module: nn.Module) -> int:
+    """Give every base weight in ``module`` that a GPU path padded with spare columns
+    (:mod:`flashbone.kernels.padded`) its own contiguous storage again, in place; returns how
+    many. Unloading, merging and the DDP/FSDP wrappers call it before handing weights on."""
+    return kernels.padded.compact_(module)
 
 
 def _wide(w: Tensor) -> Tensor:

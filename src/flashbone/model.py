@@ -22,11 +22,10 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from . import io
+from . import adapter_files
 from .config import BoneConfig
 from .errors import BoneConfigError, MergeError
-from .kernels.padded import compact_
-from .layer import AdapterModule, BlockAdapter, BoneLayer, SavedModule, features
+from .layer import AdapterModule, BlockAdapter, BoneLayer, SavedModule, compact_weights, features
 from .targets import find_targets, modules_to_save_names
 
 
@@ -245,7 +244,7 @@ class BoneModel(nn.Module):
 
     def _unwrap(self, merged: bool) -> nn.Module:
         for name, layer in list(self.bone_layers()):
-            compact_(layer.base_layer)  # weights padded for the GPU kernels: contiguous again
+            compact_weights(layer.base_layer)  # weights padded for the GPU kernels: contiguous again
             _replace(self.model, name, layer.base_layer)
         for name, mod in list(self.saved_modules()):
             _replace(self.model, name, mod.current if merged else mod.original_module)
@@ -295,7 +294,7 @@ class BoneModel(nn.Module):
         names = [self._name(adapter_name)] if adapter_name else self.adapter_names
         for n in names:
             sub = folder if adapter_name or n == "default" else folder / n
-            io.save_adapter_folder(sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n))
+            adapter_files.save_adapter_folder(sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n))
         return folder
 
     def export_lora(self, folder: str | os.PathLike, adapter_name: str | None = None) -> Path:
@@ -312,9 +311,9 @@ class BoneModel(nn.Module):
             if name in layer.adapters:
                 b = layer.adapters[name].B.detach()
                 full = b.repeat(1, layer.out_features // b.shape[1])
-                factors[lname] = io.lora_tensors(full, layer.in_features)
+                factors[lname] = adapter_files.lora_tensors(full, layer.in_features)
                 conv = conv or layer.is_conv1d
-        return io.save_lora_folder(folder, cfg, factors, conv, self.saved_module_state(name))
+        return adapter_files.save_lora_folder(folder, cfg, factors, conv, self.saved_module_state(name))
 
 
 def get_bone_model(model: nn.Module, config: BoneConfig, adapter_name: str = "default") -> BoneModel:
@@ -342,12 +341,12 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, adapter_name: str 
     (as ``PeftModel.from_pretrained``). On a :class:`BoneModel` the adapter joins inactive
     and frozen, as in PEFT: ``set_adapter`` activates it (and makes it trainable).
     """
-    file = io.load_adapter_folder(folder)
+    file = adapter_files.load_adapter_folder(folder)
     base = model.model if isinstance(model, BoneModel) else model
     config = file.config.replace(
         target_modules=sorted(file.tensors), exclude_modules=None, layers_to_transform=None,
-        modules_to_save=io.present_modules(base, file.config.modules_to_save))
-    io.check_fits(base, file, config, str(folder))
+        modules_to_save=adapter_files.present_modules(base, file.config.modules_to_save))
+    adapter_files.check_fits(base, file, config, str(folder))
     bm = get_bone_model(model, config, adapter_name)
     with torch.no_grad():
         for lname, layer in bm.bone_layers():

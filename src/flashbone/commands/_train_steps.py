@@ -163,7 +163,7 @@ def save_result(adapted, tokenizer, out: Path, dist=None) -> Path:
 def summarize(v, adapted, result, before, after, saved_to, device, bf16, wall, n_rows) -> dict:
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     try:
         import peft

@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 DEFAULTS = {"tiny": {"max_new_tokens": 80, "batch_size": 100}, "paper": {"max_new_tokens": 512, "batch_size": 16}}
 

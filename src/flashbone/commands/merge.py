@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

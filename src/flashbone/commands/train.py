@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 # The papers' recipe, for any model the user names.
 PAPER_RECIPE = {"lr": 2e-5, "batch_size": 4, "grad_accum": 16, "epochs": 1.0, "r_bone": 64, "r_lora": 36,

@@ -1,7 +1,8 @@
 """GPU fast paths of the Bone family (Triton kernels + cuBLAS), chosen automatically on CUDA.
 
     ops.adapted_linear(x on CUDA, backend "auto")
-        -> ops._GPU_PATHS[variant]  = one of the functions below (registered at import)
+        -> ops._GPU_PATHS[variant]  = one of the functions below (registered into ops when
+                                      this package is imported; ops does not import it)
             -> supported(x, r)?  yes: kernels.functions.<Variant>Cuda (Triton + cuBLAS)
                                  no : the PyTorch path (ops.TORCH_PATHS[variant])
 
@@ -36,6 +37,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .. import ops
 from . import padded
 
 _AVAILABLE: bool | None = None
@@ -74,9 +76,7 @@ def supported(variant: str, x: Tensor, w: Tensor, r: int) -> bool:
 
 
 def _torch_path(variant: str):
-    from ..ops import TORCH_PATHS
-
-    return TORCH_PATHS[variant]
+    return ops.TORCH_PATHS[variant]
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -186,13 +186,14 @@ GPU_PATHS: dict[str, Callable] = {
 }
 
 
-def register(register_gpu_path: Callable[[str, Callable], None],
-             register_group_path: Callable[[Callable], None] | None = None) -> None:
-    """Register every GPU path with the dispatcher (called by :mod:`flashbone.ops`)."""
+def _register() -> None:
+    """Hand every GPU path to the dispatcher; runs once, when this package is first imported
+    (:mod:`flashbone.layer` imports it; :mod:`flashbone.ops` never imports kernels)."""
     for variant, fn in GPU_PATHS.items():
-        register_gpu_path(variant, fn)
-    if register_group_path is not None:
-        register_group_path(layer_group)
+        ops.register_gpu_path(variant, fn)
+    ops.register_gpu_group_path(layer_group)
 
 
-__all__ = ["available", "supported", "register", "layer_group", "GPU_PATHS"]
+_register()
+
+__all__ = ["available", "supported", "layer_group", "GPU_PATHS"]

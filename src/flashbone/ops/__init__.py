@@ -10,7 +10,8 @@
         +-- then every additive adapter (bone, bone-mini): + (sum_b x_b) @ B
 
 A GPU kernel slots in per variant with :func:`register_gpu_path`; the PyTorch path stays
-the fallback everywhere else.
+the fallback everywhere else. This package imports no kernels: :mod:`flashbone.kernels`
+registers its paths here when it is imported (by :mod:`flashbone.layer`).
 """
 
 from __future__ import annotations
@@ -244,12 +245,6 @@ def reference_weight(w: Tensor, calls: Sequence[AdapterCall]) -> Tensor:
         w = w + VARIANTS[c.variant].delta(w, c.params, c.r)
     return w
 
-
-# GPU kernels (flashbone.kernels: Triton + cuBLAS) register their paths here; the import
-# needs neither CUDA nor Triton, and on CPU the PyTorch paths above stay in charge.
-from ..kernels import register as _register_kernels  # noqa: E402
-
-_register_kernels(register_gpu_path, register_gpu_group_path)
 
 __all__ = [
     "AdapterCall",

@@ -32,6 +32,7 @@ from .errors import AdapterFileError, BoneConfigError
 from .layer import BoneLayer, SavedModule, features, is_supported
 from .targets import modules_to_save_names
 from .variants import VARIANTS, get_variant
+from .version import __version__
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -75,8 +76,6 @@ def config_to_json(config: BoneConfig, modules: list[str]) -> dict[str, Any]:
         return {"peft_type": "MISS", "auto_mapping": None, **common,
                 "miss_dropout": config.dropout, "mini_r": config.mini_r or 1,
                 "init_weights": get_variant(config.variant).peft_init_weights}
-    from . import __version__
-
     return {"peft_type": PEFT_TYPE, "flashbone_version": __version__, **common,
             "variant": config.variant, "mini_r": config.mini_r, "dropout": config.dropout,
             "adapter_dtype": config.adapter_dtype}

@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from .cli import CLIError
-from .variants import VARIANTS
+from ..errors import CLIError
+from ..variants import VARIANTS
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OURS = list(VARIANTS)
@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="model dtype (auto: bf16 on CUDA, fp32 on CPU)")
     t.add_argument("--json", metavar="FILE", help="write args, environment and rows as JSON")
-    k = p.add_argument_group("kernels (per-layer forward/backward; see flashbone.kernels.microbench)")
+    k = p.add_argument_group("kernels (per-layer forward/backward; see flashbone.commands.bench_kernels)")
     k.add_argument("--kernels", action="store_true", help="time each layer shape, not a model")
     k.add_argument("--sweep", choices=["none", "r", "tokens", "width"], default="none")
     k.add_argument("--variants", default=None, help="kernels mode: comma list of variants")
@@ -152,8 +152,8 @@ def wrap(model, method: str, a: argparse.Namespace):
         return model
     base = method.split("@")[0].removesuffix("-bf16")
     if base in OURS:
-        from .config import BoneConfig
-        from .model import get_bone_model
+        from ..config import BoneConfig
+        from ..model import get_bone_model
 
         cfg = BoneConfig(variant=base, r=a.r, mini_r=a.mini_r if base == "bone-mini" else None,
                          target_modules=list(TARGETS))
@@ -202,7 +202,7 @@ def training_step(method: str, a: argparse.Namespace, dev: torch.device, dtype: 
 
 def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: torch.dtype) -> dict:
     """Build, wrap and train one method; the row of the table (times in ms, memory in GiB)."""
-    from .ops import use_backend
+    from ..ops import use_backend
 
     model, step_fn = training_step(method, a, dev, dtype)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -272,8 +272,8 @@ def environment(dev: torch.device) -> dict[str, Any]:
         except ImportError:
             env[mod] = None
     if dev.type == "cuda":
-        from .kernels import available
-        from .kernels.functions import gemm_mode
+        from ..kernels import available
+        from ..kernels.functions import gemm_mode
 
         env["kernels"] = available()
         env["gemm_mode"] = gemm_mode()
@@ -283,7 +283,7 @@ def environment(dev: torch.device) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     dev, dtype = resolve(args)
     if args.kernels:
-        from .kernels.microbench import run_kernels
+        from .bench_kernels import run_kernels
 
         return run_kernels(args, dev, dtype)
     methods = parse_methods(args.methods)
