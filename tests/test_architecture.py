@@ -1,4 +1,5 @@
-"""The layout of docs/architecture.md holds: imports run one way between the layers.
+"""The layout of docs/architecture.md holds: imports run one way between the layers, and the
+linter configured in pyproject.toml passes.
 
 The contract lives in pyproject.toml (``[tool.importlinter]``); import-linter reads every
 module's imports (function-level ones included) without running them.
@@ -16,3 +17,14 @@ def test_imports_run_one_way(capsys):
     code = cli.lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
     assert code == 0, capsys.readouterr().out
 
+
+
+def test_ruff_lint_passes():
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    out = subprocess.run([ruff, "check", "src", "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
