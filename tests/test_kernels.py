@@ -4,6 +4,8 @@ CUDA tests (``-m cuda``) compare bf16/fp16 outputs and gradients with float32 de
 fresh random inputs, by relative error ``||got - ref|| / ||ref||``.
 """
 
+import zlib
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -22,6 +24,11 @@ cuda = pytest.mark.skipif(not (CUDA and kernels.available()), reason="needs CUDA
 def _kernels_at_any_size(monkeypatch):
     """The tests use small shapes; let the kernels take them (production skips tiny calls)."""
     monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+
+
+def _seed(case) -> int:
+    """A seed fixed per test case (``hash`` of a tuple of strings changes every run)."""
+    return zlib.crc32(repr(case).encode())
 
 
 def _adapter(variant, out, inn, r, dev="cpu", mini_r=None, std=0.02):
@@ -294,7 +301,7 @@ CASES = [  # (variant, T, out, in, r): T not a multiple of the tiles, GQA-like o
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-T{c[1]}-{c[2]}x{c[3]}-r{c[4]}")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_kernels_match_dense_reference(case, dtype):
-    torch.manual_seed(hash(case) % 1000)
+    torch.manual_seed(_seed(case))
     _check_layer(*case, dtype)
 
 
@@ -313,7 +320,7 @@ PADDED_CASES = [  # the variants that use W_ext = [W | X]; out >= in builds [x |
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_padded_weight_kernels_match_dense_reference(case, dtype, monkeypatch):
     monkeypatch.setattr(padded, "VARIANTS", ("bone", "bone-mini", "bat-row", "bone-ab"))
-    torch.manual_seed(hash(case) % 1000)
+    torch.manual_seed(_seed(case))
     _check_layer(*case, dtype, pad=True)
 
 
