@@ -23,6 +23,7 @@ from typing import Callable
 
 from torch import nn
 
+from . import rwkv6
 from .config import BoneConfig
 from .errors import AdapterFileError, BoneConfigError
 from .model import get_bone_model, load_adapter
@@ -57,6 +58,8 @@ class Adapted:
 
 def default_targets(model: nn.Module) -> list[str] | str:
     """The seven projections of Llama-like models (the papers' targets), else ``all-linear``."""
+    if rwkv6.is_rwkv6(model):  # RWKV-PEFT's eight projections (flashbone.rwkv6)
+        return rwkv6.default_targets()
     leaves = {name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     return list(LLAMA_PROJECTIONS) if set(LLAMA_PROJECTIONS) <= leaves else "all-linear"
 
@@ -69,6 +72,8 @@ def parse_targets(spec: str | list | None, model: nn.Module) -> list[str] | str:
     if isinstance(spec, str) and spec.strip() == "all-linear":
         return "all-linear"
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if str(s).strip()]
+    if rwkv6.is_rwkv6(model):  # RWKV-PEFT's names (att.key, ffn.value, key...) -> fla's
+        names = rwkv6.translate(names)
     leaves = {name.rpartition(".")[2] for name, _ in model.named_modules()}
     out = [f"{n}_proj" if n not in leaves and f"{n}_proj" in leaves else n for n in names]
     missing = [n for n in out if n not in leaves and not any(m.endswith("." + n) for m, _ in model.named_modules())]

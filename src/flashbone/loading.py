@@ -10,6 +10,7 @@ Errors name the model and the way out, as :class:`ModelLoadError` (a :class:`Bon
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from importlib import resources
@@ -18,6 +19,7 @@ from typing import Iterator
 
 import torch
 
+from . import rwkv6
 from .errors import BoneError
 
 BUILTIN_MODEL = "flashbone-tiny"
@@ -97,15 +99,43 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _local_model_type(path: str) -> str | None:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _known_to_transformers(model_type: str) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        CONFIG_MAPPING[model_type]
+    except KeyError:
+        return False
+    return True
+
+
+def _register_rwkv6(name: str) -> None:
+    """RWKV6 comes from flash-linear-attention, which registers it with the Auto classes on import."""
+    if not _known_to_transformers(rwkv6.MODEL_TYPE) and not rwkv6.register():
+        raise ModelLoadError(f"--model {name}: an RWKV6 model needs flash-linear-attention: {rwkv6.INSTALL}")
+
+
 def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """An ``AutoModelForCausalLM`` in ``dtype`` on ``device``."""
     from transformers import AutoModelForCausalLM
 
     path = resolve(name)
+    if _local_model_type(path) == rwkv6.MODEL_TYPE:
+        _register_rwkv6(name)
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as e:
+        if rwkv6.MODEL_TYPE in str(e) and not _known_to_transformers(rwkv6.MODEL_TYPE):
+            _register_rwkv6(name)  # a hub RWKV6 model: retry once fla has registered it
+            return load_model(name, dtype, device)
         if Path(path).is_dir():
             raise ModelLoadError(f"--model {name}: could not load the model ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None

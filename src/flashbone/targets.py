@@ -20,6 +20,7 @@ from typing import Sequence
 
 from torch import nn
 
+from . import rwkv6
 from .config import BoneConfig
 from .errors import TargetError
 from .layer import BoneLayer, SavedModule, is_supported
@@ -86,6 +87,11 @@ def _inside_any(name: str, prefixes: Sequence[str]) -> bool:
     return any(name.startswith(p + ".") for p in prefixes)
 
 
+def _weight_read_directly(model: nn.Module) -> tuple[str, ...]:
+    """Linear layers whose weight the model uses without calling them (never targets)."""
+    return rwkv6.DIRECT_WEIGHT if rwkv6.is_rwkv6(model) else ()
+
+
 def find_targets(model: nn.Module, config: BoneConfig) -> list[str]:
     """Full names of the modules ``config`` adapts; raises :class:`TargetError` if none.
 
@@ -96,9 +102,15 @@ def find_targets(model: nn.Module, config: BoneConfig) -> list[str]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     heads = [n for n, _ in model.named_children() if n in TASK_HEADS]
     wrapped = _wrapped(model)
+    direct = _weight_read_directly(model)
     found: list[str] = []
     for name, mod in model.named_modules():
         if not name or _inside(name, save) or _inside_any(name, wrapped):
+            continue
+        if any(name == d or name.endswith("." + d) for d in direct):
+            if config.target_modules != "all-linear" and _matches_names(name, config.target_modules):
+                raise TargetError(f"target module {name!r}: {type(model).__name__} reads its weight directly "
+                                  "(not through its forward), so an adapter there would do nothing; leave it out")
             continue
         if config.target_modules == "all-linear":
             hit = ((is_supported(mod) or isinstance(mod, BoneLayer)) and mod is not head
