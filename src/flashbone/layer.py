@@ -26,9 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from . import kernels  # noqa: F401  (registers the GPU paths into ops on import)
-from . import siblings
+from . import quant, siblings
 from .errors import BoneConfigError, MergeError, TargetError
 from .ops import AdapterCall, LazyCast, adapted_linear, as_dtype
+from .ops.quantized import quantized_linear
 from .variants import VARIANTS, check_shape, get_variant
 
 
@@ -48,15 +49,18 @@ def _conv1d_type() -> type | None:
 
 
 def is_supported(module: nn.Module) -> bool:
-    """``nn.Linear`` or transformers' ``Conv1D`` with a floating-point weight."""
+    """``nn.Linear`` or transformers' ``Conv1D`` with a floating-point weight, or a bitsandbytes
+    4-bit / 8-bit linear layer (:mod:`flashbone.quant`)."""
     conv1d = _conv1d_type()
     kinds = (nn.Linear,) + ((conv1d,) if conv1d is not None else ())
-    return isinstance(module, kinds) and module.weight.is_floating_point()
+    return isinstance(module, kinds) and (module.weight.is_floating_point() or quant.is_quantized(module))
 
 
 def features(module: nn.Module) -> tuple[int, int]:
     """``(out_features, in_features)`` of a supported layer or a :class:`BoneLayer`."""
     if isinstance(module, BoneLayer):
+        return module.out_features, module.in_features
+    if quant.is_quantized(module):  # the packed weight has another shape
         return module.out_features, module.in_features
     out, inn = module.weight.shape
     return (out, inn) if isinstance(module, nn.Linear) else (inn, out)  # Conv1D is (in, out)
@@ -116,11 +120,19 @@ class BoneLayer(nn.Module):
         self._merges: list[tuple[list[str], Tensor | None]] = []
         self.is_conv1d = not isinstance(base_layer, nn.Linear)
         self.out_features, self.in_features = features(base_layer)
+        self.quantized = quant.kind(base_layer)  # "4bit", "8bit" or None
+
+    def refresh_base(self) -> None:
+        """Re-read the base layer's kind after it was replaced (e.g. by :func:`quant.dequantize_`)."""
+        self.quantized = quant.kind(self.base_layer)
 
     # -- weights ------------------------------------------------------------------------
     @property
     def weight(self) -> Tensor:
-        """The base weight as ``(out, in)`` (a transposed view for ``Conv1D``)."""
+        """The base weight as ``(out, in)`` (a transposed view for ``Conv1D``; a dequantised
+        copy for a quantised base)."""
+        if self.quantized:
+            return quant.dequantize(self.base_layer)
         w = self.base_layer.weight
         return w.t() if self.is_conv1d else w
 
@@ -184,6 +196,8 @@ class BoneLayer(nn.Module):
         # and float32 adapter tensors are cast down (inside autograd: gradients reach them).
         # The result has the dtype the base layer itself returns.
         device = x.device.type
+        if self.quantized:
+            return self._quantized(x, live)
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
             with torch.autocast(device, enabled=False):
@@ -208,6 +222,17 @@ class BoneLayer(nn.Module):
         calls = [adapters[a].call(dtype) for a in live]
         bias = None if bias is None else as_dtype(bias, dtype)
         return adapted_linear(x, as_dtype(w.t() if self.is_conv1d else w, dtype), bias, calls)
+
+    def _quantized(self, x: Tensor, live: list[str]) -> Tensor:
+        base = self.base_layer
+        device = x.device.type
+        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                 else quant.compute_dtype(base, x))
+        calls = [self.adapters[a].call(dtype) for a in live]
+        with torch.autocast(device, enabled=False):
+            y = quantized_linear(x, base, lambda: quant.dequantize(base), base.bias, self.out_features,
+                                 calls, dtype)
+        return as_dtype(y, x.dtype)
 
     # -- merge ------------------------------------------------------------------------
     # Merging computes in float32 (float64 stays) and casts to the base dtype once. Merged
@@ -234,6 +259,12 @@ class BoneLayer(nn.Module):
         names = [n for n in names if n not in self.merged_adapters]
         if not names:
             return
+        if self.quantized:
+            raise MergeError(
+                f"the base layer is {self.quantized} (bitsandbytes): merging into it would round the merged "
+                "weight back to that precision and lose most of the adapter. Use merge_and_unload(), which "
+                "merges into a dequantised full-precision copy, or load the base unquantised to merge"
+            )
         with torch.no_grad():
             new = self.merged_weight(names).to(self.weight.dtype)
             if safe and not torch.isfinite(new).all():

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from . import rwkv6
+from . import quant, rwkv6
 from .errors import BoneError
 
 BUILTIN_MODEL = "flashbone-tiny"
@@ -122,24 +122,39 @@ def _register_rwkv6(name: str) -> None:
         raise ModelLoadError(f"--model {name}: an RWKV6 model needs flash-linear-attention: {rwkv6.INSTALL}")
 
 
-def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """An ``AutoModelForCausalLM`` in ``dtype`` on ``device``."""
+def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               quantize: str | None = None):
+    """An ``AutoModelForCausalLM`` in ``dtype`` on ``device``; with ``quantize`` ("4bit" / "8bit")
+    its linear layers are bitsandbytes-quantised (compute in ``dtype``) and prepared for adapter
+    training (:func:`flashbone.quant.prepare_for_training`)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve(name)
     if _local_model_type(path) == rwkv6.MODEL_TYPE:
         _register_rwkv6(name)
+    kw: dict = {}
+    if quantize is not None:
+        if quantize not in quant.MODES:
+            raise ModelLoadError(f"--quantize {quantize!r}: use 4bit or 8bit")
+        try:
+            quant.check_backend(quantize, torch.device(device))
+        except quant.QuantizationError as e:
+            raise ModelLoadError(str(e)) from None
+        kw = {"quantization_config": quant.bnb_config(quantize, dtype), "device_map": {"": torch.device(device)}}
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
     except Exception as e:
         if rwkv6.MODEL_TYPE in str(e) and not _known_to_transformers(rwkv6.MODEL_TYPE):
             _register_rwkv6(name)  # a hub RWKV6 model: retry once fla has registered it
-            return load_model(name, dtype, device)
+            return load_model(name, dtype, device, quantize)
         if Path(path).is_dir():
             raise ModelLoadError(f"--model {name}: could not load the model ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
         raise _hub_error(name, "model", e) from None
+    if quantize is not None:
+        quant.prepare_for_training(model)
+        return model  # placed by device_map; .to() is refused for quantised models
     return model.to(device)
 
 

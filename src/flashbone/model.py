@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +23,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from . import adapter_files
+from . import adapter_files, quant
 from .config import BoneConfig
 from .errors import BoneConfigError, MergeError
 from .layer import AdapterModule, BlockAdapter, BoneLayer, SavedModule, compact_weights, features
@@ -254,10 +255,26 @@ class BoneModel(nn.Module):
                          adapter_names: list[str] | None = None) -> nn.Module:
         """Merge adapters (default: the active ones) and return the plain model.
 
-        Trained ``modules_to_save`` copies of the active adapter replace the originals.
+        Trained ``modules_to_save`` copies of the active adapter replace the originals. A
+        quantised (bitsandbytes) base is first dequantised into full-precision ``nn.Linear``
+        layers (:func:`flashbone.quant.dequantize_`, with a warning): the result is a plain
+        full-precision model holding the weights the adapter was trained against.
         """
+        self._dequantize_base()
         self.merge_adapter(adapter_names, safe_merge=safe_merge)
         return self._unwrap(merged=True)
+
+    def _dequantize_base(self) -> None:
+        if not any(quant.is_quantized(m) for m in self.model.modules()):
+            return
+        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        dtype = emb.weight.dtype if emb is not None and emb.weight.is_floating_point() else torch.bfloat16
+        names = quant.dequantize_(self.model, dtype)
+        for _, layer in self.bone_layers():
+            layer.refresh_base()
+        warnings.warn(f"the base is quantised (bitsandbytes): its {len(names)} quantised layers were dequantised "
+                      f"to {str(dtype).replace('torch.', '')} and the adapter merged into them; the result is a "
+                      "full-precision model (save_pretrained writes a full-precision checkpoint)", stacklevel=3)
 
     def unload(self) -> nn.Module:
         """Return the original model: adapters removed, merges undone, original heads back."""

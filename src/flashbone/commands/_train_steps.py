@@ -44,7 +44,7 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
     eval_ds = None
     if v["eval_task"] != "none":  # read the held-out rows now: bad eval data fails before training
         eval_ds = data.load_rows(v["eval_data"], split="test", max_samples=v["eval_samples"])
-    model = loading.load_model(v["model"], dtype=_dtype(v, bf16), device=device)
+    model = loading.load_model(v["model"], dtype=_dtype(v, bf16), device=device, quantize=v.get("quantize"))
     v["targets_resolved"] = baselines.parse_targets(v["targets"], model)
     return {"device": device, "bf16": bf16, "tokenizer": tok, "template": template, "rows": rows, "n_cut": n_cut,
             "model": model, "eval": eval_ds}
@@ -116,7 +116,7 @@ def eval_after(v: dict, ctx: dict, out: Path, eval_rows, saved_to: Path) -> floa
     model = ctx["adapted"].model
     if any(_sharded(p) for p in model.parameters()):
         model = loading.load_model(saved_to if v["method"] == "full" else v["model"],
-                                   dtype=_dtype(v, ctx["bf16"]), device=ctx["device"])
+                                   dtype=_dtype(v, ctx["bf16"]), device=ctx["device"], quantize=v.get("quantize"))
         if v["method"] != "full":
             model = baselines.attach_adapter(model, saved_to)
     elif v["gradient_checkpointing"]:

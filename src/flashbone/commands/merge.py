@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from ..errors import CLIError
@@ -29,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPES, help="dtype of the saved weights [auto: the base's dtype]")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--device", help="where to merge: auto, cpu (default), cuda")
+    p.add_argument("--quantize", choices=["4bit", "8bit"], help="the adapter was trained on a quantised base "
+                   "(train --quantize): merge into that base's dequantised weights, written in full precision")
 
 
 def _check_out(out: Path, overwrite: bool, inputs: list[str]) -> None:
@@ -99,9 +102,18 @@ def run(args: argparse.Namespace) -> int:
     base = args.base or _base_from_adapter(args.adapter)
     device = loading.pick_device(args.device or "cpu")
     tok = loading.load_tokenizer(base)
-    model = loading.load_model(base, dtype=torch.float32, device=device)
+    if args.quantize and baselines.adapter_kind(args.adapter) != "bone":
+        raise CLIError(f"--quantize {args.quantize}: only flashbone/MiSS adapters merge into a dequantised base "
+                       "here (peft would round the merge back to the quantised format); leave out --quantize "
+                       "to merge into the full-precision base")
+    model = loading.load_model(base, dtype=torch.float32, device=device, quantize=args.quantize)
+    if args.quantize:
+        print(f"the base is loaded {args.quantize} as in training; its layers are dequantised and the adapter "
+              "merged into them: the result is a full-precision checkpoint", flush=True)
     dtype = _base_dtype(base) if args.dtype in (None, "auto") else getattr(torch, args.dtype)
-    model = baselines.merge_into_base(baselines.attach_adapter(model, args.adapter))
+    with warnings.catch_warnings():  # the line above said what happens to a quantised base
+        warnings.filterwarnings("ignore", message="the base is quantised")
+        model = baselines.merge_into_base(baselines.attach_adapter(model, args.adapter))
     model = model.to(dtype=dtype, device="cpu")
     for p in model.parameters():
         p.requires_grad_(False)

@@ -62,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--targets", help="comma-separated module names (q,k,v,o,gate,up,down) or all-linear "
                                      "[the 7 projections of Llama-like models, all-linear elsewhere]")
     g.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator [2r for lora/dora, r for pissa/olora]")
+    g.add_argument("--quantize", choices=["4bit", "8bit"], help="load the base quantised with bitsandbytes: 4bit "
+                   "(NF4, double quantisation, bf16 compute) or 8bit (LLM.int8); implies --gradient-checkpointing")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, help="peak learning rate, cosine to 0, no warmup [paper 2e-5; tiny 2e-3]")
     g.add_argument("--batch-size", type=int, help="rows per micro-batch [paper 4; tiny 16]")
@@ -125,6 +127,12 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
             v[k] = rec[k]
     if v["max_samples"] is None and v["data"] == BUILTIN_DATA and tiny:
         v["max_samples"] = rec["train_rows"]
+    if v.get("quantize"):
+        if v["method"] == "full":
+            raise CLIError(f"--quantize {v['quantize']}: --method full would train the quantised weights "
+                           "themselves; use an adapter method, or leave out --quantize")
+        if v["gradient_checkpointing"] is None:  # QLoRA practice: a quantised base is for small memory
+            v["gradient_checkpointing"] = True
     defaults = {"data_split": "train", "template": "alpaca", "max_length": 512, "weight_decay": 0.0,
                 "max_grad_norm": 1.0, "seed": 0, "precision": "auto", "device": "auto",
                 "gradient_checkpointing": False, "save_every": 0, "keep_checkpoints": 2}
@@ -232,6 +240,7 @@ def _print_config(v: dict, ctx: dict) -> None:
         f"clip {v['max_grad_norm']:g}, batch {v['batch_size']} x accum {v['grad_accum']} "
         f"= {v['batch_size'] * v['grad_accum']}, {v['steps']} steps, seed {v['seed']}",
         f"compute    {ctx['device']}, {'bf16' if ctx['bf16'] else 'fp32'}"
+        + (f", {v['quantize']} base (bitsandbytes)" if v.get("quantize") else "")
         + (", gradient checkpointing" if v["gradient_checkpointing"] else "")
         + (f"; {v['nproc']} processes, {v['strategy']}, each batch {v['proc_batch'][0]} x accum "
            f"{v['proc_batch'][1]} per step" if v["nproc"] > 1 else ""),

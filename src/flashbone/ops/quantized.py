@@ -1,0 +1,85 @@
+"""Adapted linear layers over a quantised base (see :mod:`flashbone.quant` for the forms).
+
+The base is given as two callables: ``base(x)``, the quantised layer's own forward (with its
+input gradient), and ``dequant()``, a fresh dense ``(out, in)`` weight. Nothing here keeps a
+dense copy of ``W`` beyond the one layer's forward or backward that needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..variants import VARIANTS
+from . import AdapterCall, _additive_update, _composite_build, _flat
+from . import torch_ops as T
+
+Dequant = Callable[[], Tensor]
+
+
+class DequantWeightSpaceLinear(torch.autograd.Function):
+    """``y = x W'^T + bias``, ``W' = build(dequant(), params)``: ``W`` dequantised in forward and
+    again in backward, never saved (only ``x`` and the small parameters are)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, dequant: Dequant, build, grad, *params):
+        w = dequant().to(x.dtype)
+        y = F.linear(x, build(w, params), bias)
+        ctx.save_for_backward(x, *params)
+        ctx.dequant, ctx.build, ctx.grad = dequant, build, grad
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, *params = ctx.saved_tensors
+        w = ctx.dequant().to(x.dtype)
+        dx = dy @ ctx.build(w, params) if ctx.needs_input_grad[0] else None
+        dparams = [None] * len(params)
+        if any(ctx.needs_input_grad[5:]):
+            dparams = list(ctx.grad(w, params, dy.t() @ x))
+        dbias = dy.sum(0) if ctx.needs_input_grad[1] else None
+        return (dx, dbias, None, None, None, *dparams)
+
+
+_WEIGHT_PATHS = {"bat": (T.bat_build, T.bat_grad), "bat-hadamard": (T.bat_hadamard_build, T.bat_hadamard_grad)}
+
+
+def _row_affine(x: Tensor, base: Callable[[Tensor], Tensor], out: int, c: AdapterCall, dtype) -> Tensor:
+    """bat-row / bone-ab: ``base(x + u) + tile_out(sum_b v_b)`` with plain autograd."""
+    t, inn, r = x.shape[0], x.shape[1], c.r
+    xb = x.view(t, inn // r, r)
+    a = c.params["A"] if c.variant == "bone-ab" else c.params["B"]
+    u = T.block_apply(xb, a)
+    v = T.block_apply(xb, c.params["B"]) if c.variant == "bone-ab" else u
+    y = base((xb + u).reshape(t, inn)).to(dtype)
+    return (y.view(t, out // r, r) + v.sum(1)[:, None, :]).view(t, out)
+
+
+def quantized_linear(x: Tensor, base: Callable[[Tensor], Tensor], dequant: Dequant, bias: Tensor | None,
+                     out: int, calls: Sequence[AdapterCall], dtype: torch.dtype) -> Tensor:
+    """``x @ W_adapted^T + bias`` with ``W`` quantised; same semantics as ``adapted_linear``."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+    heavy = [c for c in calls if VARIANTS[c.variant].reads_weight]
+    light = [c for c in calls if not VARIANTS[c.variant].reads_weight]
+    if len(heavy) == 1 and heavy[0].variant in ("bat-row", "bone-ab"):
+        y = _row_affine(x2, base, out, heavy[0], dtype)
+    elif heavy:
+        if len(heavy) == 1:
+            build, grad = _WEIGHT_PATHS[heavy[0].variant]
+        else:
+            build = _composite_build(heavy)
+            grad = T.autograd_weight_grad(build)
+        b = None if bias is None else bias.to(dtype)
+        y = DequantWeightSpaceLinear.apply(x2, b, dequant, build, grad, *_flat(heavy))
+    else:
+        y = base(x2).to(dtype)
+    for c in light:
+        y = y + _additive_update(x2, out, c)
+    return y.view(*lead, out)
+
+
+__all__ = ["DequantWeightSpaceLinear", "quantized_linear"]
