@@ -117,3 +117,28 @@ def test_errors(tmp_path, capsys, monkeypatch):
     rc, _, err = train(capsys, tmp_path / "c", "--quantize", "8bit")
     assert rc == 2 and 'pip install "flashbone[quant]"' in err
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_on_quantized_base_cuda(variant, llama_folder):
+    """The same checks on the GPU, bf16 compute (bitsandbytes' CUDA kernels, flashbone's GPU paths)."""
+    model = loading.load_model(str(llama_folder), dtype=torch.bfloat16, device="cuda", quantize="4bit").train()
+    x = torch.randint(3, 64, (2, 8), device="cuda")
+    bm = get_bone_model(model, BoneConfig(variant=variant, r=8, mini_r=8 if variant == "bone-mini" else None))
+    opt = torch.optim.AdamW([p for p in bm.parameters() if p.requires_grad], lr=2e-2)
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss = bm(x, labels=x).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+    with torch.no_grad():
+        y = bm(x).logits.float()
+    with pytest.warns(UserWarning, match="dequantised to bfloat16"):
+        merged = bm.merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits.float(), y, rtol=3e-2, atol=3e-2)
