@@ -18,6 +18,7 @@ line per method on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -32,6 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from flashbone import BoneConfig, get_bone_model, rwkv6  # noqa: E402
 
 LLAMA_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def measure(name: str, model: nn.Module, batch: int, ctx: int, vocab: int, steps: int = 5) -> dict:
@@ -70,8 +81,8 @@ def table7(layers: int | None) -> None:
     cfg = rwkv6.paper_config("3B") | ({"num_hidden_layers": layers} if layers else {})
     for method in ("lora", "bone", "bat"):
         torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = RWKV6ForCausalLM(RWKV6Config(**cfg)).to(torch.bfloat16)
+        with torch.device("cuda"), _default_dtype(torch.bfloat16):
+            model = RWKV6ForCausalLM(RWKV6Config(**cfg))
         for p in model.parameters():
             p.requires_grad_(False)
         targets = rwkv6.default_targets()
@@ -92,9 +103,8 @@ def _quantize_linears_(model: nn.Module) -> None:
         if isinstance(mod, nn.Linear) and name.rpartition(".")[2] in LLAMA_PROJ:
             q = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=False, compute_dtype=torch.bfloat16,
                                   quant_type="nf4", compress_statistics=True, device="meta")
-            q.weight = bnb.nn.Params4bit(mod.weight.data.to("cpu"), requires_grad=False, quant_type="nf4",
-                                         compress_statistics=True)
-            q = q.to("cuda")
+            q.weight = bnb.nn.Params4bit(mod.weight.data, requires_grad=False, quant_type="nf4",
+                                         compress_statistics=True).to("cuda")  # quantised on the GPU
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent), leaf, q)
             del mod
@@ -110,8 +120,8 @@ def qlora(layers: int | None) -> None:
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers or 32,
                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    with torch.device("cuda"), _default_dtype(torch.bfloat16):
+        model = LlamaForCausalLM(cfg)
     _quantize_linears_(model)
     quant.prepare_for_training(model)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
