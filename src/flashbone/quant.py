@@ -23,6 +23,7 @@ it unless a model already holds its layers or a quantised load is asked for.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import torch
@@ -31,6 +32,10 @@ from torch import Tensor, nn
 from .errors import BoneError
 
 INSTALL = 'pip install "flashbone[quant]"'
+# bitsandbytes' CPU backend warns on import (peft imports it whenever it is installed) that an
+# optional faster kernel package is missing: not the user's concern, and it would print on every
+# command; errors still show
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 MODES = ("4bit", "8bit")
 
 
