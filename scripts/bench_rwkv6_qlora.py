@@ -70,7 +70,6 @@ def measure(name: str, model: nn.Module, batch: int, ctx: int, vocab: int, steps
     row = {"method": name, "trainable": sum(p.numel() for p in params), "step_ms": round(ms, 1),
            "tokens_per_s": round(batch * ctx / ms * 1e3), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     print(json.dumps(row), flush=True)
-    del opt
     return row
 
 

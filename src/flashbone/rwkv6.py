@@ -71,7 +71,7 @@ def is_rwkv6(model: nn.Module) -> bool:
 def register() -> bool:
     """Import fla so that transformers' Auto classes know ``rwkv6``; False when fla is missing."""
     try:
-        import fla.models
+        import fla.models  # noqa: F401  (registers RWKV6Config / RWKV6ForCausalLM)
     except ImportError:
         return False
     return True
