@@ -3,7 +3,10 @@
     corpus  = arithmetic facts ("37 + 45 = 82", 10 a document)
             + tiny-math TRAIN-split problems in plain prose (question, then the solution steps,
               then "So the result is N.")              -- flashbone.tinymath.plain_text
-    never seen: the instruction template, "The answer is:", the held-out templates and numbers
+            + numberless everyday sentences over every word of the grammar, held-out names,
+              objects and verbs included (8 a document) -- flashbone.tinymath.everyday_text
+    never seen: the instruction template, "The answer is:", the held-out templates and numbers,
+                any problem worded with a held-out phrasing, name or object (tiny-math:unseen)
     tokenizer = byte-level BPE (digits split one by one), trained here with `tokenizers`
     model     = LlamaForCausalLM (4 layers, hidden 256, tied embeddings), AdamW, cosine,
                 packed 256-token windows, bf16 autocast on CUDA
@@ -45,10 +48,11 @@ from flashbone.data import PAPER_PROMPT  # noqa: E402
 SPECIAL = ["<|endoftext|>", "<|pad|>"]
 
 
-def build_corpus(seed: int, n_problems: int, n_fact_docs: int) -> list[str]:
+def build_corpus(seed: int, n_problems: int, n_fact_docs: int, n_everyday_docs: int) -> list[str]:
     rng = random.Random(seed)
     docs = [tinymath.plain_text(p) for p in tinymath.generate_problems("train", n_problems, seed)]
     docs += ["\n".join(tinymath.arithmetic_facts(rng, 10)) for _ in range(n_fact_docs)]
+    docs += [tinymath.everyday_text(rng, 8) for _ in range(n_everyday_docs)]
     rng.shuffle(docs)
     return docs
 
@@ -70,7 +74,7 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
                                   show_progress=False)
     extra = [PAPER_PROMPT.format(query=d["query"]) + d["response"] + "\n<|EOT|>"
              for d in tinymath.generate("train", 2000, seed=1)]
-    tok.train_from_iterator(docs[:60000] + extra, trainer=trainer)
+    tok.train_from_iterator(docs[:80000] + extra, trainer=trainer)
     bos = tok.token_to_id("<|endoftext|>")
     tok.post_processor = processors.TemplateProcessing(
         single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B",
@@ -155,7 +159,7 @@ def probe(model, tokenizer, device, seed: int) -> dict:
     got = greedy(model, tokenizer, [f.split("=")[0] + "=" for f in facts], 5, device)
     fact_acc = sum(g.strip().split("\n")[0].strip() == f.split("= ")[1] for f, g in zip(facts, got)) / len(facts)
     res = {"facts": round(fact_acc, 4)}
-    for split in ("train", "test"):
+    for split in ("train", "test", "unseen"):
         probs = tinymath.generate_problems(split, 200, seed=seed + 99)
         got = greedy(model, tokenizer, [p.query + "\n" for p in probs], 80, device)
         ok = [bool(m) and int(m.group(1)) == p.answer
@@ -170,12 +174,13 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--problems", type=int, default=200000)
     ap.add_argument("--fact-docs", type=int, default=100000)
+    ap.add_argument("--everyday-docs", type=int, default=60000)
     ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -188,7 +193,7 @@ def main() -> int:
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = torch.device(args.device)
-    docs = build_corpus(args.seed, args.problems, args.fact_docs)
+    docs = build_corpus(args.seed, args.problems, args.fact_docs, args.everyday_docs)
     tokenizer = train_tokenizer(docs, args.vocab_size)
     data = pack(tokenizer, docs, args.seq_len)
     print(f"corpus: {len(docs):,} documents, {data.numel():,} tokens, vocab {len(tokenizer)}; "
@@ -219,7 +224,9 @@ def main() -> int:
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     info = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
             "lr": args.lr, "tokens_seen": args.steps * args.batch_size * args.seq_len,
-            "corpus_tokens": data.numel(), "params": n_params, "train_seconds": round(train_s, 1),
+            "corpus_tokens": data.numel(), "corpus_docs": {"problems": args.problems, "fact_docs": args.fact_docs,
+                                                           "everyday_docs": args.everyday_docs},
+            "vocab_size": len(tokenizer), "hidden": args.hidden, "layers": args.layers, "params": n_params, "train_seconds": round(train_s, 1),
             "total_seconds": round(time.time() - t0, 1), "device": torch.cuda.get_device_name(0)
             if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,

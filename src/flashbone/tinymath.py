@@ -1,183 +1,40 @@
 """tiny-math: GSM8K-style word problems small enough for a laptop, with step-by-step solutions.
 
-    story (the operations) x one phrasing per sentence slot (the template) x numbers
+    story (the operations) x one phrasing per sentence slot x names, objects, numbers
       -> {"query", "response", "answer", "template"}
 
-    query:     "Mia owns 12 apples. Leo gives her 7 more apples. How many apples does Mia have in all?"
+    query:     "Mia owns 12 apples. Later she finds 7 more. How many apples does Mia have now?"
     response:  "Mia starts with 12 apples.\\nShe gets 7 more, so she has 12 + 7 = 19 apples.\\n
                 The answer is: 19"
 
-Two disjoint splits:
-    template   "add:1.2.1" (story, phrasing of each slot): test when crc32(template) % 4 == 0
-    numbers    (12, 7): test when crc32("12,7") % 5 == 0
-A test problem has a test template AND a test number tuple, a train problem neither: the
-held-out set asks every question with a sentence combination and numbers never trained on
-(each single phrasing does occur in training; the test is compositional).
+Each slot's phrasings come from a small grammar (:mod:`flashbone.tinygrammar`): ``[a|b]``
+alternatives expand to hundreds of sentences per slot. Four splits, disjoint in problems:
+    train    trained phrasings, names and objects; a train sentence combination; train numbers
+    test     trained phrasings, names and objects, recombined: a held-out sentence combination
+             (crc32(template) % 4 == 0) AND held-out numbers (crc32("12,7") % 5 == 0)
+    unseen   wording never trained or pretrained on: every problem has at least one held-out
+             phrasing (a held-out verb, adverb or sentence frame, or a whole held-out story
+             wording), names and objects from held-out lists, and held-out numbers
+    valid    trained phrasings and combinations with held-out numbers (for choosing settings,
+             e.g. the learning rate in ``flashbone study``; never the test or unseen sets)
 :func:`plain_text` writes a problem as plain prose (no instruction template, no "The answer
-is:" line); ``scripts/pretrain_tiny.py`` pretrains the built-in base on it (train split only)
-and on arithmetic facts (:func:`arithmetic_facts`).
+is:" line); ``scripts/pretrain_tiny.py`` pretrains the built-in base on it (train split only),
+on arithmetic facts (:func:`arithmetic_facts`) and on numberless everyday sentences that use
+every word, the held-out ones included (:func:`everyday_text`): the base knows the words, no
+problem ever worded with them.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import zlib
 from dataclasses import dataclass
-from typing import Callable
 
-SPLITS = ("train", "test")
-HELDOUT_SEED = 20240915  # the held-out set is fixed: the same problems for every run
-NAMES = {
-    "Mia": "she", "Tom": "he", "Ava": "she", "Leo": "he", "Emma": "she", "Noah": "he",
-    "Lily": "she", "Sam": "he", "Zoe": "she", "Ben": "he", "Nora": "she", "Jack": "he",
-    "Ruby": "she", "Max": "he", "Ella": "she", "Owen": "he", "Ivy": "she", "Luke": "he",
-    "Anna": "she", "Eli": "he", "Rosa": "she", "Omar": "he", "Maya": "she", "Ravi": "he",
-}
-ITEMS = ["apples", "pencils", "marbles", "cookies", "stickers", "books", "cards", "shells",
-         "stamps", "balloons", "candies", "toys", "buttons", "rocks", "oranges", "eggs"]
+from .tinygrammar import STORIES, UNSEEN_ITEMS, UNSEEN_NAMES, SEEN_ITEMS, SEEN_NAMES, Story, everyday_text
 
-START = ["{N} has {a} {items}.", "{N} owns {a} {items}.", "{N} keeps {a} {items} in a box.",
-         "At first {N} has {a} {items}.", "{N} starts the day with {a} {items}."]
-GAIN = ["{P} buys {b} more {items}.", "{P} finds {b} more.", "{M} gives {o} {b} more {items}.",
-        "{P} gets {b} more {items} from {M}.", "Then {p} picks up {b} more."]
-LOSE = ["{P} gives {x} of them to {M}.", "{P} loses {x} {items}.", "{P} sells {x} {items}.",
-        "{M} takes {x} {items} away.", "Then {p} uses {x} of them."]
-HAVE_NOW = ["How many {items} does {N} have now?", "How many {items} does {N} have in all?",
-            "How many {items} does {N} end up with?", "What is the number of {items} {N} has now?"]
-HAVE_LEFT = ["How many {items} does {N} have left?", "How many {items} are left?",
-             "How many {items} does {N} end up with?", "How many {items} does {N} still have?"]
-GROUPS = ["{N} has {a} bags with {b} {items} in each bag.", "{N} buys {a} boxes of {items}. Each box holds {b}.",
-          "{N} puts {items} in {a} rows with {b} in each row.", "{N} fills {a} jars with {b} {items} each.",
-          "{N} has {a} baskets and each basket has {b} {items}."]
-TOTAL = ["How many {items} are there in total?", "How many {items} does {N} have in all?",
-         "What is the total number of {items}?", "How many {items} is that?"]
-PAIR = ["{N} has {a} {items} and {M} has {b} {items}.", "{N} collects {a} {items}. {M} collects {b} {items}.",
-        "{N} brings {a} {items} and {M} brings {b}.", "{M} has {b} {items}. {N} has {a} {items}."]
-
-
-@dataclass
-class Story:
-    name: str
-    draw: Callable[[random.Random], tuple[int, ...]]
-    slots: list[list[str]]
-    solve: Callable[[dict], tuple[list[str], int]]  # context -> (solution steps, answer)
-
-    def combos(self) -> list[tuple[int, ...]]:
-        return list(itertools.product(*[range(len(s)) for s in self.slots]))
-
-
-def _sub_pair(rng):  # a > b
-    a = rng.randint(10, 99)
-    return a, rng.randint(2, a - 1)
-
-
-def _add_sub(rng):
-    a, b = rng.randint(5, 60), rng.randint(2, 39)
-    return a, b, rng.randint(1, a + b - 1)
-
-
-def _save_spend(rng):
-    a, b = rng.randint(2, 12), rng.randint(2, 9)
-    return a, b, rng.randint(1, a * b - 1)
-
-
-def _s_add(c):
-    return [f"{c['N']} starts with {c['a']} {c['items']}.",
-            f"{c['P']} gets {c['b']} more, so {c['p']} has {c['a']} + {c['b']} = {c['a'] + c['b']} {c['items']}."], \
-        c["a"] + c["b"]
-
-
-def _s_sub(c):
-    r = c["a"] - c["x"]
-    return [f"{c['N']} starts with {c['a']} {c['items']}.",
-            f"{c['P']} gives away {c['x']}, so {c['p']} has {c['a']} - {c['x']} = {r} {c['items']} left."], r
-
-
-def _s_add_sub(c):
-    s, r = c["a"] + c["b"], c["a"] + c["b"] - c["x"]
-    return [f"After getting {c['b']} more, {c['N']} has {c['a']} + {c['b']} = {s} {c['items']}.",
-            f"After giving away {c['x']}, {c['N']} has {s} - {c['x']} = {r} {c['items']}."], r
-
-
-def _s_mul(c):
-    r = c["a"] * c["b"]
-    return [f"There are {c['a']} groups of {c['b']} {c['items']}.",
-            f"So there are {c['a']} * {c['b']} = {r} {c['items']}."], r
-
-
-def _s_mul_add(c):
-    m, r = c["a"] * c["b"], c["a"] * c["b"] + c["c"]
-    return [f"The {c['a']} groups hold {c['a']} * {c['b']} = {m} {c['items']}.",
-            f"With the {c['c']} from before, {c['N']} has {m} + {c['c']} = {r} {c['items']}."], r
-
-
-def _s_price(c):
-    r = c["a"] * c["b"]
-    return [f"Each box costs {c['a']} dollars and {c['N']} buys {c['b']} boxes.",
-            f"So {c['N']} spends {c['b']} * {c['a']} = {r} dollars."], r
-
-
-def _s_together(c):
-    r = c["a"] + c["b"]
-    return [f"{c['N']} has {c['a']} {c['items']} and {c['M']} has {c['b']} {c['items']}.",
-            f"Together they have {c['a']} + {c['b']} = {r} {c['items']}."], r
-
-
-def _s_diff(c):
-    r = c["a"] - c["b"]
-    return [f"{c['N']} has {c['a']} {c['items']} and {c['M']} has {c['b']} {c['items']}.",
-            f"The difference is {c['a']} - {c['b']} = {r} {c['items']}."], r
-
-
-def _s_sum3(c):
-    s, r = c["a"] + c["b"], c["a"] + c["b"] + c["c"]
-    return [f"First {c['a']} + {c['b']} = {s} {c['items']}.", f"Then {s} + {c['c']} = {r} {c['items']}."], r
-
-
-def _s_save_spend(c):
-    m, r = c["a"] * c["b"], c["a"] * c["b"] - c["c"]
-    return [f"{c['N']} gets {c['a']} * {c['b']} = {m} dollars.",
-            f"After spending {c['c']}, {c['N']} has {m} - {c['c']} = {r} dollars."], r
-
-
-def _r3(lo, hi):
-    return lambda rng: (rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi))
-
-
-STORIES = [
-    Story("add", lambda rng: (rng.randint(2, 99), rng.randint(2, 99)), [START, GAIN, HAVE_NOW], _s_add),
-    Story("sub", lambda rng: _sub_pair(rng), [START, LOSE, HAVE_LEFT], _s_sub),
-    Story("add_sub", _add_sub, [START, GAIN, LOSE, HAVE_NOW], _s_add_sub),
-    Story("mul", lambda rng: (rng.randint(2, 9), rng.randint(2, 12)), [GROUPS, TOTAL], _s_mul),
-    Story("mul_add", lambda rng: (rng.randint(2, 9), rng.randint(2, 12), rng.randint(2, 60)),
-          [["{N} already has {c} {items}.", "{N} has {c} {items} at home.", "{N} starts with {c} {items}."],
-           ["{P} buys {a} packs with {b} {items} in each pack.", "{P} gets {a} bags of {b} {items} each.",
-            "{M} gives {o} {a} boxes with {b} {items} in each box."], HAVE_NOW], _s_mul_add),
-    Story("price", lambda rng: (rng.randint(2, 12), rng.randint(2, 9)),
-          [["One box of {items} costs {a} dollars.", "Each box of {items} costs {a} dollars.",
-            "A box of {items} sells for {a} dollars."],
-           ["{N} buys {b} boxes.", "{N} orders {b} boxes.", "{N} wants {b} boxes and pays for them."],
-           ["How many dollars does {N} spend?", "How much does {N} pay in dollars?",
-            "How many dollars do the boxes cost?"]], _s_price),
-    Story("together", lambda rng: (rng.randint(2, 99), rng.randint(2, 99)),
-          [PAIR, ["How many {items} do they have together?", "How many {items} do they have in all?",
-                  "What is the total number of {items}?"]], _s_together),
-    Story("diff", _sub_pair, [PAIR, ["How many more {items} does {N} have than {M}?",
-                                     "How many fewer {items} does {M} have than {N}?",
-                                     "What is the difference between their numbers of {items}?"]], _s_diff),
-    Story("sum3", _r3(2, 60), [["{N} picks {a} {items} on Monday, {b} on Tuesday and {c} on Wednesday.",
-                                "{N} finds {a} {items} in the garden, {b} in the house and {c} at school.",
-                                "{N} sells {a} {items} in the morning, {b} at noon and {c} in the evening."],
-                               ["How many {items} is that in total?", "How many {items} is that in all?",
-                                "What is the total number of {items}?"]], _s_sum3),
-    Story("save_spend", _save_spend,
-          [["{N} saves {a} dollars each week for {b} weeks.", "{N} earns {a} dollars a day for {b} days.",
-            "Every week for {b} weeks, {N} puts {a} dollars in a jar."],
-           ["Then {p} spends {c} dollars.", "{P} buys a gift for {c} dollars.", "{P} gives {c} dollars to {M}."],
-           ["How many dollars does {N} have left?", "How much money is left in dollars?",
-            "How many dollars does {N} keep?"]], _s_save_spend),
-]
+SPLITS = ("train", "test", "unseen", "valid")
+HELDOUT_SEED = 20240915  # the held-out sets are fixed: the same problems for every run
+_SPLIT_SEED = {"test": HELDOUT_SEED, "unseen": HELDOUT_SEED + 1, "valid": HELDOUT_SEED + 2}
 
 
 @dataclass
@@ -211,49 +68,59 @@ def split_of_template(template: str) -> str:
     return _split(template, 4)
 
 
-def templates(split: str) -> list[tuple[Story, tuple[int, ...]]]:
-    """Every (story, phrasing choice) of ``split``."""
-    return [(s, c) for s in STORIES for c in s.combos()
-            if split_of_template(f"{s.name}:{'.'.join(map(str, c))}") == split]
-
-
-def _context(rng: random.Random, nums: tuple[int, ...]) -> dict:
-    name, other = rng.sample(sorted(NAMES), 2)
-    p = NAMES[name]
+def _context(rng: random.Random, nums: tuple[int, ...], names: dict, items: list[str]) -> dict:
+    name, other = rng.sample(sorted(names), 2)
+    p = names[name]
     ctx = {"N": name, "M": other, "p": p, "P": p.capitalize(), "o": "her" if p == "she" else "him",
-           "items": rng.choice(ITEMS)}
+           "items": rng.choice(items)}
     ctx.update(zip("abc", nums))
-    if len(nums) == 2:
-        ctx["x"] = nums[1]
-    if len(nums) == 3:
-        ctx["x"] = nums[2]
+    ctx["x"] = nums[-1]
     return ctx
 
 
+def _capitalize(sentence: str) -> str:
+    return sentence[:1].upper() + sentence[1:]
+
+
+def _draw_wording(rng: random.Random, split: str) -> tuple[Story, tuple[int, ...]] | None:
+    """A story and one phrasing index per slot for ``split``, or None (rejected: draw again)."""
+    if split == "unseen":
+        story = rng.choice(STORIES)
+        combo = tuple(rng.randrange(len(slot.all)) for slot in story.slots)
+        if story.unseen_only or any(slot.is_unseen(k) for slot, k in zip(story.slots, combo)):
+            return story, combo
+        return None
+    story = rng.choice([s for s in STORIES if not s.unseen_only])
+    combo = tuple(rng.choice(slot.seen) for slot in story.slots)
+    want = "test" if split == "test" else "train"  # valid: trained combinations, new numbers
+    return (story, combo) if split_of_template(story.key(combo)) == want else None
+
+
 def generate_problems(split: str, n: int, seed: int | None = None) -> list[Problem]:
-    """``n`` distinct problems of ``split`` (``train`` or ``test``); the test split defaults to a
-    fixed seed, so every run scores the same held-out problems."""
+    """``n`` distinct problems of ``split`` (see the module doc); the held-out splits default to a
+    fixed seed, so every run scores the same problems. Every story is equally likely."""
     if split not in SPLITS:
         raise ValueError(f"tiny-math split must be one of {SPLITS}, got {split!r}")
-    rng = random.Random(HELDOUT_SEED if seed is None and split == "test" else (seed or 0))
-    by_story: dict[str, list] = {}
-    for story, combo in templates(split):  # every story equally often, whatever its phrasings count
-        by_story.setdefault(story.name, []).append((story, combo))
-    pools = list(by_story.values())
+    rng = random.Random(_SPLIT_SEED.get(split, 0) if seed is None else seed)
+    names, items = (UNSEEN_NAMES, UNSEEN_ITEMS) if split == "unseen" else (SEEN_NAMES, SEEN_ITEMS)
+    want_numbers = "train" if split == "train" else "test"
     seen: set[str] = set()
     out: list[Problem] = []
     while len(out) < n:
-        story, combo = rng.choice(rng.choice(pools))
-        nums = story.draw(rng)
-        if split_of_numbers(nums) != split:
+        drawn = _draw_wording(rng, split)
+        if drawn is None:
             continue
-        ctx = _context(rng, nums)
-        query = " ".join(story.slots[i][k].format(**ctx) for i, k in enumerate(combo))
+        story, combo = drawn
+        nums = story.draw(rng)
+        if split_of_numbers(nums) != want_numbers:
+            continue
+        ctx = _context(rng, nums, names, items)
+        query = " ".join(_capitalize(slot.all[k].format(**ctx)) for slot, k in zip(story.slots, combo))
         if query in seen:
             continue
         seen.add(query)
         steps, answer = story.solve(ctx)
-        out.append(Problem(query, steps, answer, f"{story.name}:{'.'.join(map(str, combo))}", nums))
+        out.append(Problem(query, steps, answer, story.key(combo), nums))
     return out
 
 
@@ -285,5 +152,5 @@ def arithmetic_facts(rng: random.Random, n: int) -> list[str]:
     return out
 
 
-__all__ = ["generate", "generate_problems", "plain_text", "arithmetic_facts", "split_of_numbers",
-           "split_of_template", "templates", "STORIES", "Problem", "HELDOUT_SEED", "SPLITS"]
+__all__ = ["generate", "generate_problems", "plain_text", "arithmetic_facts", "everyday_text", "split_of_numbers",
+           "split_of_template", "STORIES", "Problem", "HELDOUT_SEED", "SPLITS"]
