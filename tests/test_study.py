@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from cli_helpers import flashbone
+
 from flashbone.commands._study_plan import Cell, load_config
 
 
@@ -52,7 +52,7 @@ def test_two_cell_grid_reports_and_resumes(tmp_path, capsys):
     ("bogus: 1", "unknown key"),
 ])
 def test_bad_config_is_one_line(tmp_path, capsys, extra, message):
-    rc, out, err = flashbone(capsys, "study", _config(tmp_path, extra=extra))
+    rc, _, err = flashbone(capsys, "study", _config(tmp_path, extra=extra))
     assert rc == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "study").exists()
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import itertools
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 SEEN_NAMES = {
     "Mia": "she", "Tom": "he", "Ava": "she", "Leo": "he", "Emma": "she", "Noah": "he",
@@ -79,8 +79,8 @@ class Story:
 
 # -- phrasings ------------------------------------------------------------------------------------
 START = Slot([
-    "[|At first |In the morning |On Monday |To begin with |*At the start of the week ]{N} "
-    "[has|owns|keeps|holds|*possesses|*is holding] {a} {items}[| in a box| at home| in a bag|*on a shelf].",
+    ("[|At first |In the morning |On Monday |To begin with |*At the start of the week ]{N} "
+     "[has|owns|keeps|holds|*possesses|*is holding] {a} {items}[| in a box| at home| in a bag|*on a shelf]."),
     "{N} starts [the day|the week|*the morning] with {a} {items}.",
     "There are {a} {items} in {N}'s [box|bag|room|*drawer].",
     "*{N}'s collection [has|holds] {a} {items}.",
@@ -241,8 +241,8 @@ STORIES = [
     Story("mul", _groups, [GROUPS, TOTAL], _s_mul),
     Story("mul_add", _groups_plus, [
         Slot(["[|*Before that, ]{N} [already has|has|starts with|*is already holding] {c} {items}[| at home]."]),
-        Slot(["{P} [buys|gets|*orders] {a} [packs|bags|boxes|*crates] [with {b} {items} in each|of {b} {items} each"
-              "|*holding {b} {items} each].",
+        Slot([("{P} [buys|gets|*orders] {a} [packs|bags|boxes|*crates] [with {b} {items} in each|of {b} {items} each"
+               "|*holding {b} {items} each]."),
               "{M} gives {o} {a} boxes with {b} {items} in each box."]),
         HAVE_NOW], _s_mul_add),
     Story("price", _price, [
@@ -283,8 +283,8 @@ STORIES = [
           _s_sub, unseen_only=True),
     Story("mul_each", _groups, [Slot(["Each of {N}'s {a} [boxes|bags] holds {b} {items}."]), TOTAL], _s_mul,
           unseen_only=True),
-    Story("together_if", _two, [Slot(["If {N} has {a} {items} and {M} has {b}, how many {items} do they have "
-                                      "[together|in all]?"])], _s_together, unseen_only=True),
+    Story("together_if", _two, [Slot([("If {N} has {a} {items} and {M} has {b}, how many {items} do they have "
+                                       "[together|in all]?")])], _s_together, unseen_only=True),
     Story("diff_if", _sub_pair, [Slot(["If {N} has {a} {items} and {M} has {b}, how many more does {N} have?"])],
           _s_diff, unseen_only=True),
 ]
@@ -293,11 +293,11 @@ STORIES = [
 # -- everyday prose for pretraining: every word, no numbers, no problems ---------------------------
 _EVERYDAY = [
     "{N} [has|owns|keeps|holds|possesses|is holding] some {items}[| at home| in a box| on a shelf| in a drawer].",
-    "{N} [buys|finds|gets|wins|picks up|receives|earns|collects|gathers|orders|purchases] some {items}, "
-    "so now {p} has more {items}.",
+    ("{N} [buys|finds|gets|wins|picks up|receives|earns|collects|gathers|orders|purchases] some {items}, "
+     "so now {p} has more {items}."),
     "{M} [gives|brings|hands] {N} some {items}, so {N} has more {items} than before.",
-    "{N} [gives away|sells|trades|donates|loses|eats|uses|breaks|drops|misplaces] some {items}, "
-    "so now {p} has fewer {items}.",
+    ("{N} [gives away|sells|trades|donates|loses|eats|uses|breaks|drops|misplaces] some {items}, "
+     "so now {p} has fewer {items}."),
     "{M} [takes|borrows] some {items} from {N} and keeps them, so {N} has fewer {items}.",
     "To [receive|earn|collect|gather|purchase] {items} is to get more {items}.",
     "To [donate|misplace|drop] {items} is to have fewer {items}.",
@@ -326,5 +326,14 @@ def everyday_text(rng: random.Random, n_sentences: int) -> str:
     return " ".join(out)
 
 
-__all__ = ["STORIES", "Story", "Slot", "expand", "everyday_text", "SEEN_NAMES", "UNSEEN_NAMES", "SEEN_ITEMS",
-           "UNSEEN_ITEMS"]
+__all__ = [
+    "SEEN_ITEMS",
+    "SEEN_NAMES",
+    "STORIES",
+    "UNSEEN_ITEMS",
+    "UNSEEN_NAMES",
+    "Slot",
+    "Story",
+    "everyday_text",
+    "expand",
+]

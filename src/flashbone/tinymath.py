@@ -30,7 +30,15 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from .tinygrammar import STORIES, UNSEEN_ITEMS, UNSEEN_NAMES, SEEN_ITEMS, SEEN_NAMES, Story, everyday_text
+from .tinygrammar import (
+    SEEN_ITEMS,
+    SEEN_NAMES,
+    STORIES,
+    UNSEEN_ITEMS,
+    UNSEEN_NAMES,
+    Story,
+    everyday_text,
+)
 
 SPLITS = ("train", "test", "unseen", "valid")
 HELDOUT_SEED = 20240915  # the held-out sets are fixed: the same problems for every run
@@ -152,5 +160,16 @@ def arithmetic_facts(rng: random.Random, n: int) -> list[str]:
     return out
 
 
-__all__ = ["generate", "generate_problems", "plain_text", "arithmetic_facts", "everyday_text", "split_of_numbers",
-           "split_of_template", "STORIES", "Problem", "HELDOUT_SEED", "SPLITS"]
+__all__ = [
+    "HELDOUT_SEED",
+    "SPLITS",
+    "STORIES",
+    "Problem",
+    "arithmetic_facts",
+    "everyday_text",
+    "generate",
+    "generate_problems",
+    "plain_text",
+    "split_of_numbers",
+    "split_of_template",
+]

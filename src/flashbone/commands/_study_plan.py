@@ -27,7 +27,7 @@ class Cell:
         return f"{self.method}-r{self.r}-lr{self.lr:g}-s{self.seed}"
 
     @classmethod
-    def from_id(cls, text: str) -> "Cell":
+    def from_id(cls, text: str) -> Cell:
         head, seed = text.rsplit("-s", 1)
         head, lr = head.rsplit("-lr", 1)
         method, r = head.rsplit("-r", 1)
@@ -203,5 +203,14 @@ def plan_ranks(cfg: StudyConfig, picked: dict[str, float]) -> list[Cell]:
             for r in rs if r != cfg.spec(meth).r for s in cfg.seeds]
 
 
-__all__ = ["Cell", "StudyConfig", "MethodSpec", "load_config", "plan_sweep", "plan_seeds", "plan_ranks",
-           "pick_lrs", "read_cell"]
+__all__ = [
+    "Cell",
+    "MethodSpec",
+    "StudyConfig",
+    "load_config",
+    "pick_lrs",
+    "plan_ranks",
+    "plan_seeds",
+    "plan_sweep",
+    "read_cell",
+]

@@ -82,8 +82,8 @@ def write_report(cfg: StudyConfig) -> list[Path]:
          "picked_lr": data["picked_lr"], "unfinished_sweeps": data["unfinished_sweeps"],
          **{k: [asdict(x) for x in data[k]] for k in ("main", "lr_sweep", "rank_sweep")}}, indent=1) + "\n")
     md = [f"# Study: {cfg.source.name}", "",
-          f"Mean ± std over seeds {cfg.seeds}; the lr of each method was picked on `{cfg.valid}` "
-          f"(seeds {cfg.sweep_seeds}); accuracy in %.", "", "## Main comparison", ""]
+          (f"Mean ± std over seeds {cfg.seeds}; the lr of each method was picked on `{cfg.valid}` "
+           f"(seeds {cfg.sweep_seeds}); accuracy in %."), "", "## Main comparison", ""]
     md += _table(data["main"], splits)
     md += ["", f"## Learning-rate sweep (seeds {cfg.sweep_seeds})", ""] + _table(data["lr_sweep"], splits)
     if data["rank_sweep"]:
@@ -120,12 +120,15 @@ def _loss_plot(cfg: StudyConfig, rows: list[Row]) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
-    for x in rows:
+    colors = plt.cm.tab20.colors  # 20 distinct colours: the default cycle repeats after 10
+    for i, x in enumerate(rows):
         steps, loss = _mean_curve(cfg, x)
         label = x.method if x.method == "full" else f"{x.method} r={x.r}"
-        (line,) = ax.plot(steps, _smooth(loss, 10), label=f"{label} ({x.trainable_params:,})", linewidth=1.1)
+        (line,) = ax.plot(steps, _smooth(loss, 10), label=f"{label} ({x.trainable_params:,})", linewidth=1.1,
+                          color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
+                          linestyle="--" if x.method in ("lora", "pissa", "olora", "dora", "full") else "-")
         k = min(100, len(steps))
-        zoom.plot(steps[:k], loss[:k], color=line.get_color(), linewidth=1.0)
+        zoom.plot(steps[:k], loss[:k], color=line.get_color(), linestyle=line.get_linestyle(), linewidth=1.0)
     ax.set(xlabel="step", ylabel="training loss (mean over seeds, 10-step average)", title="Training loss")
     zoom.set(xlabel="step", title="first 100 steps (mean over seeds, unsmoothed)")
     lows = [min(_mean_curve(cfg, x)[1]) for x in rows]
@@ -164,4 +167,4 @@ def _rank_plot(rows: list[Row], split: str, out: Path) -> Path:
     return out
 
 
-__all__ = ["collect", "write_report", "Row"]
+__all__ = ["Row", "collect", "write_report"]

@@ -42,7 +42,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..cli import CLIError
-from ._study_plan import Cell, StudyConfig, load_config, pick_lrs, plan_ranks, plan_seeds, plan_sweep
+from ._study_plan import (
+    Cell,
+    StudyConfig,
+    load_config,
+    pick_lrs,
+    plan_ranks,
+    plan_seeds,
+    plan_sweep,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
