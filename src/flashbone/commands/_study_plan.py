@@ -7,7 +7,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 KNOWN_KEYS = {"out", "model", "data", "train", "seeds", "sweep_seeds", "eval", "methods", "rank_sweep", "jobs"}
 RESERVED_TRAIN_FLAGS = {"method", "r", "lr", "seed", "out", "model", "data", "eval-task", "overwrite", "resume"}

@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 from ._study_plan import (
     Cell,
     StudyConfig,
@@ -116,11 +116,19 @@ def _run_cells(cfg: StudyConfig, cells: list[Cell], jobs: int, progress: bool, p
     return failed
 
 
+def cli_main(argv: list[str]) -> int:
+    """``flashbone train|eval ARGV`` in this process (commands sit below cli.py, so not through it)."""
+    from . import evaluate, train
+
+    module = {"train": train, "eval": evaluate}[argv[0]]
+    parser = argparse.ArgumentParser(prog=f"flashbone {argv[0]}")
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv[1:])) or 0)
+
+
 def _run_cell(cfg: StudyConfig, cell: Cell) -> int:
     """Train and evaluate one cell in this process; CELL/summary.json is written last."""
     import resource
-
-    from ..cli import main as cli_main
 
     folder = cfg.cell_dir(cell)
     run_dir = folder / "run"
