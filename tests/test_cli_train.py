@@ -8,11 +8,11 @@ import yaml
 from safetensors.torch import load_file
 
 from cli_helpers import flashbone, train
-from flashbone.baselines import METHODS
+from flashbone.baselines import methods
 from flashbone.training import latest_checkpoint
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", methods())
 def test_every_method_trains_and_saves(method, tmp_path, capsys):
     out = tmp_path / method
     rc, stdout, err = train(capsys, out, "--method", method, "--r", "16")

@@ -25,6 +25,8 @@ CASES = [
     ("bat-hadamard", 48, 64, 16, None),
     ("bone-ab", 48, 64, 16, None),
     ("bone-ab", 16, 64, 8, None),
+    ("bat-grouped", 48, 64, 16, 4),  # no hand-written path: the dense fallback (12 blocks, g = 4)
+    ("bat-grouped", 16, 64, 8, 8),
 ]
 
 

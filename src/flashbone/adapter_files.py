@@ -38,8 +38,18 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 PEFT_TYPE = "FLASHBONE"
-_PARAM_KEYS = {"B": "miss_block", "A": "miss_A"}
-_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>miss_block|miss_A|bone_block)(?:\.[A-Za-z0-9_\-]+)?$")
+# Tensor key suffix per trainable tensor: PEFT's ``miss_block`` for B, ``miss_<name>`` for any
+# other (``miss_A`` for bone-ab's A, and whatever a newly registered variant names its tensors).
+_PARAM_KEYS = {"B": "miss_block"}
+_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>miss_[A-Za-z0-9]+|bone_block)(?:\.[A-Za-z0-9_\-]+)?$")
+
+
+def _param_key(name: str) -> str:
+    return _PARAM_KEYS.get(name, f"miss_{name}")
+
+
+def _param_name(kind: str) -> str:
+    return "B" if kind in ("miss_block", "bone_block") else kind.removeprefix("miss_")
 
 
 @dataclass
@@ -144,7 +154,7 @@ def save_adapter_folder(folder: str | os.PathLike, config: BoneConfig,
     flat: dict[str, Tensor] = {}
     for module, params in tensors.items():
         for name, t in params.items():
-            flat[f"{PREFIX}{module}.{_PARAM_KEYS[name]}"] = t.detach().to("cpu").contiguous()
+            flat[f"{PREFIX}{module}.{_param_key(name)}"] = t.detach().to("cpu").contiguous()
     for name, t in (saved or {}).items():
         flat[f"{PREFIX}{name}"] = t.detach().to("cpu").contiguous()
     meta = {"format": "pt", "flashbone_variant": config.variant}
@@ -209,7 +219,7 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
         if m is None:
             saved[key.removeprefix(PREFIX)] = t
             continue
-        name = "A" if m["kind"] == "miss_A" else "B"
+        name = _param_name(m["kind"])
         tensors.setdefault(m["module"], {})[name] = t
         keys[(m["module"], name)] = key
     if not tensors:

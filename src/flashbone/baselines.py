@@ -27,10 +27,20 @@ from . import rwkv6
 from .config import BoneConfig
 from .errors import AdapterFileError, BoneConfigError
 from .model import get_bone_model, load_adapter
+from .variants import VARIANTS
 
-BONE_METHODS = ("bone", "bone-mini", "bat", "bat-row", "bat-hadamard", "bone-ab")
 PEFT_METHODS = ("lora", "pissa", "olora", "dora")
-METHODS = BONE_METHODS + PEFT_METHODS + ("full",)
+
+
+def bone_methods() -> tuple[str, ...]:
+    """Every registered variant (:data:`flashbone.variants.VARIANTS`, read at call time)."""
+    return tuple(VARIANTS)
+
+
+def methods() -> tuple[str, ...]:
+    """What ``--method`` accepts: the registered variants, the PEFT baselines and ``full``."""
+    return bone_methods() + PEFT_METHODS + ("full",)
+
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -87,16 +97,16 @@ def parse_targets(spec: str | list | None, model: nn.Module) -> list[str] | str:
 def build(model: nn.Module, method: str, r: int, targets: list[str] | str, *, lora_alpha: float | None,
           mini_r: int | None, base_name: str, work_dir: Path | None = None) -> Adapted:
     """Wrap ``model`` for training with ``method``; the caller seeds the RNG first."""
-    if method not in METHODS:
-        raise BoneConfigError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if method not in methods():
+        raise BoneConfigError(f"--method {method!r} is unknown; choose one of {', '.join(methods())}")
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return Adapted(model, method, lambda folder: _save_full(model, folder), model)
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise BoneConfigError(f"--r must be a positive integer, got {r!r}")
-    if method in BONE_METHODS:
-        cfg = BoneConfig(variant=method, r=r, mini_r=mini_r if method == "bone-mini" else None,
+    if method in VARIANTS:
+        cfg = BoneConfig(variant=method, r=r, mini_r=mini_r if VARIANTS[method].mini_r else None,
                          target_modules=targets, base_model_name_or_path=base_name, task_type="CAUSAL_LM")
         bm = get_bone_model(model, cfg)
         return Adapted(bm, method, lambda folder: bm.save_adapter(folder), model)
@@ -216,5 +226,5 @@ def merge_into_base(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["METHODS", "BONE_METHODS", "PEFT_METHODS", "Adapted", "build", "default_targets", "parse_targets",
+__all__ = ["methods", "bone_methods", "PEFT_METHODS", "Adapted", "build", "default_targets", "parse_targets",
            "adapter_kind", "attach_adapter", "merge_into_base"]

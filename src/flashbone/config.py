@@ -24,12 +24,14 @@ class BoneConfig:
     """Configuration of one block-affine adapter.
 
     Args:
-        variant: one of ``bone``, ``bone-mini``, ``bat``, ``bat-row``, ``bat-hadamard``,
-            ``bone-ab`` (see :mod:`flashbone.variants` for the math).
+        variant: a name in :data:`flashbone.variants.VARIANTS` (``bone``, ``bone-mini``,
+            ``bat``, ``bat-row``, ``bat-hadamard``, ``bone-ab``, ``bat-grouped``; see
+            :mod:`flashbone.variants` for the math).
         r: block size (the "rank"). ``r <= in_features``; the ``bat*`` variants and
             ``bone-ab`` need ``r`` to divide both sides of every adapted weight.
-        mini_r: for ``bone-mini`` only, the number of distinct output columns ``m``
-            (``out_features % m == 0``).
+        mini_r: the variant's second size, for the variants that have one: ``bone-mini``'s
+            distinct output columns ``m`` (``out_features % m == 0``), ``bat-grouped``'s
+            number of shared matrices ``g`` (dividing every layer's block count).
         target_modules: ``"all-linear"`` (every ``nn.Linear`` / GPT-2 ``Conv1D`` except the
             output head and ``modules_to_save``), a list of names (a module matches if its
             full name equals an entry or ends with ``"." + entry``), or a regular expression
@@ -66,11 +68,11 @@ class BoneConfig:
         variant = get_variant(self.variant)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise BoneConfigError(f"r must be a positive integer, got {self.r!r}")
-        if variant.name == "bone-mini":
+        if variant.mini_r is not None:
             if isinstance(self.mini_r, bool) or not isinstance(self.mini_r, int) or self.mini_r <= 0:
                 raise BoneConfigError(
-                    f"variant 'bone-mini' needs mini_r, a positive integer that divides every "
-                    f"adapted out_features, got mini_r={self.mini_r!r}"
+                    f"variant {variant.name!r} needs mini_r, a positive integer: {variant.mini_r}; "
+                    f"got mini_r={self.mini_r!r}"
                 )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise BoneConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")

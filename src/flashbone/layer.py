@@ -170,8 +170,8 @@ class BoneLayer(nn.Module):
     def _ordered(self, names: Iterable[str]) -> list[str]:
         """Weight-reading adapters first, in the given order, then the additive ones."""
         names = list(names)
-        heavy = [n for n in names if VARIANTS[self.adapters[n].variant].reads_weight]
-        return heavy + [n for n in names if n not in heavy]
+        reading = [n for n in names if VARIANTS[self.adapters[n].variant].reads_weight]
+        return reading + [n for n in names if n not in reading]
 
     # -- forward ------------------------------------------------------------------------
     def _live(self) -> list[str]:

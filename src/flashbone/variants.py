@@ -12,14 +12,21 @@ A linear layer stores ``W`` with shape ``(out, in)`` and computes ``y = x @ W.T`
     bat-row        B (in/r, r, r)        dW_ab = (W_ab + I) @ B_b         -
     bat-hadamard   B (out/r, r, r)       dW_ab = W_ab * B_a + B_a         -
     bone-ab        A, B (in/r, r, r)     dW_ab = W_ab @ A_b + B_b         -
+    bat-grouped    B (g, r, r)           dW_ab = (W_ab + I) @ B_k,        -
+                   (g = mini_r)          k = (a * in/r + b) mod g
 
 ``bone`` with ``in % r != 0`` pads ``x`` on the right: the last, partial input block uses
 the first ``in mod r`` rows of ``B``. Every other variant needs ``r`` to divide both sides.
 
 The functions below build ``dW`` densely. They are the *reference*: merging uses them and
 every fast path in :mod:`flashbone.ops` is tested against them. Adding a variant means
-writing its ``delta`` (and ``undo`` if its delta reads ``W``), registering a
-:class:`Variant` in ``VARIANTS``, and optionally a fast path in :mod:`flashbone.ops`.
+writing its ``delta`` (and ``undo`` if its delta reads ``W``) and registering a
+:class:`Variant` in ``VARIANTS``; it then works everywhere through :func:`flashbone.ops.dense_path`,
+and a faster path in :mod:`flashbone.ops` or :mod:`flashbone.kernels` is optional
+(docs/library.md, "Adding a variant").
+
+``bat-grouped`` is the v1 paper's grouped Block Affine (eq. 4-5): ``W`` as ``(gn, g, r, r)``
+blocks, one ``B (g, r, r)`` shared by the ``gn`` groups. ``g = in/r`` gives ``bat-row``.
 """
 
 from __future__ import annotations
@@ -99,6 +106,20 @@ def bone_ab_delta(w: Tensor, p: Params, r: int) -> Tensor:
     return unblocks(torch.einsum("aibj,bjk->aibk", wb, p["A"]) + _by_in_block(p["B"]))
 
 
+def _block_groups(w: Tensor, r: int, g: int) -> Tensor:
+    """``k[a, b] = (a * in/r + b) mod g``: which of the ``g`` shared matrices block ``W_ab`` uses
+    (the blocks in row-major order, cut into groups of ``g``: ``W`` as ``(gn, g, r, r)``)."""
+    na, nb = w.shape[0] // r, w.shape[1] // r
+    return torch.arange(na * nb, device=w.device).reshape(na, nb) % g
+
+
+def bat_grouped_delta(w: Tensor, p: Params, r: int) -> Tensor:
+    """``dW_ab = W_ab @ B_k + B_k`` with ``k = (a * in/r + b) mod g`` (v1 paper eq. 4-5)."""
+    b = p["B"]
+    bk = b[_block_groups(w, r, b.shape[0])]  # (out/r, in/r, r, r), indexed [a, b, j, k]
+    return unblocks(torch.einsum("aibj,abjk->aibk", blocks(w, r), bk) + bk.permute(0, 2, 1, 3))
+
+
 # ----------------------------------------------------------------------------- undo
 # W' = W + dW(W) for the weight-reading variants is affine in W per block, so W comes back
 # through an r x r inverse. Callers run these in float32 or float64.
@@ -158,7 +179,37 @@ def bone_ab_undo(w_new: Tensor, p: Params, r: int) -> Tensor:
     return unblocks(torch.einsum("aibj,bjk->aibk", wb, inv))
 
 
+def bat_grouped_undo(w_new: Tensor, p: Params, r: int) -> Tensor:
+    """``W_ab = (W'_ab - B_k) @ inv(I + B_k)``, ``k`` as in :func:`bat_grouped_delta`."""
+    b = p["B"]
+    inv = _checked_inverse(_eye(b) + b, "I + B (bat-grouped)")
+    k = _block_groups(w_new, r, b.shape[0])
+    wb = blocks(w_new, r) - b[k].permute(0, 2, 1, 3)
+    return unblocks(torch.einsum("aibj,abjk->aibk", wb, inv[k]))
+
+
 # ----------------------------------------------------------------------------- registry
+
+
+def _divisors_near(n: int, r: int, k: int = 4) -> list[int]:
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    return sorted(sorted(divs, key=lambda d: (abs(d - r), d))[:k])
+
+
+def _check_bone_mini(out: int, inn: int, r: int, m: int | None) -> str | None:
+    if out % m:
+        return (f"bone-mini needs mini_r to divide out_features={out}, but mini_r={m} does not; "
+                f"mini_r values near it that divide {out}: {_divisors_near(out, m)}")
+    return None
+
+
+def _check_bat_grouped(out: int, inn: int, r: int, g: int | None) -> str | None:
+    n = (out // r) * (inn // r)
+    if n % g:
+        return (f"bat-grouped needs mini_r (g) to divide the layer's {n} blocks of {r} x {r} "
+                f"(weight shape ({out}, {inn})), but mini_r={g} does not; g values near it that "
+                f"divide {n}: {_divisors_near(n, g)}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,6 +226,9 @@ class Variant:
         peft_init_weights: the value of PEFT ``MissConfig.init_weights`` for this variant,
             or ``None`` when PEFT lacks it.
         paper_name: how the papers call it.
+        mini_r: what ``mini_r`` (the config's second size) means for this variant, or ``None``
+            when the variant has no second size; when set, ``mini_r`` must be a positive integer.
+        check: extra shape rule ``(out, in, r, mini_r) -> error message or None``.
     """
 
     name: str
@@ -184,6 +238,8 @@ class Variant:
     divisible: bool
     peft_init_weights: bool | str | None
     paper_name: str
+    mini_r: str | None = None
+    check: Callable[[int, int, int, int | None], str | None] | None = None
 
     @property
     def reads_weight(self) -> bool:
@@ -201,7 +257,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("bone", lambda o, i, r, m: {"B": (r, o)}, bone_delta, None, False, True,
                 "Bone / MiSS (v4 eq. 1)"),
         Variant("bone-mini", lambda o, i, r, m: {"B": (r, m)}, bone_mini_delta, None, False,
-                "mini", "MiSS mini"),
+                "mini", "MiSS mini", mini_r="m, the distinct output columns (divides out_features)",
+                check=_check_bone_mini),
         Variant("bat", lambda o, i, r, m: {"B": (o // r, r, r)}, bat_delta, bat_undo, True,
                 "bat", "Bat / Bone-col"),
         Variant("bat-row", lambda o, i, r, m: {"B": (i // r, r, r)}, bat_row_delta,
@@ -210,6 +267,10 @@ VARIANTS: dict[str, Variant] = {
                 bat_hadamard_undo, True, None, "Bat-Hadamard (eq. 5)"),
         Variant("bone-ab", lambda o, i, r, m: {"A": (i // r, r, r), "B": (i // r, r, r)},
                 bone_ab_delta, bone_ab_undo, True, None, "Bone-AB"),
+        Variant("bat-grouped", lambda o, i, r, m: {"B": (m, r, r)}, bat_grouped_delta,
+                bat_grouped_undo, True, None, "Bone, grouped blocks (v1 eq. 4-5)",
+                mini_r="g, the shared r x r matrices (divides each layer's block count)",
+                check=_check_bat_grouped),
     ]
 }
 
@@ -222,11 +283,6 @@ def get_variant(name: str) -> Variant:
         raise BoneConfigError(
             f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}"
         ) from None
-
-
-def _divisors_near(n: int, r: int, k: int = 4) -> list[int]:
-    divs = [d for d in range(1, n + 1) if n % d == 0]
-    return sorted(sorted(divs, key=lambda d: (abs(d - r), d))[:k])
 
 
 def check_shape(variant: Variant, out: int, inn: int, r: int, mini_r: int | None,
@@ -246,15 +302,11 @@ def check_shape(variant: Variant, out: int, inn: int, r: int, mini_r: int | None
             f"out_features={out} (weight shape ({out}, {inn})), but r={r} does not; "
             f"r values near {r} that divide both: {near}"
         )
-    if variant.name == "bone-mini":
-        if not isinstance(mini_r, int) or mini_r <= 0:
-            raise BoneConfigError(f"bone-mini needs a positive integer mini_r, got {mini_r!r}")
-        if out % mini_r:
-            near = _divisors_near(out, mini_r)
-            raise BoneShapeError(
-                f"{where}: bone-mini needs mini_r to divide out_features={out}, but "
-                f"mini_r={mini_r} does not; mini_r values near it that divide {out}: {near}"
-            )
+    if variant.mini_r is not None and (not isinstance(mini_r, int) or mini_r <= 0):
+        raise BoneConfigError(f"{variant.name} needs a positive integer mini_r, got {mini_r!r}")
+    message = variant.check(out, inn, r, mini_r) if variant.check is not None else None
+    if message:
+        raise BoneShapeError(f"{where}: {message}")
 
 
 def num_params(variant: str, out: int, inn: int, r: int, mini_r: int | None = None) -> int:

@@ -11,8 +11,9 @@ random tokens; the table holds the median step, tokens/s, peak memory
 (``torch.cuda.max_memory_allocated``, reset per method) and both as ratios to ``floor``, the
 frozen base with input gradients on (forward + backward, no weight gradients).
 
-Methods: ``floor``, ``full`` (full fine-tuning), our variants (``bone``, ``bone-mini``, ``bat``,
-``bat-row``, ``bat-hadamard``, ``bone-ab``; append ``@torch`` to force the PyTorch path),
+Methods: ``floor``, ``full`` (full fine-tuning), every registered variant (``bone``, ``bat``,
+... :data:`flashbone.variants.VARIANTS`; the default list leaves out those without a hand-written
+path; append ``@torch`` to force the PyTorch path),
 ``peft-lora`` (rank chosen so its trainable parameters match ``bone``'s), ``peft-miss``,
 ``peft-mini``, ``peft-bat`` (PEFT's defaults: float32 adapters; append ``-bf16`` for
 ``autocast_adapter_dtype=False``). Without CUDA the same runs on the CPU with a tiny shape.
@@ -34,12 +35,14 @@ from typing import Any
 import torch
 
 from ..errors import CLIError
+from ..ops import TORCH_PATHS
 from ..variants import VARIANTS
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-OURS = list(VARIANTS)
+OURS = list(VARIANTS)  # every registered variant runs with --methods; the default list holds
+# those with a hand-written PyTorch path (a variant on the generic dense path is no speed contender)
 PEFT = {"peft-lora": None, "peft-miss": True, "peft-mini": "mini", "peft-bat": "bat"}
-DEFAULT_METHODS = ["floor", *OURS, "peft-lora", "peft-miss", "peft-bat", "full"]
+DEFAULT_METHODS = ["floor", *(v for v in OURS if v in TORCH_PATHS), "peft-lora", "peft-miss", "peft-bat", "full"]
 # (layers, hidden, intermediate, heads, vocab, batch, seq, r, steps, warmup)
 SHAPES = {
     "cuda": dict(layers=8, hidden=4096, intermediate=11008, heads=32, vocab=32000, batch=4,
@@ -54,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in ("layers", "hidden", "intermediate", "heads", "vocab", "batch", "seq", "r"):
         g.add_argument(f"--{name}", type=int, default=None)
     g.add_argument("--kv-heads", type=int, default=None, help="default: --heads (no GQA)")
-    g.add_argument("--mini-r", type=int, default=None, help="bone-mini's m (default: r)")
+    g.add_argument("--mini-r", type=int, default=None, help="bone-mini's m, bat-grouped's g (default: r)")
     g.add_argument("--lora-r", type=int, default=None,
                    help="PEFT LoRA rank (default: the one matching bone's trainable parameters)")
     g.add_argument("--gradient-checkpointing", action="store_true")
@@ -155,7 +158,7 @@ def wrap(model, method: str, a: argparse.Namespace):
         from ..config import BoneConfig
         from ..model import get_bone_model
 
-        cfg = BoneConfig(variant=base, r=a.r, mini_r=a.mini_r if base == "bone-mini" else None,
+        cfg = BoneConfig(variant=base, r=a.r, mini_r=a.mini_r if VARIANTS[base].mini_r else None,
                          target_modules=list(TARGETS))
         return get_bone_model(model, cfg)
     try:

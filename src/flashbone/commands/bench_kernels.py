@@ -88,8 +88,10 @@ def cost(method: str, t: int, i: int, o: int, r: int, elt: int) -> tuple[float, 
     io = elt * (2 * t * i + 2 * t * o + 2 * i * o)  # fwd: x, W -> y; bwd: dy, W -> dx
     extra = {"frozen": 0.0, "full": gemm, "bone": 6.0 * t * r * o, "bone-mini": 6.0 * t * r * o,
              "bat-row": 6.0 * t * i * r, "bone-ab": 10.0 * t * i * r,
-             "bat": gemm + 6.0 * i * o * r, "bat-hadamard": gemm + 6.0 * i * o}[base]
-    reads_x_again = base in ("full", "bat", "bat-hadamard", "bat-row", "bone-ab")
+             "bat": gemm + 6.0 * i * o * r, "bat-hadamard": gemm + 6.0 * i * o}.get(base)
+    if extra is None:  # a variant on the generic dense path: it builds W' like bat does
+        extra = gemm + 6.0 * i * o * r
+    reads_x_again = base == "full" or (base in VARIANTS and VARIANTS[base].reads_weight)
     return 2 * gemm + extra, io + (elt * t * i if reads_x_again else 0)
 
 
@@ -105,7 +107,7 @@ class Case:
         self.dy = torch.randn(t, o, device=dev, dtype=dtype)
         self.ad = None
         if base in VARIANTS:
-            self.ad = BlockAdapter(base, r, o, i, mini_r if base == "bone-mini" else None,
+            self.ad = BlockAdapter(base, r, o, i, mini_r if VARIANTS[base].mini_r else None,
                                    init="random", device=dev)
 
     def forward(self) -> torch.Tensor:

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import CLIError
+from ..variants import VARIANTS
 
 # The papers' recipe, for any model the user names.
 PAPER_RECIPE = {"lr": 2e-5, "batch_size": 4, "grad_accum": 16, "epochs": 1.0, "r_bone": 64, "r_lora": 36,
@@ -54,11 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--template", help="alpaca (the papers' instruction template, default), plain, or a prompt with {query}")
     g.add_argument("--max-length", type=int, help="tokens per example; prompt cut first, response never dropped [512]")
     g = p.add_argument_group("method")
-    g.add_argument("--method", help="bone (default), bone-mini, bat, bat-row, bat-hadamard, bone-ab, "
-                                    "lora, pissa, olora, dora, full")
+    g.add_argument("--method", help=f"{', '.join(VARIANTS)} (bone is the default), lora, pissa, olora, dora, full")
     g.add_argument("--r", "--adapter-r", type=int, help="block size / rank [paper: 64 for Bone/Bat, 36 for LoRA-like; "
                    "tiny: 32/16]; under torchrun write --adapter-r (torchrun reads --r as one of its own flags)")
-    g.add_argument("--mini-r", type=int, help="bone-mini: distinct output columns (default: r)")
+    g.add_argument("--mini-r", type=int, help="bone-mini: distinct output columns; bat-grouped: shared matrices g "
+                   "(default: r)")
     g.add_argument("--targets", help="comma-separated module names (q,k,v,o,gate,up,down) or all-linear "
                                      "[the 7 projections of Llama-like models, all-linear elsewhere]")
     g.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator [2r for lora/dora, r for pissa/olora]")
@@ -102,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _resolve(args: argparse.Namespace, env=None) -> dict:
     """Every setting with its final value; the tiny recipe replaces the paper's for the tiny base.
     ``env``: the torchrun environment of this process (None: started alone)."""
-    from ..baselines import BONE_METHODS, METHODS, PEFT_METHODS
+    from ..baselines import PEFT_METHODS, bone_methods, methods
     from ..distributed import split_batch
     from ..data import BUILTIN_DATA
     from ..loading import BUILTIN_MODEL, is_builtin
@@ -113,14 +114,14 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     v["model"] = v["model"] or BUILTIN_MODEL
     v["data"] = v["data"] or BUILTIN_DATA
     v["method"] = v["method"] or "bone"
-    if v["method"] not in METHODS:
-        raise CLIError(f"--method {v['method']!r} is unknown; choose one of {', '.join(METHODS)}")
-    bone_like = v["method"] in BONE_METHODS
+    if v["method"] not in methods():
+        raise CLIError(f"--method {v['method']!r} is unknown; choose one of {', '.join(methods())}")
+    bone_like = v["method"] in bone_methods()
     if v["r"] is None:
         v["r"] = rec["r_bone"] if bone_like else rec["r_lora"]
     if isinstance(v["r"], bool) or not isinstance(v["r"], int) or v["r"] <= 0:
         raise CLIError(f"--r must be a positive integer, got {v['r']!r}")
-    if v["method"] == "bone-mini" and v["mini_r"] is None:
+    if bone_like and v["mini_r"] is None and VARIANTS[v["method"]].mini_r is not None:
         v["mini_r"] = v["r"]
     for k in ("lr", "batch_size", "grad_accum", "epochs"):
         if v[k] is None:

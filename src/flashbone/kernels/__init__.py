@@ -4,7 +4,7 @@
         -> ops._GPU_PATHS[variant]  = one of the functions below (registered into ops when
                                       this package is imported; ops does not import it)
             -> supported(x, r)?  yes: kernels.functions.<Variant>Cuda (Triton + cuBLAS)
-                                 no : the PyTorch path (ops.TORCH_PATHS[variant])
+                                 no : the PyTorch path (ops.torch_path(variant))
 
 Importing this package needs neither CUDA nor Triton: Triton is imported on the first CUDA
 call only. Supported: bf16/fp16 activations, ``r`` a power of two (16..256 for bone and
@@ -76,7 +76,7 @@ def supported(variant: str, x: Tensor, w: Tensor, r: int) -> bool:
 
 
 def _torch_path(variant: str):
-    return ops.TORCH_PATHS[variant]
+    return ops.torch_path(variant)
 
 
 def _rows(x: Tensor) -> Tensor:

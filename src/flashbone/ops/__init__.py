@@ -3,14 +3,18 @@
     adapted_linear(x, W, bias, [AdapterCall, ...])
         |
         +-- backend "reference": F.linear(x, reference_weight(W, calls))   (tests, debugging)
-        +-- weight-reading adapters (bat, bat-row, bat-hadamard, bone-ab):
-        |     one:   its fast path (a registered GPU kernel on CUDA, else PyTorch)
+        +-- weight-reading adapters (bat, bat-row, bat-hadamard, bone-ab, ...):
+        |     one:   its fast path (a registered GPU kernel on CUDA, else its PyTorch path)
         |     more:  W' = each applied in order, rebuilt in backward, never saved
         |     none:  the base GEMM, fused with the first additive adapter where it can be
-        +-- then every additive adapter (bone, bone-mini): + (sum_b x_b) @ B
+        +-- then every additive adapter (bone, bone-mini, ...): + x @ dW^T, by (sum_b x_b) @ B
+            for bone and bone-mini
 
-A GPU kernel slots in per variant with :func:`register_gpu_path`; the PyTorch path stays
-the fallback everywhere else. This package imports no kernels: :mod:`flashbone.kernels`
+A variant's PyTorch path is its entry in :data:`TORCH_PATHS`, or, for a variant registered
+with only its dense ``delta`` (:mod:`flashbone.variants`), :func:`dense_path`: exact, from
+``dW`` (weight-reading: ``W' = W + dW(W)`` rebuilt in backward, never saved; additive:
+``x @ dW^T``). A GPU kernel slots in per variant with :func:`register_gpu_path`; the PyTorch
+path stays the fallback everywhere else. This package imports no kernels: :mod:`flashbone.kernels`
 registers its paths here when it is imported (by :mod:`flashbone.layer`).
 """
 
@@ -161,10 +165,26 @@ TORCH_PATHS: dict[str, FastPath] = {
 }
 
 
+def dense_path(x: Tensor, w: Tensor, bias: Tensor | None, c: AdapterCall) -> Tensor:
+    """The PyTorch path of a variant that has no hand-written one: exact, from its dense
+    ``dW`` (:attr:`flashbone.variants.Variant.delta`). A weight-reading variant runs as
+    ``x @ (W + dW(W))^T`` with ``W'`` rebuilt in backward instead of saved; an additive one
+    as ``x @ W^T + x @ dW^T`` (``dW`` does not read ``W``, autograd keeps it)."""
+    if VARIANTS[c.variant].reads_weight:
+        build = _composite_build([c])
+        return T.WeightSpaceLinear.apply(x, w, bias, build, T.autograd_weight_grad(build), *_flat([c]))
+    return F.linear(x, w, bias) + F.linear(x, VARIANTS[c.variant].delta(w, c.params, c.r))
+
+
+def torch_path(variant: str) -> FastPath:
+    """``variant``'s PyTorch path: its hand-written one, else :func:`dense_path`."""
+    return TORCH_PATHS.get(variant, dense_path)
+
+
 def _single_path(x: Tensor, variant: str) -> FastPath:
     if _backend == "auto" and x.is_cuda and variant in _GPU_PATHS:
         return _GPU_PATHS[variant]
-    return TORCH_PATHS[variant]
+    return torch_path(variant)
 
 
 def _composite_build(calls: Sequence[AdapterCall]) -> T.WeightBuild:
@@ -180,9 +200,16 @@ def _composite_build(calls: Sequence[AdapterCall]) -> T.WeightBuild:
     return build
 
 
-def _additive_update(x: Tensor, out: int, c: AdapterCall) -> Tensor:
+def _additive_update(x: Tensor, w: Tensor, c: AdapterCall) -> Tensor:
+    """``dropout(x) @ dW^T`` of one additive adapter: by the block sum for bone and bone-mini
+    (``dW[o, i] = B[i mod r, o]``), from the dense ``dW`` for any other additive variant."""
     xd = c.dropout(x) if c.dropout is not None else x
-    return T.block_sum(xd, c.r) @ c.bone_b(out)
+    if c.variant in _BLOCK_SUM_UPDATES:
+        return T.block_sum(xd, c.r) @ c.bone_b(w.shape[0])
+    return F.linear(xd, VARIANTS[c.variant].delta(w, c.params, c.r))
+
+
+_BLOCK_SUM_UPDATES = ("bone", "bone-mini")
 
 
 def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
@@ -196,24 +223,29 @@ def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
         return F.linear(x, reference_weight(w, calls), bias)
     lead, out = x.shape[:-1], w.shape[0]
     x2 = x.reshape(-1, x.shape[-1])
-    heavy = [c for c in calls if VARIANTS[c.variant].reads_weight]
-    light = [c for c in calls if not VARIANTS[c.variant].reads_weight]
+    reading, additive = _split(calls)
     if w.requires_grad:  # the base weight trains too: plain autograd through the dense weight
-        y = F.linear(x2, _composite_build(heavy)(w, _flat(heavy)), bias)
-    elif len(heavy) > 1:  # W' of all weight-reading adapters, rebuilt in backward
-        build = _composite_build(heavy)
+        y = F.linear(x2, _composite_build(reading)(w, _flat(reading)), bias)
+    elif len(reading) > 1:  # W' of all weight-reading adapters, rebuilt in backward
+        build = _composite_build(reading)
         y = T.WeightSpaceLinear.apply(x2, w, bias, build, T.autograd_weight_grad(build),
-                                      *_flat(heavy))
-    elif heavy:
-        y = _single_path(x2, heavy[0].variant)(x2, w, bias, heavy[0])
-    elif light and light[0].dropout is None:  # the first additive adapter fused with the base GEMM
-        y = _single_path(x2, light[0].variant)(x2, w, bias, light[0])
-        light = light[1:]
+                                      *_flat(reading))
+    elif reading:
+        y = _single_path(x2, reading[0].variant)(x2, w, bias, reading[0])
+    elif additive and additive[0].dropout is None:  # the first additive adapter fused with the GEMM
+        y = _single_path(x2, additive[0].variant)(x2, w, bias, additive[0])
+        additive = additive[1:]
     else:
         y = F.linear(x2, w, bias)
-    for c in light:
-        y = y + _additive_update(x2, out, c)
+    for c in additive:
+        y = y + _additive_update(x2, w, c)
     return y.view(*lead, out)
+
+
+def _split(calls: Sequence[AdapterCall]) -> tuple[list[AdapterCall], list[AdapterCall]]:
+    """``(weight-reading adapters, additive adapters)``, each in the given order."""
+    reading = [c for c in calls if VARIANTS[c.variant].reads_weight]
+    return reading, [c for c in calls if not VARIANTS[c.variant].reads_weight]
 
 
 def adapted_linear_group(x: Tensor, members: Sequence[tuple[Tensor, Tensor | None, AdapterCall]]
@@ -239,9 +271,8 @@ def _flat(calls: Sequence[AdapterCall]) -> list[Tensor]:
 
 def reference_weight(w: Tensor, calls: Sequence[AdapterCall]) -> Tensor:
     """Dense ``W + dW`` with weight-reading adapters first: the semantics every path matches."""
-    heavy = [c for c in calls if VARIANTS[c.variant].reads_weight]
-    light = [c for c in calls if not VARIANTS[c.variant].reads_weight]
-    for c in heavy + light:
+    reading, additive = _split(calls)
+    for c in reading + additive:
         w = w + VARIANTS[c.variant].delta(w, c.params, c.r)
     return w
 
@@ -256,5 +287,7 @@ __all__ = [
     "register_gpu_path",
     "register_gpu_group_path",
     "reference_weight",
+    "dense_path",
+    "torch_path",
     "TORCH_PATHS",
 ]
