@@ -16,6 +16,7 @@ from torch import nn
 
 from flashbone import BoneConfig, get_bone_model
 from flashbone.kernels import padded
+from flashbone.settings import SETTINGS
 from tiny_models import llama, tokens
 
 
@@ -50,7 +51,7 @@ def test_extended_leaves_cpu_weights_and_switched_off_alone(monkeypatch):
     padded.rehome(w, 16)
     assert padded.extended(w, 16, "bat-row") is not None
     assert padded.extended(w, 16, "bat") is None  # bat builds W' instead: no padding
-    monkeypatch.setattr(padded, "VARIANTS", ())  # FLASHBONE_PADDED=0
+    monkeypatch.setattr(SETTINGS, "padded", ())  # FLASHBONE_PADDED=0
     assert padded.extended(w, 16, "bat-row") is None
 
 
@@ -58,7 +59,7 @@ def test_extended_leaves_cpu_weights_and_switched_off_alone(monkeypatch):
                                       ("", ("bone", "bat-row", "bone-ab", "bone-mini")),
                                       ("bat-row, bone-ab", ("bat-row", "bone-ab"))])
 def test_the_env_switch_names_the_padded_variants(env, want):
-    code = "from flashbone.kernels import padded; print(','.join(padded.VARIANTS))"
+    code = "from flashbone.kernels import padded; print(','.join(padded.padded_variants()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "FLASHBONE_PADDED": env}).stdout.strip()
     assert tuple(v for v in out.split(",") if v) == want

@@ -59,7 +59,6 @@ class AdapterFile:
     config: BoneConfig
     tensors: dict[str, dict[str, Tensor]]  # module path -> {"B": ..., "A": ...}
     saved: dict[str, Tensor] = field(default_factory=dict)  # modules_to_save parameters
-    source_format: str = PEFT_TYPE
     keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (module, "B") -> file key
 
 
@@ -210,7 +209,7 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
         raw = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFileError(f"{cfg_path} is not valid JSON ({e})") from None
-    config, fmt = config_from_json(raw, str(cfg_path))
+    config, _ = config_from_json(raw, str(cfg_path))
     tensors: dict[str, dict[str, Tensor]] = {}
     saved: dict[str, Tensor] = {}
     keys: dict[tuple[str, str], str] = {}
@@ -231,7 +230,7 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
                 f"{w_path}: module {module!r} has tensors {sorted(params)} but variant "
                 f"{config.variant!r} needs {sorted(expected)}"
             )
-    return AdapterFile(config, tensors, saved, fmt, keys)
+    return AdapterFile(config, tensors, saved, keys)
 
 
 def lora_tensors(b_full: Tensor, in_features: int) -> tuple[Tensor, Tensor]:

@@ -14,12 +14,11 @@ another layer already read (same object, same version) becomes that layer's sibl
 checks again (the same input object, one active adapter, no dropout) and anything that does not
 match runs the per-layer path, so a learned group can only ever cost a wasted output, never a
 wrong one. Only CUDA calls take part; the bookkeeping lives here, keyed weakly by layer, so
-copies of a model learn their own groups. ``FLASHBONE_GROUPS=0`` turns grouping off.
+copies of a model learn their own groups. ``SETTINGS.groups = False`` (``FLASHBONE_GROUPS=0``) turns grouping off.
 """
 
 from __future__ import annotations
 
-import os
 import weakref
 from typing import TYPE_CHECKING
 
@@ -27,11 +26,11 @@ import torch
 from torch import Tensor
 
 from .ops import adapted_linear_group, as_dtype
+from .settings import SETTINGS
 
 if TYPE_CHECKING:
     from .layer import BoneLayer
 
-ENABLED = os.environ.get("FLASHBONE_GROUPS", "1") != "0"
 LEARN_CALLS = 2  # forwards per layer that record who read its input first
 _first_reader: dict[int, tuple[weakref.ref, int, weakref.ref]] = {}  # id(x) -> (x, version, layer)
 _siblings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> [ref(layer), ...]
@@ -61,7 +60,7 @@ def learn(layer: BoneLayer, x: Tensor) -> None:
     """On the layer's first forwards: note it as the first reader of ``x``, or as a sibling of
     the layer that read ``x`` first."""
     left = _learn_left.get(layer, LEARN_CALLS)
-    if left <= 0 or not ENABLED:
+    if left <= 0 or not SETTINGS.groups:
         return
     _learn_left[layer] = left - 1
     key = id(x)
@@ -77,7 +76,7 @@ def learn(layer: BoneLayer, x: Tensor) -> None:
 def run(layer: BoneLayer, x: Tensor, dtype: torch.dtype) -> Tensor | None:
     """``layer(x)`` computed together with its siblings' outputs (left waiting for them), or
     ``None`` when there is no group to run: then the caller runs the layer alone."""
-    members = siblings_of(layer) if ENABLED else []
+    members = siblings_of(layer) if SETTINGS.groups else []
     if not members:
         return None
     members.insert(0, layer)

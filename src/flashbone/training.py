@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -334,10 +334,6 @@ class Trainer:
                 else None)
         return {"steps": end, "total_steps": self.total, "stopped": end < self.total, "final_loss": loss_v,
                 "tokens": tokens, "train_seconds": round(time.time() - t0, 2), "peak_gpu_memory_gib": peak}
-
-
-def settings_dict(s: TrainSettings) -> dict:
-    return asdict(s)
 
 
 __all__ = ["TrainSettings", "Trainer", "Dist", "total_steps", "save_checkpoint", "latest_checkpoint",

@@ -276,10 +276,8 @@ def environment(dev: torch.device) -> dict[str, Any]:
             env[mod] = None
     if dev.type == "cuda":
         from ..kernels import available
-        from ..kernels.functions import gemm_mode
 
         env["kernels"] = available()
-        env["gemm_mode"] = gemm_mode()
     return env
 
 

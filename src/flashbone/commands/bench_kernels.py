@@ -231,11 +231,6 @@ def run_kernels(args: argparse.Namespace, dev: torch.device, dtype: torch.dtype)
             result["sweep"]["points"].append(pt)
             print(f"{args.sweep}={p}: " + "  ".join(f"{m} {v:.3f}" for m, v in pt["x_frozen"].items()
                                                     if v is not None), flush=True)
-    if dev.type == "cuda":
-        from ..kernels.functions import _CHOICE, gemm_mode
-
-        result["gemm_mode"] = gemm_mode()
-        result["auto_choices"] = {" ".join(map(str, k)): v for k, v in _CHOICE.items()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=str)

@@ -10,50 +10,38 @@ Importing this package needs neither CUDA nor Triton: Triton is imported on the 
 call only. Supported: bf16/fp16 activations, ``r`` a power of two (16..256 for bone and
 bone-mini, 16..128 for the block-matrix variants), ``r`` dividing the GEMM sides where the
 variant needs it. Anything else takes the PyTorch path, which computes the same function.
-``FLASHBONE_KERNELS=0`` turns the kernels off (as does ``ops.set_backend("torch")``).
+``SETTINGS.kernels = False`` (``FLASHBONE_KERNELS=0``) turns the kernels off, as does
+``ops.set_backend("torch")``. Every switch is a field of :data:`flashbone.settings.SETTINGS`
+(padding: :mod:`.padded`; input replay: :mod:`.replay`; launch parameters:
+:data:`.triton_kernels.CONFIG`; docs/kernel_notes.md has the measurements behind each default).
 
-Switches (docs/kernel_notes.md has the measurements behind each default):
-``FLASHBONE_REPLAY=0`` saves layer inputs instead of recomputing them (:mod:`.replay`);
-``FLASHBONE_PADDED=0|1|bone,bat-row`` chooses the variants whose frozen weight gets r spare
-columns so that cuBLAS runs the rank-r terms inside the token GEMMs (:mod:`.padded`; default
-bone, bat-row, bone-ab and bone-mini); ``FLASHBONE_GEMM=cublas|triton|auto`` picks how the rank-r addend meets the token GEMM
-otherwise (:mod:`.functions`; ``triton`` is the TMA GEMM of :mod:`.tma_gemm`);
-``FLASHBONE_KERNEL_CONFIG='{"row_affine_bwd": {"PER_SM": 4}}'`` overrides launch parameters
-(:data:`.triton_kernels.CONFIG`).
-
-Small calls take the PyTorch path too: below ``MIN_ELEMENTS`` input elements (tokens x in) a
-layer is bound by host launch overhead, where the kernels' extra launches cost more than their
-saved memory passes (H100, hidden 2048: the PyTorch path won at 2k tokens, the kernels at 4k;
-docs/kernel_notes.md); bat-row and bone-ab need twice that.
-``FLASHBONE_KERNEL_MIN_ELEMENTS`` sets it.
+Small calls take the PyTorch path too: below ``SETTINGS.kernel_min_elements`` input elements
+(tokens x in) a layer is bound by host launch overhead, where the kernels' extra launches cost
+more than their saved memory passes (H100, hidden 2048: the PyTorch path won at 2k tokens, the
+kernels at 4k; docs/kernel_notes.md); bat-row and bone-ab need twice that.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .. import ops
+from ..settings import SETTINGS
 from . import padded
 
-_AVAILABLE: bool | None = None
-MIN_ELEMENTS = int(os.environ.get("FLASHBONE_KERNEL_MIN_ELEMENTS", 1 << 23))
+_HARDWARE: bool | None = None
 
 
 def available() -> bool:
-    """True when the kernels can run here: CUDA, Triton, and not switched off."""
-    global _AVAILABLE
-    if _AVAILABLE is None:
-        _AVAILABLE = (
-            os.environ.get("FLASHBONE_KERNELS", "1") != "0"
-            and torch.cuda.is_available()
-            and importlib.util.find_spec("triton") is not None
-        )
-    return _AVAILABLE
+    """True when the kernels can run here: CUDA, Triton, and not switched off (``SETTINGS.kernels``)."""
+    global _HARDWARE
+    if _HARDWARE is None:
+        _HARDWARE = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+    return SETTINGS.kernels and _HARDWARE
 
 
 def _pow2(r: int, hi: int) -> bool:
@@ -67,7 +55,7 @@ def supported(variant: str, x: Tensor, w: Tensor, r: int) -> bool:
     # The row-affine variants (bat-row, bone-ab) need twice the size: at 2^23 elements they lost
     # to the PyTorch path on time in three H100 measurements (hidden 2048 x 4k tokens twice,
     # hidden 4096 x 2k tokens once) while bone and bat won at hidden 4096 (docs/kernel_notes.md).
-    need = MIN_ELEMENTS * (2 if variant in ("bat-row", "bone-ab") else 1)
+    need = SETTINGS.kernel_min_elements * (2 if variant in ("bat-row", "bone-ab") else 1)
     if not available() or x.numel() < need:
         return False
     if variant in ("bone", "bone-mini"):
@@ -85,10 +73,8 @@ def _rows(x: Tensor) -> Tensor:
 
 
 def _extended(w: Tensor, call) -> Tensor | None:
-    """``W_ext`` (:mod:`.padded`) when the cuBLAS GEMM mode is on, else ``None``."""
-    from .functions import gemm_mode
-
-    return padded.extended(w, call.r, call.variant) if gemm_mode() == "cublas" else None
+    """``W_ext`` (:mod:`.padded`) when this layer's weight pads, else ``None``."""
+    return padded.extended(w, call.r, call.variant)
 
 
 def _bone(x, w, bias, call):
@@ -98,7 +84,7 @@ def _bone(x, w, bias, call):
 
     x, r = _rows(x), call.r
     # [x | x P] is a copy of x: worth it when out >= in or when an earlier consumer built it
-    if call.variant in padded.VARIANTS and (w.shape[0] >= w.shape[1] or Fn.has_extended_input(x, r)):
+    if call.variant in padded.padded_variants() and (w.shape[0] >= w.shape[1] or Fn.has_extended_input(x, r)):
         wx = _extended(w, call)
         if wx is not None:  # bone's master B goes in: its cast happens in the copy to W_ext
             b = call.master("B") if call.variant == "bone" else call.bone_b(w.shape[0])
@@ -124,7 +110,7 @@ def layer_group(x: Tensor, members: list) -> list[Tensor] | None:
 
     variants = {call.variant for _, _, call in members}
     r = members[0][2].r
-    if (not any(variants <= g for g in _GROUPS) or not variants <= set(padded.VARIANTS)
+    if (not any(variants <= g for g in _GROUPS) or not variants <= set(padded.padded_variants())
             or replay.saved_tensor_hooks_active()):
         return None
     flat = []

@@ -19,72 +19,19 @@ each step makes (``|x|`` = one read or write of a ``T x in`` tensor)::
 ``s B``, ``dy B^T``, ``s^T dy``) go to cuBLAS, which streams these operands at least as fast as
 our Triton reduce and costs half its host time per launch (scripts/tune_kernels.py).
 "Onto" means cuBLAS reads the addend as ``C`` with ``beta = 1`` in its
-epilogue (about 1.2 ms/step for bone on the bench shape); the alternative is one Triton GEMM that
-adds the rank-r term before storing, never writing the addend (:mod:`.tma_gemm`, slower than
-cuBLAS on H100: docs/kernel_notes.md).
-Which runs is :func:`gemm_mode` (``FLASHBONE_GEMM=cublas|triton|auto``; ``auto`` times both
-once per shape on first use and keeps the faster). A third way needs no addend at all: with the
-frozen weight padded to ``W_ext = [W | X]`` (:mod:`.padded`) cuBLAS runs the rank-r term as r
+epilogue (about 1.2 ms/step for bone on the bench shape; a Triton GEMM that adds the rank-r term
+before storing was 5 to 9% slower than cuBLAS on H100 and was removed: docs/kernel_notes.md).
+The other way needs no addend at all: with the frozen weight padded to ``W_ext = [W | X]`` (:mod:`.padded`) cuBLAS runs the rank-r term as r
 more columns of K or N of the token GEMM (bat-row both ways, bone's forward: BonePaddedCuda).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
-from . import padded, replay, tma_gemm
+from . import padded, replay
 from . import triton_kernels as K
-from .triton_gemm import mm_epilogue
-
-_MODE = os.environ.get("FLASHBONE_GEMM", "cublas")
-_CHOICE: dict[tuple, str] = {}
-
-
-def gemm_mode() -> str:
-    return _MODE
-
-
-def set_gemm_mode(mode: str) -> None:
-    """``"cublas"`` (default), ``"triton"`` or ``"auto"`` (time both once per shape)."""
-    global _MODE
-    if mode not in ("cublas", "triton", "auto"):
-        raise ValueError(f"unknown GEMM mode {mode!r}; choose cublas, triton or auto")
-    _MODE = mode
-
-
-def _pick(key: tuple, candidates: dict) -> str:
-    """The faster of the candidates for this shape, timed once (events, median of 5)."""
-    if _MODE != "auto":
-        return _MODE
-    if key in _CHOICE:
-        return _CHOICE[key]
-    if torch.cuda.is_current_stream_capturing():
-        return "cublas"
-    times = {}
-    for name, fn in candidates.items():
-        fn()
-        ts = []
-        for _ in range(5):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            fn()
-            e1.record()
-            e1.synchronize()
-            ts.append(e0.elapsed_time(e1))
-        times[name] = sorted(ts)[2]
-    _CHOICE[key] = min(times, key=times.get)
-    return _CHOICE[key]
-
-
-def _run(key: tuple, cublas_fn, triton_fn):
-    """Run the cuBLAS or the Triton version of one step (:func:`_pick` chooses; each
-    candidate recomputes everything it returns, so timing them is side-effect free)."""
-    return (triton_fn if _pick(key, {"cublas": cublas_fn, "triton": triton_fn}) == "triton"
-            else cublas_fn)()
-
 
 def _bias_grad(ctx, dy: Tensor, index: int) -> Tensor | None:
     return dy.sum(0) if ctx.needs_input_grad[index] else None
@@ -110,19 +57,9 @@ class BoneCuda(torch.autograd.Function):
                 r: int) -> Tensor:
         b = b_master if b_master.dtype == x.dtype else b_master.to(x.dtype)
 
-        def cublas():  # s = block_sum(x) once per input, z = s B + bias, then z += x W^T
-            s = _shared_block_sum(x, r)
-            z = torch.addmm(bias, s, b) if bias is not None else s @ b
-            return s, z.addmm_(x, w.t())
-
-        def triton():
-            s = _shared_block_sum(x, r)
-            bt = b.t().contiguous()
-            if tma_gemm.usable(x, w, s, bt):
-                return s, tma_gemm.bone_gemm(x, w, s, k_major=True, bt=bt, bias=bias)
-            return s, mm_epilogue(x, w.t(), s=s, p=b, bias=bias)
-
-        s, y = _run(("bone-fwd", x.shape, w.shape, r, bias is not None), cublas, triton)
+        s = _shared_block_sum(x, r)  # once per input; z = s B + bias, then z += x W^T
+        z = torch.addmm(bias, s, b) if bias is not None else s @ b
+        y = z.addmm_(x, w.t())
         ctx.save_for_backward(w, b, s)
         ctx.r, ctx.b_dtype = r, b_master.dtype
         return y
@@ -142,13 +79,9 @@ def _bone_backward(ctx, dy: Tensor, w: Tensor, b: Tensor, s: Tensor, r: int,
     dx = db = None
     if ctx.needs_input_grad[0]:
         ds = dy @ b.t()
-        dx = _run(("bone-bwd", dy.shape, w.shape, r),
-                  lambda: K.rank_r(None, r, v=ds, expand="tile", n=inn)[1].addmm_(dy, w),
-                  lambda: (tma_gemm.bone_gemm(dy, w, ds, k_major=False)
-                           if tma_gemm.usable(dy, w, ds) else mm_epilogue(dy, w, tile=ds)))
+        dx = K.rank_r(None, r, v=ds, expand="tile", n=inn)[1].addmm_(dy, w)
     if ctx.needs_input_grad[3]:  # (computing dB right after ds measured slower: call 43)
-        db = _run(("bone-db", dy.shape, r), lambda: _bone_db(s, dy, db_dtype),
-                  lambda: K.tn(s, dy))
+        db = _bone_db(s, dy, db_dtype)
     return dx, None, _bias_grad(ctx, dy, 2), db
 
 
@@ -322,13 +255,6 @@ def mm_float32(a: Tensor, b: Tensor) -> Tensor:
     return (a @ b).float()
 
 
-def _row_affine_triton(z: Tensor, w: Tensor, vsum: Tensor, bias: Tensor | None) -> Tensor:
-    v = vsum.to(z.dtype)
-    if tma_gemm.usable(z, w, v):
-        return tma_gemm.bone_gemm(z, w, v, k_major=True, bias=bias)
-    return mm_epilogue(z, w.t(), tile=vsum, bias=bias)
-
-
 class RowAffineCuda(torch.autograd.Function):
     """``y = (x + u) W^T + bias + tile_out(sum_b v_b)``; bat-row (``c=None``) and bone-ab.
 
@@ -343,10 +269,8 @@ class RowAffineCuda(torch.autograd.Function):
             y = _row_affine_padded_fwd(x, w, bias, a, c, r, wx)
         else:
             z, vsum = K.row_affine_fwd(x, a, c)
-            y = _run(("row-fwd", x.shape, w.shape, r, bias is not None),
-                     lambda: K.rank_r(None, r, v=vsum, expand="tile", n=out, out_dtype=x.dtype,
-                                      bias=bias)[1].addmm_(z, w.t()),
-                     lambda: _row_affine_triton(z, w, vsum, bias))
+            y = K.rank_r(None, r, v=vsum, expand="tile", n=out, out_dtype=x.dtype,
+                         bias=bias)[1].addmm_(z, w.t())
         replay.save_input(ctx, x, w, a, c)
         ctx.r, ctx.padded = r, wx is not None
         return y

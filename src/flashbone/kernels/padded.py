@@ -24,15 +24,16 @@ before its GEMM (:func:`fill_`; constant content is written once), so adapters o
 kinds may share a layer. Weights that are views into other buffers (FSDP flat parameters, tied
 slices), tensor subclasses, trainable weights and code under ``torch.compile`` or CUDA-graph
 capture keep their layout and the addend path.
-Which variants pad is :data:`VARIANTS` (``FLASHBONE_PADDED``: ``0``, ``1`` or a comma list).
+Which variants pad is :func:`padded_variants` (``SETTINGS.padded``; ``FLASHBONE_PADDED``: ``0``,
+``1`` or a comma list).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
+
+from ..settings import SETTINGS
 
 # Which variants pad: ``FLASHBONE_PADDED=0`` (none), unset or ``1`` (the default below), or a
 # comma list such as ``bone,bat-row``. Measured on an H100 (docs/kernel_notes.md):
@@ -45,9 +46,14 @@ from torch import Tensor, nn
 # - bone-mini (its tiled B^T in the columns): 1.078, 1.065 against 1.086, 1.075 unpadded, two
 #   same-call pairs (call 47); memory 0.995 against 0.990 of the floor.
 DEFAULT_VARIANTS: tuple[str, ...] = ("bone", "bat-row", "bone-ab", "bone-mini")
-_ENV = os.environ.get("FLASHBONE_PADDED", "1").strip()
-VARIANTS: tuple[str, ...] = (() if _ENV == "0" else DEFAULT_VARIANTS if _ENV in ("", "1")
-                             else tuple(v.strip() for v in _ENV.split(",") if v.strip()))
+
+
+def padded_variants() -> tuple[str, ...]:
+    """The variants whose frozen weight gets r spare columns: ``SETTINGS.padded``, or
+    :data:`DEFAULT_VARIANTS` when it is ``None``."""
+    return DEFAULT_VARIANTS if SETTINGS.padded is None else SETTINGS.padded
+
+
 _WIDTH = "_flashbone_padded_width"  # attribute on the Parameter: in + r of its W_ext
 _FILL = "_flashbone_padded_fill"  # attribute on the Parameter: what the spare columns hold
 
@@ -110,9 +116,9 @@ def holds(w: Tensor, key: object) -> bool:
 
 def extended(w: Tensor, r: int, variant: str) -> Tensor | None:
     """``W_ext`` for the layer weight ``w`` (re-homed on first use), or ``None`` when ``w``
-    must keep its layout (see the module docstring) or the variant does not pad (:data:`VARIANTS`,
+    must keep its layout (see the module docstring) or the variant does not pad (:func:`padded_variants`,
     empty when padding is switched off)."""
-    if variant not in VARIANTS:
+    if variant not in padded_variants():
         return None
     ext = view_of(w, r)
     if ext is not None or not w.is_cuda or not rehomable(w):

@@ -20,12 +20,11 @@ one ``x`` (q, k and v) share one :class:`Replay`, so ``x`` is recomputed once.
 Anything else (other producers, saved-tensor hooks such as non-reentrant checkpointing, an
 in-place change) means no plan, and the caller saves ``x`` as usual. The first plans of a
 process are checked against ``x`` (``torch.equal``); a mismatch turns replay off for good.
-``FLASHBONE_REPLAY=0`` turns it off.
+``SETTINGS.replay = False`` (``FLASHBONE_REPLAY=0``) turns it off.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 from typing import Callable, Sequence
@@ -33,21 +32,12 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-_ENABLED = os.environ.get("FLASHBONE_REPLAY", "1") != "0"
-_FUSE = os.environ.get("FLASHBONE_REPLAY_FUSED", "1") != "0"  # one Triton pass for RMSNorm
+from ..settings import SETTINGS
+
 _VERIFY_LEFT = 8
 _VIEWS = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0")
 # id(input) -> (input, its version, Replay, sources): lives as long as the input does
 _SHARED: dict[int, tuple[weakref.ref, int, weakref.ref, list[Tensor]]] = {}
-
-
-def set_enabled(flag: bool) -> None:
-    global _ENABLED
-    _ENABLED = flag
-
-
-def enabled() -> bool:
-    return _ENABLED
 
 
 class Replay:
@@ -180,7 +170,7 @@ def _rmsnorm_operands(expr: Expr, src: Sequence[Tensor]) -> tuple[Tensor, ...] |
 
 def _recompute(expr: Expr, src: Sequence[Tensor]) -> Tensor:
     """Recompute ``expr``: one fused kernel for RMSNorm's output, else eager PyTorch."""
-    ops = _rmsnorm_operands(expr, src) if _FUSE else None
+    ops = _rmsnorm_operands(expr, src) if SETTINGS.replay_fused else None
     if ops is not None:
         from .triton_kernels import mul_cast_mul
 
@@ -197,9 +187,9 @@ def plan(x: Tensor) -> tuple[Replay, list[Tensor]] | None:
     The caller saves ``sources`` with ``ctx.save_for_backward`` and later calls
     ``replay.acquire(saved_sources)``. Consumers of the same input share one :class:`Replay`.
     """
-    global _VERIFY_LEFT, _ENABLED
+    global _VERIFY_LEFT
     base = x._base if x._base is not None else x  # inside Function.forward views have no grad_fn
-    if not (_ENABLED and base.grad_fn is not None) or _hooks_active():
+    if not (SETTINGS.replay and base.grad_fn is not None) or _hooks_active():
         return None
     key = id(base)
     hit = _SHARED.get(key)
@@ -225,7 +215,7 @@ def plan(x: Tensor) -> tuple[Replay, list[Tensor]] | None:
         with torch.no_grad():
             same = torch.equal(fn(sources).reshape(x.shape), x)
         if not same:
-            _ENABLED = False
+            SETTINGS.replay = False
             warnings.warn("flashbone: recomputing layer inputs did not reproduce them exactly; "
                           "saving inputs instead from now on", RuntimeWarning, stacklevel=2)
             return None

@@ -22,7 +22,7 @@ float32 and rounds once on store.
 
 ``tile(t)[m, n] = t[m, n mod r]``. All are memory-bound: each tensor is read once and written
 once; the small ``r x r`` products run on tensor cores. The token GEMMs stay with cuBLAS
-(a Triton GEMM with these addends in its epilogue is in :mod:`.triton_gemm`).
+(a Triton GEMM with these addends in its epilogue was slower: docs/kernel_notes.md).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ..settings import SETTINGS
 
 
 def _grid_rows(t: int, bt: int) -> int:
@@ -56,21 +58,17 @@ CONFIG: dict[str, dict[str, int]] = {
 }
 
 
-def _env_overrides() -> None:
-    """``FLASHBONE_KERNEL_CONFIG='{"weight_grad": {"num_warps": 4}}'`` overrides CONFIG entries."""
-    import json
-    import os
-
-    text = os.environ.get("FLASHBONE_KERNEL_CONFIG")
-    if text:
-        for name, values in json.loads(text).items():
-            if name not in CONFIG:
-                raise ValueError(f"FLASHBONE_KERNEL_CONFIG: unknown kernel {name!r}; "
-                                 f"choose from {', '.join(CONFIG)}")
-            CONFIG[name] = {**CONFIG[name], **values}
+def _apply_overrides() -> None:
+    """``SETTINGS.kernel_config`` (``FLASHBONE_KERNEL_CONFIG='{"weight_grad": {"num_warps": 4}}'``)
+    overrides CONFIG entries; read when this module is first imported (the first CUDA call)."""
+    for name, values in SETTINGS.kernel_config.items():
+        if name not in CONFIG:
+            raise ValueError(f"FLASHBONE_KERNEL_CONFIG: unknown kernel {name!r}; "
+                             f"choose from {', '.join(CONFIG)}")
+        CONFIG[name] = {**CONFIG[name], **values}
 
 
-_env_overrides()
+_apply_overrides()
 
 
 def _launch(name: str) -> dict[str, int]:
@@ -232,36 +230,6 @@ def block_sum(x: torch.Tensor, r: int) -> torch.Tensor:
     once): on an H100 it streams x faster than the Triton reduce above (21.9 against 24.5 us at
     4096 x 4096, scripts/tune_kernels.py) and costs half the host time to launch."""
     return x @ block_ones(x.shape[1], r, x.dtype, x.device)
-
-
-@triton.jit
-def _tn_kernel(s_ptr, d_ptr, o_ptr, T, N, ROWS, ss, sd, R: tl.constexpr, BT: tl.constexpr,
-               BN: tl.constexpr):
-    n = tl.program_id(0) * BN + tl.arange(0, BN)
-    j = tl.arange(0, R)
-    acc = tl.zeros((R, BN), dtype=tl.float32)
-    t0 = tl.program_id(1) * ROWS
-    for t in range(t0, t0 + ROWS, BT):
-        rows = t + tl.arange(0, BT)
-        rm = rows[:, None] < T
-        sv = tl.load(s_ptr + rows[:, None] * ss + j[None, :], mask=rm, other=0.0)
-        dv = tl.load(d_ptr + rows[:, None] * sd + n[None, :], mask=rm & (n[None, :] < N), other=0.0)
-        acc = tl.dot(tl.trans(sv), dv, acc)
-    tl.atomic_add(o_ptr + j[:, None] * N + n[None, :], acc, mask=n[None, :] < N)
-
-
-def tn(s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """``s^T d`` (float32) for a thin ``s (T, r)`` and ``d (T, N)``: split over T, one read of d."""
-    t, r = s.shape
-    n = d.shape[1]
-    o = torch.zeros(r, n, device=d.device, dtype=torch.float32)
-    bt, bn = 64, 128 if r <= 64 else 64
-    tiles = triton.cdiv(n, bn)
-    chunks = max(1, min(triton.cdiv(t, bt), triton.cdiv(4 * _num_sms(d.device), tiles)))
-    rows = triton.cdiv(triton.cdiv(t, chunks), bt) * bt
-    _tn_kernel[(tiles, triton.cdiv(t, rows))](s, d, o, t, n, rows, s.stride(0), d.stride(0),
-                                               R=r, BT=bt, BN=bn, num_warps=4)
-    return o
 
 
 # --------------------------------------------------------------------------- input replay

@@ -21,7 +21,6 @@ registers its paths here when it is imported (by :mod:`flashbone.layer`).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import BoneConfigError
+from ..settings import SETTINGS
 from ..variants import VARIANTS
 from . import torch_ops as T
 
@@ -88,20 +88,19 @@ class LazyCast(Mapping[str, Tensor]):
 FastPath = Callable[[Tensor, Tensor, "Tensor | None", AdapterCall], Tensor]
 
 BACKENDS = ("auto", "torch", "reference")
-_backend = os.environ.get("FLASHBONE_BACKEND", "auto")
 _GPU_PATHS: dict[str, FastPath] = {}
 
 
 def set_backend(name: str) -> None:
-    """Choose ``"auto"`` (GPU kernels where registered), ``"torch"`` or ``"reference"``."""
-    global _backend
+    """Choose ``"auto"`` (GPU kernels where registered), ``"torch"`` or ``"reference"``
+    (:data:`flashbone.settings.SETTINGS` ``.backend``; ``FLASHBONE_BACKEND`` sets it at start)."""
     if name not in BACKENDS:
         raise BoneConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    _backend = name
+    SETTINGS.backend = name
 
 
 def get_backend() -> str:
-    return _backend
+    return SETTINGS.backend
 
 
 @contextlib.contextmanager
@@ -182,7 +181,7 @@ def torch_path(variant: str) -> FastPath:
 
 
 def _single_path(x: Tensor, variant: str) -> FastPath:
-    if _backend == "auto" and x.is_cuda and variant in _GPU_PATHS:
+    if SETTINGS.backend == "auto" and x.is_cuda and variant in _GPU_PATHS:
         return _GPU_PATHS[variant]
     return torch_path(variant)
 
@@ -219,7 +218,7 @@ def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
     ``W_adapted`` applies the weight-reading adapters in order, then adds the additive ones
     (:func:`reference_weight` spells this out densely).
     """
-    if _backend == "reference":
+    if SETTINGS.backend == "reference":
         return F.linear(x, reference_weight(w, calls), bias)
     lead, out = x.shape[:-1], w.shape[0]
     x2 = x.reshape(-1, x.shape[-1])
@@ -256,7 +255,7 @@ def adapted_linear_group(x: Tensor, members: Sequence[tuple[Tensor, Tensor | Non
     Same values as calling :func:`adapted_linear` per member; ``None`` when no group path
     applies (CPU, another backend, a trainable weight, a variant without one), and the caller
     then runs the members one by one."""
-    if _backend != "auto" or not _GPU_GROUP or not x.is_cuda:
+    if SETTINGS.backend != "auto" or not _GPU_GROUP or not x.is_cuda:
         return None
     if any(w.requires_grad for w, _, _ in members):
         return None
