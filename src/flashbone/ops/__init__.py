@@ -199,13 +199,15 @@ def _composite_build(calls: Sequence[AdapterCall]) -> T.WeightBuild:
     return build
 
 
-def _additive_update(x: Tensor, w: Tensor, c: AdapterCall) -> Tensor:
+def _additive_update(x: Tensor, out: int, c: AdapterCall) -> Tensor:
     """``dropout(x) @ dW^T`` of one additive adapter: by the block sum for bone and bone-mini
-    (``dW[o, i] = B[i mod r, o]``), from the dense ``dW`` for any other additive variant."""
+    (``dW[o, i] = B[i mod r, o]``), from the dense ``dW`` for any other additive variant (its
+    ``dW`` does not read ``W``, so a zero-stride zero tensor stands in for the weight)."""
     xd = c.dropout(x) if c.dropout is not None else x
     if c.variant in _BLOCK_SUM_UPDATES:
-        return T.block_sum(xd, c.r) @ c.bone_b(w.shape[0])
-    return F.linear(xd, VARIANTS[c.variant].delta(w, c.params, c.r))
+        return T.block_sum(xd, c.r) @ c.bone_b(out)
+    shape_only = x.new_zeros(()).expand(out, x.shape[-1])
+    return F.linear(xd, VARIANTS[c.variant].delta(shape_only, c.params, c.r))
 
 
 _BLOCK_SUM_UPDATES = ("bone", "bone-mini")
@@ -237,7 +239,7 @@ def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
     else:
         y = F.linear(x2, w, bias)
     for c in additive:
-        y = y + _additive_update(x2, w, c)
+        y = y + _additive_update(x2, out, c)
     return y.view(*lead, out)
 
 
