@@ -114,7 +114,9 @@ def load_config(path: str, out: str | None = None) -> StudyConfig:
     """Read and check the study's YAML; one clear line for each mistake."""
     import yaml
 
-    from ..baselines import METHODS
+    from ..baselines import methods
+
+    METHODS = methods()  # the registered variants, the PEFT baselines and full
 
     p = Path(path)
     if not p.is_file():
