@@ -59,7 +59,7 @@ def attach_method(v: dict, ctx: dict) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     torch.manual_seed(v["seed"])  # the same in every process: the same initial adapter
-    work_dir = Path(v["out"])
+    work_dir = Path(v.get("work") or v["out"])
     if not ctx["dist"].is_main:  # PiSSA/OLoRA keep their initial adapter there; rank 0's is saved
         work_dir = Path(tempfile.mkdtemp(prefix="flashbone-rank"))
         atexit.register(shutil.rmtree, work_dir, True)
@@ -189,10 +189,10 @@ def summarize(v, adapted, result, before, after, saved_to, device, bf16, wall, n
     }
 
 
-def loss_plot(out: Path) -> None:
+def loss_plot(out: Path, title: str | None = None) -> None:
     from ..plotting import plot_runs
 
-    plot_runs([out], out / "loss.png", title=f"Training loss: {out.name}")
+    plot_runs([out], out / "loss.png", title=f"Training loss: {title or out.name}")
 
 
 def report(s: dict, out: Path) -> str:

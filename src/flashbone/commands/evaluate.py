@@ -61,7 +61,7 @@ def eval_rows(model, tokenizer, ds, task: str, template, *, query_field: str | N
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import baselines, data, loading
+    from .. import baselines, data, loading, outputs
     from ..generation import write_jsonl
 
     t0 = time.time()
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         val = getattr(args, k)
         if val is not None and (not isinstance(val, int) or val < 1):
             raise CLIError(f"--{k.replace('_', '-')} must be a positive integer, got {val!r}")
+    out = Path(args.out or f"runs/eval-{task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.jsonl")
+    outputs.check_file(out, inputs={"--data": args.data, "--model": args.model, "--adapter": args.adapter})
     rec = DEFAULTS["tiny" if loading.is_builtin(args.model) else "paper"]
     device = loading.pick_device(args.device)
     bf16 = loading.use_bf16(args.precision, device)
@@ -91,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
                              answer_field=args.answer_field,
                              max_new_tokens=args.max_new_tokens or rec["max_new_tokens"],
                              batch_size=args.batch_size or rec["batch_size"], bf16=bf16, progress=args.progress)
-    out = Path(args.out or f"runs/eval-{task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.jsonl")
-    write_jsonl(out, records)
+    outputs.write_file(out, lambda tmp: write_jsonl(tmp, records))
     n_ok = sum(r["correct"] for r in records)
     what = f"{args.model or loading.BUILTIN_MODEL}" + (f" + {args.adapter}" if args.adapter else "")
     print(f"{task} accuracy: {100 * acc:.2f}% ({n_ok}/{len(records)}) for {what} on {source}; "
