@@ -112,6 +112,19 @@ def check_writable(path: Path, flag: str = "--out") -> None:
                           "choose a folder you can write to") from None
 
 
+def recover(final: Path) -> None:
+    """Undo what a kill in the middle of :func:`finish` left: the previous folder set aside with
+    no new one in place is put back; set-aside copies next to a complete folder are removed."""
+    import glob
+
+    olds = sorted(final.parent.glob(glob.escape(f".{final.name}.flashbone-old-") + "*"))
+    olds = [o for o in olds if is_flashbone_folder(o)]
+    if olds and not final.exists():
+        os.rename(olds.pop(), final)
+    for o in olds:
+        shutil.rmtree(o, ignore_errors=True)
+
+
 def plan_folder(out: str | os.PathLike, *, overwrite: bool, inputs: dict[str, str | os.PathLike | None],
                 flag: str = "--out", other_ways: str = "") -> OutputFolder:
     """Check a folder output before any work and say where it will be built.
@@ -124,6 +137,8 @@ def plan_folder(out: str | os.PathLike, *, overwrite: bool, inputs: dict[str, st
     if reason:
         raise OutputError(f"{flag} {shown} {reason}; flashbone never writes over it: name a new folder, "
                           "e.g. runs/x")
+    if final.parent.is_dir():
+        recover(final)
     if final.exists() or final.is_symlink():
         if final.is_symlink() or not final.is_dir():
             raise OutputError(f"{flag} {shown} is a file; flashbone never replaces a file: name a folder")

@@ -40,7 +40,7 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
                         max_samples=v["max_samples"], seed=v["seed"])
     qf, rf = data.detect_fields(ds.column_names, v["query_field"], v["response_field"], source=f"--data {v['data']}")
     v["query_field_resolved"], v["response_field_resolved"] = qf, rf
-    rows, n_cut = data.tokenize_rows(ds, tok, template, qf, rf, v["max_length"])
+    rows, n_cut = data.tokenize_rows(ds, tok, template, qf, rf, v["max_length"], source=f"--data {v['data']}")
     eval_ds = None
     if v["eval_task"] != "none":  # read the held-out rows now: bad eval data fails before training
         eval_ds = data.load_rows(v["eval_data"], split="test", max_samples=v["eval_samples"])

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -153,9 +154,16 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     for k in ("batch_size", "grad_accum", "max_length", "keep_checkpoints"):
         if not isinstance(v[k], int) or v[k] < 1:
             raise CLIError(f"--{k.replace('_', '-')} must be a positive integer, got {v[k]!r}")
-    for k in ("max_steps", "save_every", "stop_after", "max_samples", "eval_samples"):
-        if v[k] is not None and (not isinstance(v[k], int) or v[k] < 0):
-            raise CLIError(f"--{k.replace('_', '-')} must be a non-negative integer, got {v[k]!r}")
+    # a count of steps or rows is positive when given (0 would mean "nothing to do"); only
+    # --save-every takes 0, for "no checkpoints"
+    for k in ("max_steps", "stop_after", "max_samples", "eval_samples"):
+        if v[k] is not None and (isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < 1):
+            raise CLIError(f"--{k.replace('_', '-')} must be a positive integer (leave it out for all), got {v[k]!r}")
+    if isinstance(v["save_every"], bool) or not isinstance(v["save_every"], int) or v["save_every"] < 0:
+        raise CLIError(f"--save-every must be 0 (no checkpoints) or a positive integer, got {v['save_every']!r}")
+    if v["lora_alpha"] is not None and v["method"] not in PEFT_METHODS:
+        raise CLIError(f"--lora-alpha scales LoRA-like methods ({', '.join(PEFT_METHODS)}); {v['method']} has no "
+                       "such scaling: leave --lora-alpha out")
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
     v["recipe"] = "tiny" if tiny else "paper"
@@ -179,11 +187,13 @@ def _plan_out(v: dict) -> OutputFolder:
     """Where the run is written (flashbone.outputs): a new run in a temporary sibling of --out,
     renamed into place when it ends or stops at a checkpoint; --resume continues the run where
     its newest checkpoint is (the sibling of an interrupted run, else --out itself)."""
-    from ..outputs import partial_of, plan_folder
+    from ..outputs import partial_of, plan_folder, recover
     from ..training import latest_checkpoint
 
     final = Path(v["out"]).expanduser().absolute()
     partial = partial_of(final)
+    if final.parent.is_dir():
+        recover(final)
     interrupted = latest_checkpoint(partial / "checkpoints")
     if v["resume"]:
         if interrupted:
@@ -196,6 +206,21 @@ def _plan_out(v: dict) -> OutputFolder:
                        f"{interrupted.name}); continue it with --resume, or pass --overwrite to start over")
     return plan_folder(v["out"], overwrite=v["overwrite"], other_ways=", --resume to continue it",
                        inputs={"--data": v["data"], "--model": v["model"], "--eval-data": v["eval_data"]})
+
+
+def _say_resume(v: dict, ckpt: Path, out: Path) -> bool:
+    """Print where --resume continues; True when there is nothing left to do (a finished run)."""
+    state = json.loads((ckpt / "state.json").read_text())
+    step, total = int(state["step"]), int(state["total_steps"])
+    new_total = v["max_steps"] or total  # the same data and epochs (checked): the same length
+    if step >= new_total and (out / "summary.json").is_file():
+        print(f"{v['out']} is finished (step {step} of {total}; results in {Path(v['out']) / 'summary.json'}); "
+              f"nothing to resume. To train longer, pass a larger --max-steps, e.g. --max-steps {2 * step}")
+        return True
+    extend = f" (the finished {total}-step run extended: its cosine schedule now ends at step {new_total})" \
+        if new_total > total and step >= total else ""
+    print(f"resume     from {ckpt.name}: step {step} of {new_total} done{extend}", flush=True)
+    return False
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
@@ -327,9 +352,17 @@ def _train_in(args: argparse.Namespace, v: dict, t_wall: float, env, folder, dev
     dist = Dist(env.rank, env.world) if env else Dist()
     out = folder.work
     if v["resume"]:  # before anything loads or is written: same settings as the checkpoint's run?
-        check_resume(out / "checkpoints", {k: v[k] for k in FINGERPRINT}, dist.world)
+        ckpt = check_resume(out / "checkpoints", {k: v[k] for k in FINGERPRINT}, dist.world)
+        if _say_resume(v, ckpt, out):
+            if not folder.in_place and dist.is_main:  # finished, but killed before it was renamed into place
+                outputs.finish(folder)
+            return 0
     ctx = st.load_base(v, device)
     ctx["dist"] = dist
+    if ctx["n_cut"] * 2 > len(ctx["rows"]):
+        print(f"flashbone train: warning: {ctx['n_cut']} of {len(ctx['rows'])} rows cut to --max-length "
+              f"{v['max_length']} (prompt tokens dropped first); raise --max-length to keep them whole",
+              file=sys.stderr, flush=True)
     batch, accum = v["proc_batch"]
     settings = TrainSettings(lr=v["lr"], batch_size=batch, grad_accum=accum,
                              epochs=v["epochs"], max_steps=v["max_steps"] or None, seed=v["seed"],
@@ -361,8 +394,9 @@ def _train_in(args: argparse.Namespace, v: dict, t_wall: float, env, folder, dev
     after = st.eval_after(v, ctx, out, eval_rows, saved_to)
     if not dist.is_main:
         return 0
+    wall = time.time() - t_wall + result.get("resumed_seconds", 0.0)  # earlier runs' training time counts too
     summary = st.summarize(v, adapted, result, before, after, Path(v["out"]) / saved_to.name, ctx["device"],
-                           ctx["bf16"], time.time() - t_wall, len(ctx["rows"]))
+                           ctx["bf16"], wall, len(ctx["rows"]))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     st.loss_plot(out, title=Path(v["out"]).name)
     outputs.finish(folder)
