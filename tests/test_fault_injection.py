@@ -67,7 +67,7 @@ KILLS = {
     "checkpoint-tensors": {"target": "flashbone.training:save_file", "call": 3, "action": "kill"},
     "checkpoint-optimizer": {"target": "torch:save", "call": 3, "action": "kill"},
     "checkpoint-rename": {"target": "os:rename", "call": 3, "action": "before", "match": ".tmp-step-"},
-    "adapter": {"target": "flashbone.io:save_file", "call": 1, "action": "kill"},
+    "adapter": {"target": "flashbone.adapter_files:save_file", "call": 1, "action": "kill"},
 }
 
 
@@ -140,7 +140,7 @@ def test_full_disk_or_read_only_target_mid_run(fault, reference, tmp_path, capsy
     assert rc == 0, err
     before = tree_digest(tmp_path)
     # the adapter cannot be written: nothing of the new run replaces the old one
-    fault_driver.install({"target": "flashbone.io:save_file", "call": 1, "action": fault}, monkeypatch.setattr)
+    fault_driver.install({"target": "flashbone.adapter_files:save_file", "call": 1, "action": fault}, monkeypatch.setattr)
     rc, _, err = flashbone(capsys, "train", *RUN, "--data", user / "data.jsonl", "--out", old, "--overwrite")
     one_line_error(rc, err, "cannot write", os.strerror(28 if fault == "enospc" else 30))
     monkeypatch.undo()
