@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # optional parts of flashbone: the module a command may miss -> the extra that installs it
-EXTRAS = {"datasets": "train", "matplotlib": "train", "tensorboard": "train", "accelerate": "train", "peft": "peft"}
+EXTRAS = {"datasets": "train", "matplotlib": "train", "tensorboard": "train", "accelerate": "train", "peft": "peft",
+          "bitsandbytes": "quant", "fla": "rwkv"}
 # an output that cannot be written: a one-line error, not a traceback
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG}
 
