@@ -26,3 +26,23 @@ def train(capsys, out: Path, *extra: str) -> tuple[int, str, str]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file and folder under ``root`` (relative path -> sha256 of the bytes, or "dir")."""
+    import hashlib
+
+    root = Path(root)
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+def one_line_error(rc: int, err: str, *words: str) -> str:
+    """Assert the run ended with exit 2 and one error line holding ``words``; returns that line."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith("flashbone ")
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]

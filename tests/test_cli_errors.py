@@ -31,7 +31,7 @@ def test_bad_training_data(tmp_path, capsys):
     _one_line_error(rc, err, "'answer'", "--response-field")
     (tmp_path / "broken.jsonl").write_text('{"query": "a", "response": \n')
     rc, _, err = train(capsys, tmp_path / "e", "--data", tmp_path / "broken.jsonl")
-    _one_line_error(rc, err, "broken.jsonl", "could not be read")
+    _one_line_error(rc, err, "broken.jsonl", "line 1 is not valid JSON")
 
 
 @pytest.mark.parametrize("args, words", [

@@ -131,12 +131,19 @@ def config_from_json(d: dict[str, Any], where: str) -> tuple[BoneConfig, str]:
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the umask's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

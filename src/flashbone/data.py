@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +34,8 @@ KNOWN_FIELDS = [("query", "response"), ("question", "answer"), ("instruction", "
                 ("problem", "solution")]
 FILE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BUILTIN_DATA = "tiny-math"
+# what a Hub dataset name looks like: "gsm8k", "openai/gsm8k", "meta-math/MetaMathQA"
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 
 
 class DataError(BoneError):
@@ -74,7 +78,9 @@ def get_template(spec: str | None) -> Template:
     if "{query}" not in spec:
         raise DataError(f"--template {spec!r}: use a name ({', '.join(TEMPLATES)}) or a prompt "
                         "that contains {query}")
-    return Template("custom", spec.encode().decode("unicode_escape"), PAPER_TARGET)
+    # only \n, \t and \\ typed on a command line are unescaped; other text (non-ASCII too) is kept
+    prompt = re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], spec)
+    return Template("custom", prompt, PAPER_TARGET)
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -95,20 +101,51 @@ def load_rows(source: str, split: str = "train", subset: str | None = None,
         rows = tinymath.generate(part, n, seed=seed if part == "train" else None)
         return datasets.Dataset.from_list(rows)
     path = Path(source).expanduser()
-    if path.is_file() or path.suffix.lower() in FILE_KINDS or os.sep in source or path.exists():
-        ds = _load_file(path)
+    if path.exists() or not HUB_NAME.fullmatch(source) or path.suffix.lower() in FILE_KINDS:
+        ds = _load_file(path)  # a local path wins whenever it exists
     else:
-        try:
-            ds = datasets.load_dataset(source, subset, split=split)
-        except Exception as e:  # offline, unknown name, bad split...
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"--data {source!r} is not a local file and could not be loaded from the "
-                            f"Hugging Face Hub ({type(e).__name__}: {msg})") from None
+        ds = _load_hub(source, subset, split)
     if len(ds) == 0:
         raise DataError(f"--data {source}: holds no rows")
     if max_samples and max_samples < len(ds):
         ds = ds.select(range(max_samples))
     return ds
+
+
+def _load_hub(name: str, subset: str | None, split: str):
+    """A Hugging Face Hub dataset (``org/name`` or ``name``); offline is said plainly."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, subset, split=split)
+    except Exception as e:  # offline, unknown name, bad split...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = isinstance(e, (ConnectionError, TimeoutError)) or any(
+            w in msg.lower() for w in ("offline", "connect", "reach"))
+        env = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        why = (f"the Hugging Face Hub cannot be reached{env}: run once with network access to cache "
+               "it, or pass a local .jsonl/.json/.parquet/.csv file" if offline else
+               f"it could not be loaded from the Hugging Face Hub ({type(e).__name__}: {msg})")
+        raise DataError(f"--data {name!r} is not a local file and {why}") from None
+
+
+def _check_text(path: Path, kind: str) -> None:
+    """Refuse bytes that are not UTF-8 and, for JSON Lines, a line that is not JSON, naming the
+    line (1-based, as an editor shows it); a file cut mid-row ends in such a line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"--data {path}: line {n} is not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                f"{e.start + 1}); save the file as UTF-8") from None
+            if kind == "jsonl" and line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as e:
+                    cut = " (the file may be cut short)" if not raw.endswith(b"\n") else ""
+                    raise DataError(f"--data {path}: line {n} is not valid JSON ({e.msg}, column {e.colno})"
+                                    f"{cut}; fix or remove that line") from None
 
 
 def _load_file(path: Path):
@@ -123,6 +160,8 @@ def _load_file(path: Path):
         raise DataError(f"--data {path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_KINDS)}")
     if path.stat().st_size == 0 or (kind != "parquet" and not path.read_bytes()[:4096].strip()):
         raise DataError(f"--data {path}: the file is empty")
+    if kind != "parquet":
+        _check_text(path, "jsonl" if path.suffix.lower() == ".jsonl" else kind)
     level = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line error says it all
     try:
@@ -173,7 +212,7 @@ def truncate(ids: list[int], n_prompt: int, max_length: int, keep_first: bool) -
 
 
 def tokenize_rows(ds, tokenizer, template: Template, query_field: str, response_field: str,
-                  max_length: int):
+                  max_length: int, source: str = "data"):
     """Add ``input_ids`` and ``n_prompt`` to every row; returns (dataset, n_truncated)."""
     if max_length < 2:
         raise DataError(f"--max-length must be at least 2, got {max_length}")
@@ -192,10 +231,12 @@ def tokenize_rows(ds, tokenizer, template: Template, query_field: str, response_
             cut.append(len(f) > max_length)
         return {"input_ids": out_ids, "n_prompt": out_np, "truncated": cut}
 
-    bad = [i for i, (q, r) in enumerate(zip(ds[query_field][:1000], ds[response_field][:1000]))
-           if q is None or r is None]
-    if bad:
-        raise DataError(f"row {bad[0]}: field {query_field!r} or {response_field!r} is empty (null)")
+    for i, (q, r) in enumerate(zip(ds[query_field], ds[response_field]), 1):
+        for field_name, value in ((query_field, q), (response_field, r)):
+            if value is None or not str(value).strip():
+                what = "null" if value is None else "empty"
+                raise DataError(f"{source}: row {i} (from 1, as a .jsonl file's lines): field {field_name!r} "
+                                f"is {what}; fill it in or remove the row")
     out = ds.map(fn, batched=True, batch_size=1000, remove_columns=ds.column_names)
     n_cut = int(sum(out["truncated"]))
     out = out.remove_columns(["truncated"]).filter(lambda r: len(r["input_ids"]) > r["n_prompt"])

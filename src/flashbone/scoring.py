@@ -1,7 +1,8 @@
 """Answer extraction and scoring, following the MetaMath / PiSSA evaluation protocol.
 
     generation --cut at stop strings--> text --split on "The answer is: ", take the last part-->
-      gsm8k, tiny-math:  first number there (commas dropped, \\frac{a}{b} and a/b evaluated),
+      gsm8k, tiny-math:  first number there (commas dropped, \\frac{a}{b} and a/b evaluated);
+                         without that marker, the first number after the last "####"
                          compared as a float with the number after "####" in the reference
       math:              the answer text, normalised like Hendrycks' strip_string, compared with
                          the reference's answer (or the last \\boxed{...} of its solution)
@@ -13,6 +14,7 @@ import re
 from fractions import Fraction
 
 ANSWER_SPLIT = "The answer is: "
+GSM8K_SPLIT = "####"
 TASKS = ("gsm8k", "math", "tiny-math")
 _NUMBER = re.compile(r"[\-+]?\d*[\.,/]?\d+")  # the protocol's regex (PiSSA's, with "/")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([\-+]?[\d.]+)\s*\}\s*\{\s*([\-+]?[\d.]+)\s*\}")
@@ -52,8 +54,12 @@ def parse_number(text: str) -> float | None:
 
 
 def extract_number(generation: str) -> float | None:
-    """GSM8K / tiny-math prediction: the number after the last ``"The answer is: "``."""
+    """GSM8K / tiny-math prediction: the number after the last ``"The answer is: "``; a
+    generation without that marker is read after its last ``####`` (GSM8K's own answer format,
+    which a model fine-tuned on GSM8K's answers writes)."""
     ans = answer_text(generation)
+    if ans is None and GSM8K_SPLIT in generation:
+        ans = generation.rsplit(GSM8K_SPLIT, 1)[-1]
     return None if ans is None else parse_number(ans)
 
 

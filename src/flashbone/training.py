@@ -151,8 +151,11 @@ def check_resume(root: Path, fingerprint: dict, world: int = 1) -> Path:
         saved = state.get("fingerprint", {})
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {path} cannot be read ({e}); delete it to resume from the one before") from None
+    finished = int(state.get("step", 0)) >= int(state.get("total_steps") or 0) > 0
     for k, v in fingerprint.items():
         if saved.get(k) != v:
+            if k == "max_steps" and finished and isinstance(v, int) and v > int(state["step"]):
+                continue  # a finished run extended with a larger --max-steps
             raise CheckpointError(f"--resume: {path} was written with {k}={saved.get(k)!r}, this run has "
                                   f"{k}={v!r}; resume with the same settings")
     if state.get("world", 1) != world:  # each process's share of a step depends on it
@@ -223,7 +226,7 @@ class Trainer:
             return contextlib.nullcontext()
         return self.model.no_sync()
 
-    def _checkpoint(self, step: int, elapsed: float, tokens: int) -> None:
+    def _checkpoint(self, step: int, elapsed: float, tokens: int, loss: float | None = None) -> None:
         main = self.dist.is_main  # every process takes part in gathering the shards
         params = gather_full(self.params, keep=main)
         optimizer = full_optimizer_state(self.opt.state_dict(), keep=main)
@@ -234,7 +237,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         trainer = {"optimizer": optimizer, "scheduler": self.sched.state_dict(), "rng": rng}
         state = {"step": step, "total_steps": self.total, "elapsed_s": elapsed, "tokens": tokens,
-                 "world": self.dist.world, "fingerprint": self.s.fingerprint}
+                 "world": self.dist.world, "fingerprint": self.s.fingerprint, "loss": loss}
         save_checkpoint(self.out / "checkpoints", step, params, trainer, state, self.s.keep_checkpoints)
 
     def _resume(self) -> tuple[int, float, int]:
@@ -247,6 +250,11 @@ class Trainer:
                 p.copy_(place_like(tensors[n].to(p.dtype), p))
         self.opt.load_state_dict(shard_optimizer_state(trainer["optimizer"], list(self.params.values())))
         self.sched.load_state_dict(trainer["scheduler"])
+        if int(state.get("total_steps", self.total)) != self.total:  # extended: the cosine now ends later
+            for g, base, fn in zip(self.opt.param_groups, self.sched.base_lrs, self.sched.lr_lambdas):
+                g["lr"] = base * fn(self.sched.last_epoch)
+            self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
+        self.resumed_loss = state.get("loss")
         torch.set_rng_state(trainer["rng"]["cpu"])
         if "cuda" in trainer["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
@@ -271,9 +279,10 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         """Train to the last step (or ``stop_after``); returns a summary."""
         start, elapsed0, tokens = self._resume() if resume else (0, 0.0, 0)
-        if start >= self.total:
-            return {"steps": start, "total_steps": self.total, "stopped": False, "final_loss": None,
-                    "tokens": tokens, "train_seconds": elapsed0}
+        if start >= self.total:  # its last checkpoint is its last step: only the outputs are left to write
+            return {"steps": start, "total_steps": self.total, "stopped": False,
+                    "final_loss": getattr(self, "resumed_loss", None), "tokens": tokens,
+                    "train_seconds": elapsed0, "resumed_seconds": elapsed0}
         self.out.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
         metrics = self._metrics_file(start) if main else None
@@ -321,9 +330,10 @@ class Trainer:
                 bar.update(1)
                 if not math.isfinite(loss_v):
                     raise BoneError(f"the loss became {loss_v} at step {step + 1}; lower --lr")
-                at_save = self.s.save_every and (step + 1) % self.s.save_every == 0
+                # with --save-every the last step is saved too: the finished run can be extended
+                at_save = self.s.save_every and ((step + 1) % self.s.save_every == 0 or step + 1 == self.total)
                 if at_save or (step + 1 == end and end < self.total):
-                    self._checkpoint(step + 1, time.time() - t0, tokens)
+                    self._checkpoint(step + 1, time.time() - t0, tokens, loss_v)
         finally:
             bar.close()
             if metrics:
@@ -333,7 +343,8 @@ class Trainer:
         peak = (round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda"
                 else None)
         return {"steps": end, "total_steps": self.total, "stopped": end < self.total, "final_loss": loss_v,
-                "tokens": tokens, "train_seconds": round(time.time() - t0, 2), "peak_gpu_memory_gib": peak}
+                "tokens": tokens, "train_seconds": round(time.time() - t0, 2), "peak_gpu_memory_gib": peak,
+                "resumed_seconds": elapsed0}
 
 
 __all__ = ["TrainSettings", "Trainer", "Dist", "total_steps", "save_checkpoint", "latest_checkpoint",

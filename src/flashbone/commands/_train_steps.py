@@ -40,7 +40,7 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
                         max_samples=v["max_samples"], seed=v["seed"])
     qf, rf = data.detect_fields(ds.column_names, v["query_field"], v["response_field"], source=f"--data {v['data']}")
     v["query_field_resolved"], v["response_field_resolved"] = qf, rf
-    rows, n_cut = data.tokenize_rows(ds, tok, template, qf, rf, v["max_length"])
+    rows, n_cut = data.tokenize_rows(ds, tok, template, qf, rf, v["max_length"], source=f"--data {v['data']}")
     eval_ds = None
     if v["eval_task"] != "none":  # read the held-out rows now: bad eval data fails before training
         eval_ds = data.load_rows(v["eval_data"], split="test", max_samples=v["eval_samples"])
@@ -59,7 +59,7 @@ def attach_method(v: dict, ctx: dict) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     torch.manual_seed(v["seed"])  # the same in every process: the same initial adapter
-    work_dir = Path(v["out"])
+    work_dir = Path(v.get("work") or v["out"])
     if not ctx["dist"].is_main:  # PiSSA/OLoRA keep their initial adapter there; rank 0's is saved
         work_dir = Path(tempfile.mkdtemp(prefix="flashbone-rank"))
         atexit.register(shutil.rmtree, work_dir, True)
@@ -189,10 +189,10 @@ def summarize(v, adapted, result, before, after, saved_to, device, bf16, wall, n
     }
 
 
-def loss_plot(out: Path) -> None:
+def loss_plot(out: Path, title: str | None = None) -> None:
     from ..plotting import plot_runs
 
-    plot_runs([out], out / "loss.png", title=f"Training loss: {out.name}")
+    plot_runs([out], out / "loss.png", title=f"Training loss: {title or out.name}")
 
 
 def report(s: dict, out: Path) -> str:

@@ -58,10 +58,34 @@ def eval_rows(model, tokenizer, ds, task: str, template, *, query_field: str | N
                     max_new_tokens=max_new_tokens, batch_size=batch_size, bf16=bf16, progress=progress, desc=desc)
 
 
+def _recipe(model: str | None) -> tuple[str, str]:
+    """Which defaults apply ("tiny" or "paper") and why: the tiny base's, for the built-in
+    base and for any local folder with its architecture (a merged copy of it, say)."""
+    import json
+
+    from ..loading import builtin_model_path, is_builtin
+
+    if is_builtin(model):
+        return "tiny", "the built-in tiny base"
+    config = Path(model).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            mine, tiny = json.loads(config.read_text()), json.loads((builtin_model_path() / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            mine, tiny = {}, {None: None}
+        if all(mine.get(k) == tiny.get(k) for k in _SHAPE_KEYS):
+            return "tiny", f"{model} has the built-in tiny base's architecture"
+    return "paper", "the papers' (for a base other than the tiny one)"
+
+
+_SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "vocab_size")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import baselines, data, loading
+    from .. import baselines, data, loading, outputs
     from ..generation import write_jsonl
 
     t0 = time.time()
@@ -73,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         val = getattr(args, k)
         if val is not None and (not isinstance(val, int) or val < 1):
             raise CLIError(f"--{k.replace('_', '-')} must be a positive integer, got {val!r}")
-    rec = DEFAULTS["tiny" if loading.is_builtin(args.model) else "paper"]
+    out = Path(args.out or f"runs/eval-{task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.jsonl")
+    outputs.check_file(out, inputs={"--data": args.data, "--model": args.model, "--adapter": args.adapter})
+    recipe, why = _recipe(args.model)
+    rec = DEFAULTS[recipe]
     device = loading.pick_device(args.device)
     bf16 = loading.use_bf16(args.precision, device)
     template = data.get_template(args.template)
@@ -87,14 +114,23 @@ def run(args: argparse.Namespace) -> int:
         model = baselines.attach_adapter(model, args.adapter)
         if args.merge:
             model = baselines.merge_into_base(model)
+    max_new, batch = args.max_new_tokens or rec["max_new_tokens"], args.batch_size or rec["batch_size"]
+    print(f"generation greedy, max {max_new} new tokens, batch {batch}, template {template.name}, stop at "
+          f"{' or '.join(template.stop + ['eos'])}, {'fp32' if not bf16 else 'bf16'}"
+          + (f", adapter {'merged' if args.merge else 'unmerged'}" if args.adapter else "")
+          + f" [defaults: {why}]", flush=True)
     acc, records = eval_rows(model, tok, ds, task, template, query_field=args.query_field,
-                             answer_field=args.answer_field,
-                             max_new_tokens=args.max_new_tokens or rec["max_new_tokens"],
-                             batch_size=args.batch_size or rec["batch_size"], bf16=bf16, progress=args.progress)
-    out = Path(args.out or f"runs/eval-{task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.jsonl")
-    write_jsonl(out, records)
+                             answer_field=args.answer_field, max_new_tokens=max_new, batch_size=batch,
+                             bf16=bf16, progress=args.progress)
+    outputs.write_file(out, lambda tmp: write_jsonl(tmp, records))
     n_ok = sum(r["correct"] for r in records)
     what = f"{args.model or loading.BUILTIN_MODEL}" + (f" + {args.adapter}" if args.adapter else "")
+    from ..scoring import ANSWER_SPLIT, GSM8K_SPLIT
+
+    n_hash = sum(ANSWER_SPLIT not in r["generation"] and GSM8K_SPLIT in r["generation"] for r in records)
+    if n_hash and task != "math":
+        print(f"note: {n_hash} of {len(records)} generations give their answer as GSM8K's '#### N' rather than "
+              f"'{ANSWER_SPLIT.strip()}'; they were scored by the number after '####'", flush=True)
     print(f"{task} accuracy: {100 * acc:.2f}% ({n_ok}/{len(records)}) for {what} on {source}; "
           f"{time.time() - t0:.0f}s; per-example results in {out}")
     return 0

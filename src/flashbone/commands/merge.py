@@ -6,15 +6,14 @@ Accepts flashbone adapters, PEFT MISS and legacy BONE folders, and PEFT LoRA fol
 pissa, olora, dora runs). The merge is computed in float32, then cast to --dtype; the result
 (safetensors, config, tokenizer) loads with AutoModelForCausalLM.from_pretrained and gives the
 logits of the unmerged adapter. The folder is written as a temporary sibling and renamed into
-place, so an interrupted merge never leaves a half-written --out.
+place (flashbone.outputs), so an interrupted merge never leaves a half-written --out, and
+--overwrite replaces only a folder flashbone wrote.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -28,20 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", help="adapter folder to merge")
     p.add_argument("--out", help="output folder (must be empty or absent unless --overwrite)")
     p.add_argument("--dtype", choices=DTYPES, help="dtype of the saved weights [auto: the base's dtype]")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that flashbone wrote")
     p.add_argument("--device", help="where to merge: auto, cpu (default), cuda")
     p.add_argument("--quantize", choices=["4bit", "8bit"], help="the adapter was trained on a quantised base "
                    "(train --quantize): merge into that base's dequantised weights, written in full precision")
-
-
-def _check_out(out: Path, overwrite: bool, inputs: list[str]) -> None:
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file; name a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise CLIError(f"--out {out} is not empty; pass --overwrite to replace it")
-    for i in inputs:
-        if i and Path(i).exists() and Path(i).resolve() == out.resolve():
-            raise CLIError(f"--out {out} is also an input; choose another folder")
 
 
 def _base_from_adapter(adapter: str) -> str:
@@ -71,32 +60,15 @@ def _base_dtype(base: str):
     return d if isinstance(d, torch.dtype) else torch.float32
 
 
-def write_atomically(out: Path, write) -> None:
-    """``write(tmp)`` into a temp sibling of ``out``, then swap it into place."""
-    out = out.absolute()
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        write(tmp)
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import baselines, loading
+    from .. import baselines, loading, outputs
 
     if not args.adapter or not args.out:
         raise CLIError("needs --adapter DIR and --out DIR (and --base MODEL unless the adapter names it)")
-    out = Path(args.out)
-    _check_out(out, args.overwrite, [args.adapter, args.base])
+    folder = outputs.plan_folder(args.out, overwrite=args.overwrite,
+                                 inputs={"--adapter": args.adapter, "--base": args.base})
     if baselines.adapter_kind(args.adapter) == "model":
         raise CLIError(f"--adapter {args.adapter} is a whole model already (nothing to merge)")
     base = args.base or _base_from_adapter(args.adapter)
@@ -123,11 +95,12 @@ def run(args: argparse.Namespace) -> int:
             model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
 
-    write_atomically(out, write)
+    out = args.out
+    outputs.write_folder(folder, "merge", write)
     print(f"merged {args.adapter} into {base}: {out} ({str(dtype).replace('torch.', '')}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters); load it with "
           f"AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 
 
-__all__ = ["add_arguments", "run", "write_atomically"]
+__all__ = ["add_arguments", "run"]

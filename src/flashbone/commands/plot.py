@@ -7,6 +7,7 @@ parameters, with the first steps enlarged in an inset (the papers' Figure 1).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import CLIError
 
@@ -20,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plotting import plot_runs
+    from .. import outputs
+    from ..plotting import plot_runs, read_metrics
 
     if not args.runs:
         raise CLIError("give at least one RUN_DIR (a folder written by `flashbone train --out`)")
@@ -30,7 +32,14 @@ def run(args: argparse.Namespace) -> int:
     inset = 100 if args.inset_steps is None else args.inset_steps
     if inset < 0:
         raise CLIError(f"--inset-steps must be >= 0, got {inset}")
-    out = plot_runs(args.runs, args.out or "loss.png", inset_steps=inset, labels=labels, title=args.title)
+    out = args.out or "loss.png"
+    if Path(out).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise CLIError(f"--out {out}: use a .png, .pdf or .svg file name")
+    for run_dir in args.runs:  # every run is read before anything is drawn or written
+        read_metrics(run_dir)
+    path = outputs.check_file(out, inputs={}, example="loss.png")
+    outputs.write_file(path, lambda tmp: plot_runs(args.runs, tmp, inset_steps=inset, labels=labels,
+                                                   title=args.title))
     print(f"wrote {out} ({len(args.runs)} runs)")
     return 0
 

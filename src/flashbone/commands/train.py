@@ -20,7 +20,7 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import CLIError
+from ..outputs import OutputFolder
 from ..variants import VARIANTS
 
 # The papers' recipe, for any model the user names.
@@ -154,9 +155,16 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     for k in ("batch_size", "grad_accum", "max_length", "keep_checkpoints"):
         if not isinstance(v[k], int) or v[k] < 1:
             raise CLIError(f"--{k.replace('_', '-')} must be a positive integer, got {v[k]!r}")
-    for k in ("max_steps", "save_every", "stop_after", "max_samples", "eval_samples"):
-        if v[k] is not None and (not isinstance(v[k], int) or v[k] < 0):
-            raise CLIError(f"--{k.replace('_', '-')} must be a non-negative integer, got {v[k]!r}")
+    # a count of steps or rows is positive when given (0 would mean "nothing to do"); only
+    # --save-every takes 0, for "no checkpoints"
+    for k in ("max_steps", "stop_after", "max_samples", "eval_samples"):
+        if v[k] is not None and (isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < 1):
+            raise CLIError(f"--{k.replace('_', '-')} must be a positive integer (leave it out for all), got {v[k]!r}")
+    if isinstance(v["save_every"], bool) or not isinstance(v["save_every"], int) or v["save_every"] < 0:
+        raise CLIError(f"--save-every must be 0 (no checkpoints) or a positive integer, got {v['save_every']!r}")
+    if v["lora_alpha"] is not None and v["method"] not in PEFT_METHODS:
+        raise CLIError(f"--lora-alpha scales LoRA-like methods ({', '.join(PEFT_METHODS)}); {v['method']} has no "
+                       "such scaling: leave --lora-alpha out")
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
     v["recipe"] = "tiny" if tiny else "paper"
@@ -176,21 +184,44 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     return v
 
 
-def _prepare_out(v: dict, write: bool = True) -> Path:
-    """Check ``--out`` (and empty it with --overwrite, create it where ``write``)."""
-    out = Path(v["out"])
+def _plan_out(v: dict) -> OutputFolder:
+    """Where the run is written (flashbone.outputs): a new run in a temporary sibling of --out,
+    renamed into place when it ends or stops at a checkpoint; --resume continues the run where
+    its newest checkpoint is (the sibling of an interrupted run, else --out itself)."""
+    from ..outputs import partial_of, plan_folder, recover
+    from ..training import latest_checkpoint
+
+    final = Path(v["out"]).expanduser().absolute()
+    partial = partial_of(final)
+    if final.parent.is_dir():
+        recover(final)
+    interrupted = latest_checkpoint(partial / "checkpoints")
     if v["resume"]:
-        if not (out / "checkpoints").is_dir():
-            raise CLIError(f"--resume: {out} has no checkpoints folder; nothing to resume")
-        return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not v["overwrite"]:
-            raise CLIError(f"--out {out} is not empty; pass --overwrite to replace it, or --resume to continue it")
-        if write:
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-    if write:
-        out.mkdir(parents=True, exist_ok=True)
-    return out
+        if interrupted:
+            return OutputFolder(final, partial)
+        if (final / "checkpoints").is_dir():
+            return OutputFolder(final, final)
+        raise CLIError(f"--resume: {v['out']} has no checkpoints folder; nothing to resume")
+    if interrupted and not v["overwrite"]:
+        raise CLIError(f"--out {v['out']}: an interrupted run of it is in {partial} (last checkpoint "
+                       f"{interrupted.name}); continue it with --resume, or pass --overwrite to start over")
+    return plan_folder(v["out"], overwrite=v["overwrite"], other_ways=", --resume to continue it",
+                       inputs={"--data": v["data"], "--model": v["model"], "--eval-data": v["eval_data"]})
+
+
+def _say_resume(v: dict, ckpt: Path, out: Path) -> bool:
+    """Print where --resume continues; True when there is nothing left to do (a finished run)."""
+    state = json.loads((ckpt / "state.json").read_text())
+    step, total = int(state["step"]), int(state["total_steps"])
+    new_total = v["max_steps"] or total  # the same data and epochs (checked): the same length
+    if step >= new_total and (out / "summary.json").is_file():
+        print(f"{v['out']} is finished (step {step} of {total}; results in {Path(v['out']) / 'summary.json'}); "
+              f"nothing to resume. To train longer, pass a larger --max-steps, e.g. --max-steps {2 * step}")
+        return True
+    extend = f" (the finished {total}-step run extended: its cosine schedule now ends at step {new_total})" \
+        if new_total > total and step >= total else ""
+    print(f"resume     from {ckpt.name}: step {step} of {new_total} done{extend}", flush=True)
+    return False
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
@@ -218,7 +249,11 @@ def _apply_saved_config(args: argparse.Namespace) -> None:
         if args.resume:
             raise CLIError("--resume needs --out, the folder of the run to continue")
         return
+    from ..outputs import partial_of
+
     path = Path(args.out) / "config.yaml"
+    interrupted = partial_of(Path(args.out).expanduser().absolute()) / "config.yaml"
+    path = interrupted if interrupted.is_file() else path
     if path.is_file():
         saved = yaml.safe_load(path.read_text()) or {}
         for k, val in saved.items():
@@ -267,9 +302,9 @@ def run(args: argparse.Namespace) -> int:
     env = distributed.process_env()
     v = _resolve(args, env)
     if env is None and v["nproc"] > 1:  # start the processes; each runs this command again
-        out = _prepare_out(v, write=False)
+        folder = _plan_out(v)
         if v["resume"]:
-            check_resume(out / "checkpoints", {k: v[k] for k in FINGERPRINT}, v["nproc"])
+            check_resume(folder.work / "checkpoints", {k: v[k] for k in FINGERPRINT}, v["nproc"])
         distributed.launch(v["nproc"], _argv(args))
         return 0
     if env is None:
@@ -283,24 +318,52 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, v: dict, t_wall: float, env=None) -> int:
-    from .. import distributed, loading
+    from .. import distributed, loading, outputs
+
+    dist_main = env is None or env.rank == 0
+    device = loading.pick_device(v["device"])
+    if env:
+        device = distributed.init(env, device)
+    folder = _plan_out(v)
+    if dist_main and not v["resume"]:
+        outputs.begin(folder, "train")
+    if env:  # rank 0 has created the run's folder
+        import torch.distributed
+
+        torch.distributed.barrier()
+    v["work"] = str(folder.work)
+    try:
+        return _train_in(args, v, t_wall, env, folder, device)
+    except BaseException:
+        from ..training import latest_checkpoint
+
+        # a new run that fails before its first checkpoint leaves nothing behind; one with a
+        # checkpoint stays where it is, for --resume
+        if dist_main and not v["resume"] and latest_checkpoint(folder.work / "checkpoints") is None:
+            outputs.abort(folder)
+        raise
+
+
+def _train_in(args: argparse.Namespace, v: dict, t_wall: float, env, folder, device) -> int:
+    from .. import distributed, outputs
     from ..commands.evaluate import eval_rows
     from ..training import Dist, Trainer, TrainSettings, check_resume, total_steps
     from . import _train_steps as st
 
     dist = Dist(env.rank, env.world) if env else Dist()
-    device = loading.pick_device(v["device"])
-    if env:
-        device = distributed.init(env, device)
-    out = _prepare_out(v, write=dist.is_main)
-    if env:  # rank 0 has emptied/created --out
-        import torch.distributed
-
-        torch.distributed.barrier()
+    out = folder.work
     if v["resume"]:  # before anything loads or is written: same settings as the checkpoint's run?
-        check_resume(out / "checkpoints", {k: v[k] for k in FINGERPRINT}, dist.world)
+        ckpt = check_resume(out / "checkpoints", {k: v[k] for k in FINGERPRINT}, dist.world)
+        if _say_resume(v, ckpt, out):
+            if not folder.in_place and dist.is_main:  # finished, but killed before it was renamed into place
+                outputs.finish(folder)
+            return 0
     ctx = st.load_base(v, device)
     ctx["dist"] = dist
+    if ctx["n_cut"] * 2 > len(ctx["rows"]):
+        print(f"flashbone train: warning: {ctx['n_cut']} of {len(ctx['rows'])} rows cut to --max-length "
+              f"{v['max_length']} (prompt tokens dropped first); raise --max-length to keep them whole",
+              file=sys.stderr, flush=True)
     batch, accum = v["proc_batch"]
     settings = TrainSettings(lr=v["lr"], batch_size=batch, grad_accum=accum,
                              epochs=v["epochs"], max_steps=v["max_steps"] or None, seed=v["seed"],
@@ -323,18 +386,22 @@ def _train(args: argparse.Namespace, v: dict, t_wall: float, env=None) -> int:
     if env:  # one figure per process
         result["peak_gpu_memory_gib"] = distributed.all_gather_objects(result.get("peak_gpu_memory_gib"), dist.world)
     if result["stopped"]:
+        if dist.is_main:
+            outputs.finish(folder)
         print(f"stopped after step {result['steps']} of {result['total_steps']}; checkpoint in "
-              f"{out / 'checkpoints'}; continue with: flashbone train --out {out} --resume")
+              f"{Path(v['out']) / 'checkpoints'}; continue with: flashbone train --out {v['out']} --resume")
         return 0
     saved_to = st.save_result(adapted, ctx["tokenizer"], out, dist)
     after = st.eval_after(v, ctx, out, eval_rows, saved_to)
     if not dist.is_main:
         return 0
-    summary = st.summarize(v, adapted, result, before, after, saved_to, ctx["device"], ctx["bf16"],
-                           time.time() - t_wall, len(ctx["rows"]))
+    wall = time.time() - t_wall + result.get("resumed_seconds", 0.0)  # earlier runs' training time counts too
+    summary = st.summarize(v, adapted, result, before, after, Path(v["out"]) / saved_to.name, ctx["device"],
+                           ctx["bf16"], wall, len(ctx["rows"]))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    st.loss_plot(out)
-    print(st.report(summary, out))
+    st.loss_plot(out, title=Path(v["out"]).name)
+    outputs.finish(folder)
+    print(st.report(summary, Path(v["out"])))
     return 0
 
 
