@@ -48,8 +48,8 @@ def _rel(a: dict, b: dict) -> float:
 def test_token_budget_and_packing_reach_the_plain_loops_adapter(tmp_path):
     plain = _train(tmp_path, "plain")
     assert sum(float(t.abs().sum()) for t in plain.values()) > 0  # bone starts at zero: it trained
-    for name, kw in [("one", dict(micro_batch_tokens=10**6)), ("few", dict(micro_batch_tokens=70)),
-                     ("packed", dict(micro_batch_tokens=200, packing=True))]:
+    for name, kw in [("one", {"micro_batch_tokens": 10**6}), ("few", {"micro_batch_tokens": 70}),
+                     ("packed", {"micro_batch_tokens": 200, "packing": True})]:
         assert _rel(_train(tmp_path, name, **kw), plain) <= 1e-5, name
 
 

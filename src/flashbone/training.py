@@ -388,6 +388,12 @@ class Trainer:
         if self.device.type == "cuda":  # the training peak, not loading's (FSDP loads whole, then shards)
             torch.cuda.reset_peak_memory_stats(self.device)
         self.model.train()
+        attention = contextlib.ExitStack()
+        if self.device.type == "cuda":  # cuDNN attention plans each new (rows, width) shape on the host
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            attention.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                                 SDPBackend.MATH]))
         pending: _Queued | None = None
         t_last = time.time()
 
@@ -435,6 +441,7 @@ class Trainer:
             if pending is not None:
                 loss_v, pending = log(pending), None
         finally:
+            attention.close()
             bar.close()
             if metrics:
                 metrics.close()
