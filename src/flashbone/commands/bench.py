@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--kernels", action="store_true", help="time each layer shape, not a model")
     k.add_argument("--sweep", choices=["none", "r", "tokens", "width"], default="none")
     k.add_argument("--variants", default=None, help="kernels mode: comma list of variants")
-    from .commands.bench_e2e import add_arguments as add_e2e_arguments
+    from .bench_e2e import add_arguments as add_e2e_arguments
 
     add_e2e_arguments(p)
 
@@ -289,7 +289,7 @@ def environment(dev: torch.device) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     if args.e2e:  # whole training loops: commands/bench_e2e.py
-        from .commands.bench_e2e import run_e2e
+        from .bench_e2e import run_e2e
 
         return run_e2e(args, pick_device(args))
     dev, dtype = resolve(args)

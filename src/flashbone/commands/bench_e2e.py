@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 OURS = ["bone", "bone-mini", "bat", "bat-row", "bat-hadamard", "bone-ab", "lora", "full"]
 HF = {"hf-miss": True, "hf-bat": "bat", "hf-lora": None, "hf-full": None}
@@ -121,7 +121,7 @@ def make_rows(a: argparse.Namespace, n: int) -> RowTable:
 
 
 def _model(a, dev, method: str, base: str):
-    from .. import bench
+    from . import bench
     from ..baselines import build
 
     full = base in ("full", "hf-full")
@@ -284,7 +284,8 @@ def _launch(a: argparse.Namespace) -> int:
 
 
 def run_e2e(a: argparse.Namespace, dev: torch.device) -> int:
-    from .. import bench, distributed
+    from .. import distributed
+    from . import bench
     from ..data import epoch_order
 
     _resolve(a, dev)
