@@ -51,8 +51,8 @@ def process_env() -> ProcessEnv | None:
     return ProcessEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def launch(nproc: int, argv: list[str]) -> None:
-    """Run ``python -m flashbone train argv...`` in ``nproc`` processes on this machine through
+def launch(nproc: int, argv: list[str], command: str = "train") -> None:
+    """Run ``python -m flashbone <command> argv...`` in ``nproc`` processes on this machine through
     torch.distributed.run (what ``torchrun --standalone`` does); returns when all have ended."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -61,7 +61,7 @@ def launch(nproc: int, argv: list[str]) -> None:
     # shared out between them unless the user chose (torchrun would set 1 and warn)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "--module", "flashbone"])
-    args.training_script_args = ["train", *argv]  # not parsed: torchrun would read --r as its own --rdzv...
+    args.training_script_args = [command, *argv]  # not parsed: torchrun would read --r as its own --rdzv...
     try:
         run(args)
     except ChildFailedError as e:

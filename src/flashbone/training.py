@@ -6,6 +6,14 @@ atomic checkpoints and exact resume.
     loss_s = sum over the step's response tokens of -log p / (response tokens in the step)
     grads clipped to --max-grad-norm; lr_s = lr * 0.5 * (1 + cos(pi * s / S))   (no warmup)
 
+How the step's rows are cut into micro-batches does not change that loss, so with
+``micro_batch_tokens`` (``--micro-batch-tokens``) the loop regroups them by a token budget,
+length-sorted, and with ``packing`` lays them end to end (batching.py); the global batch, in
+rows, stays ``batch_size x grad_accum``. A step queues its GPU work without waiting on it:
+token counts come from the row lengths the host already knows, and the step's loss and
+gradient norm are read (one sync) after the next step is queued. On CUDA, running out of
+memory under a token budget (one process) redoes the step at half the budget.
+
 N processes (``Dist(rank, world)``, model wrapped by ``wrap``: DDP or FSDP2): rank r takes
 micro-batches g*N + r, so the step's rows are a one-process step's. The step's token count n
 is summed over all processes before backward; each process back-propagates
@@ -38,8 +46,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .batching import MicroBatch, collate_packed, plan_step, target_tokens
 from .data import DataError, collate, epoch_order
-from .distributed import full_optimizer_state, full_tensor, gather_full, place_like, shard_optimizer_state
+from .distributed import (full_optimizer_state, full_tensor, gather_full, is_sharded, place_like,
+                          shard_optimizer_state)
 from .errors import BoneError
 
 _CKPT_RE = re.compile(r"^step-(\d{8})$")
@@ -64,6 +74,8 @@ class TrainSettings:
     stop_after: int | None = None
     bf16: bool = False
     progress: bool = True
+    micro_batch_tokens: int = 0  # 0: micro-batches of batch_size rows as asked; else a token budget
+    packing: bool = False  # rows laid end to end, attention within each row (batching.py)
     fingerprint: dict = field(default_factory=dict)  # settings a resumed run must share
 
 
@@ -165,6 +177,31 @@ def check_resume(root: Path, fingerprint: dict, world: int = 1) -> Path:
 
 
 # -- the loop -------------------------------------------------------------------------------------
+def row_lengths(rows) -> tuple[list[int], list[int]]:
+    """Token count and prompt length of every row (read from the Arrow column where the rows
+    are a :class:`datasets.Dataset`: no Python lists of ids)."""
+    try:
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(rows.with_format("arrow")["input_ids"]).to_pylist()
+    except (AttributeError, ImportError, TypeError):
+        lengths = [len(x) for x in rows["input_ids"]]
+    return [int(n) for n in lengths], [int(n) for n in rows["n_prompt"]]
+
+
+@dataclass
+class _Queued:
+    """A step whose GPU work is queued; its loss and norm are read once the next is queued."""
+
+    step: int
+    loss: torch.Tensor  # summed over the step's target tokens (all processes)
+    n_target: int
+    grad_norm: torch.Tensor
+    lr: float
+    n_input: int  # non-padding tokens of the step (all processes)
+    tokens: int  # cumulative, after this step
+
+
 class Trainer:
     """Train ``model``'s trainable parameters on tokenized ``rows`` (``input_ids``, ``n_prompt``)."""
 
@@ -180,42 +217,108 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.per_epoch = math.ceil(len(rows) / settings.batch_size)
         self.total = total_steps(len(rows), settings, self.dist.world)
-        self.opt = torch.optim.AdamW(list(self.params.values()), lr=settings.lr, weight_decay=settings.weight_decay)
+        # fused AdamW on CUDA: one kernel for all tensors (plain DTensor shards take the default)
+        fused = self.device.type == "cuda" and not any(is_sharded(p) for p in self.params.values())
+        self.opt = torch.optim.AdamW(list(self.params.values()), lr=settings.lr, weight_decay=settings.weight_decay,
+                                     **({"fused": True} if fused else {}))
+        self.lengths, self.n_prompt = row_lengths(rows)
+        self.budget = settings.micro_batch_tokens
+        # HF causal LMs build a KV cache in forward unless told not to; packed rows need none
+        self.no_cache = hasattr(getattr(model, "config", None), "use_cache")
+        self.step_hook: Callable[[int], None] | None = None  # called after each step is queued
         from transformers import get_cosine_schedule_with_warmup
 
         self.sched = get_cosine_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=self.total)
         self._orders: dict[int, list[int]] = {}
 
-    def _micro_batch(self, g: int) -> dict[str, torch.Tensor]:
+    def _indices(self, g: int) -> list[int]:
+        """Row indices of plain micro-batch ``g`` of the endless, seeded stream."""
         epoch, i = divmod(g, self.per_epoch)
         if epoch not in self._orders:
             self._orders = {epoch: epoch_order(len(self.rows), self.s.seed, epoch)}
-        idx = self._orders[epoch][i * self.s.batch_size: (i + 1) * self.s.batch_size]
-        cols = self.rows[idx]
-        rows = [{"input_ids": a, "n_prompt": n} for a, n in zip(cols["input_ids"], cols["n_prompt"])]
-        return {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
+        return self._orders[epoch][i * self.s.batch_size: (i + 1) * self.s.batch_size]
 
-    def _step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
-        a, w, r = self.s.grad_accum, self.dist.world, self.dist.rank
-        return [self._micro_batch((step * a + k) * w + r) for k in range(a)]
+    def _step_plan(self, step: int) -> tuple[list[MicroBatch], int, int]:
+        """This process's micro-batches of ``step``, and the step's target and input token
+        counts over all processes (from row lengths: no communication, no device sync)."""
+        a, w = self.s.grad_accum, self.dist.world
+        shares = [[self._indices((step * a + k) * w + p) for k in range(a)] for p in range(w)]
+        plan = plan_step(shares, self.lengths, self.budget, self.s.packing, self.dist.rank)
+        rows = [i for share in shares for mb in share for i in mb]
+        return (plan, sum(target_tokens(self.lengths[i], self.n_prompt[i]) for i in rows),
+                sum(self.lengths[i] for i in rows))
+
+    def _collate(self, mb: MicroBatch) -> dict[str, torch.Tensor]:
+        cols = self.rows[mb.rows]
+        rows = [{"input_ids": a, "n_prompt": n} for a, n in zip(cols["input_ids"], cols["n_prompt"])]
+        if mb.bins is None:
+            batch = collate(rows, self.pad_id)
+        else:
+            where = {i: k for k, i in enumerate(mb.rows)}
+            batch = collate_packed(rows, [[where[i] for i in b] for b in mb.bins], self.pad_id)
+        if self.device.type == "cuda":  # pinned + non_blocking: the copy does not wait on the GPU
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.bf16 else contextlib.nullcontext()
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        if self.no_cache:
+            inputs["use_cache"] = False
         with amp:
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = self.model(**inputs).logits
         labels = batch["labels"][:, 1:]
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
                                                  ignore_index=-100, reduction="sum")
 
-    def _all_sum(self, *values: float) -> list[float]:
-        """``values`` summed over all processes (float64)."""
+    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over all processes (on the device: no host sync)."""
         if self.dist.world == 1:
-            return list(values)
+            return t
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        t = t.clone()
         dist.all_reduce(t)
-        return t.tolist()
+        return t
+
+    def _backward_step(self, step: int) -> tuple[torch.Tensor, int, int]:
+        """Forward and backward of every micro-batch of ``step`` (gradients accumulated);
+        returns the summed loss (on the device) and the step's target and input tokens."""
+        plan, n_tok, n_in = self._step_plan(step)
+        n_tok = max(1, n_tok)
+        loss_sum = torch.zeros((), device=self.device)
+        batch = self._collate(plan[0])
+        for k in range(len(plan)):
+            with self._accumulating(last=k == len(plan) - 1):
+                loss = self._loss_sum(batch)
+                if k + 1 < len(plan):  # the next micro-batch's copy overlaps this backward
+                    batch = self._collate(plan[k + 1])
+                (loss * (self.dist.world / n_tok)).backward()  # DDP/FSDP then average over world
+            loss_sum += loss.detach()
+        return loss_sum, n_tok, n_in
+
+    def _backward_step_fitting(self, step: int) -> tuple[torch.Tensor, int, int]:
+        """:meth:`_backward_step`; on CUDA out of memory under a token budget (one process), the
+        step again from zero gradients and the same RNG state at half the budget."""
+        if self.budget <= 0 or self.dist.world > 1 or self.device.type != "cuda":
+            return self._backward_step(step)
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
+        while True:
+            try:
+                return self._backward_step(step)
+            except torch.OutOfMemoryError:
+                pass  # recover outside the handler: its traceback holds the step's tensors
+            self.opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            if all(len(mb.bins or mb.rows) == 1 for mb in self._step_plan(step)[0]):
+                raise BoneError(f"out of GPU memory with one row (or packed sequence) per micro-batch at step "
+                                f"{step + 1}; use --gradient-checkpointing or a smaller --max-length")
+            self.budget //= 2
+            torch.set_rng_state(rng[0])
+            torch.cuda.set_rng_state(rng[1], self.device)
+            if self.dist.is_main:
+                print(f"out of GPU memory: micro-batches now hold at most {self.budget} tokens "
+                      "(--micro-batch-tokens)", flush=True)
 
     def _accumulating(self, last: bool):
         """DDP: all-reduce gradients only at the step's last micro-batch (FSDP reduce-scatters
@@ -294,47 +397,61 @@ class Trainer:
         if self.device.type == "cuda":  # the training peak, not loading's (FSDP loads whole, then shards)
             torch.cuda.reset_peak_memory_stats(self.device)
         self.model.train()
+        attention = contextlib.ExitStack()
+        if self.device.type == "cuda":  # cuDNN attention plans each new (rows, width) shape on the host
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            attention.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                                 SDPBackend.MATH]))
+        pending: _Queued | None = None
+        t_last = time.time()
+
+        def log(q: _Queued) -> float:
+            """Read a queued step's loss and gradient norm (waits for it), write its record."""
+            nonlocal t_last
+            loss = float(q.loss) / q.n_target
+            now = time.time()
+            rec = {"step": q.step, "loss": round(loss, 6), "lr": q.lr, "grad_norm": round(float(q.grad_norm), 6),
+                   "tokens": q.tokens, "tokens_per_s": round(q.n_input / max(now - t_last, 1e-9), 1),
+                   "elapsed_s": round(now - t0, 3),
+                   "epoch": round(q.step * self.s.grad_accum * self.dist.world / self.per_epoch, 4)}
+            t_last = now
+            if main:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                if tb is not None:
+                    for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                        tb.add_scalar(f"train/{k}", rec[k], q.step)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{q.lr:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.update(1)
+            if not math.isfinite(loss):
+                raise BoneError(f"the loss became {loss} at step {q.step}; lower --lr")
+            return loss
+
         try:
             for step in range(start, end):
-                t_step = time.time()
-                batches = self._step_batches(step)
-                n_tok = max(1, int(self._all_sum(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches))[0]))
                 lr = self.sched.get_last_lr()[0]
-                loss_sum = torch.zeros((), device=self.device)
-                for k, b in enumerate(batches):
-                    with self._accumulating(last=k == len(batches) - 1):
-                        loss = self._loss_sum(b)
-                        (loss * (self.dist.world / n_tok)).backward()  # DDP/FSDP then average over world
-                    loss_sum += loss.detach()
+                loss_sum, n_tok, n_in = self._backward_step_fitting(step)
                 grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(list(self.params.values()),
                                                                         self.s.max_grad_norm))
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
-                loss_v, step_tokens = self._all_sum(float(loss_sum) / n_tok,
-                                                    sum(int(b["attention_mask"].sum()) for b in batches))
-                step_tokens = int(step_tokens)
-                tokens += step_tokens
-                dt = time.time() - t_step
-                rec = {"step": step + 1, "loss": round(loss_v, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
-                       "tokens": tokens, "tokens_per_s": round(step_tokens / max(dt, 1e-9), 1),
-                       "elapsed_s": round(time.time() - t0, 3),
-                       "epoch": round((step + 1) * self.s.grad_accum * self.dist.world / self.per_epoch, 4)}
-                if main:
-                    metrics.write(json.dumps(rec) + "\n")
-                    metrics.flush()
-                    if tb is not None:
-                        for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                            tb.add_scalar(f"train/{k}", rec[k], step + 1)
-                bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
-                bar.update(1)
-                if not math.isfinite(loss_v):
-                    raise BoneError(f"the loss became {loss_v} at step {step + 1}; lower --lr")
+                tokens += n_in
+                if pending is not None:  # the step before, while this one runs on the GPU
+                    loss_v = log(pending)
+                pending = _Queued(step + 1, self._all_sum(loss_sum), n_tok, grad_norm, lr, n_in, tokens)
                 # with --save-every the last step is saved too: the finished run can be extended
                 at_save = self.s.save_every and ((step + 1) % self.s.save_every == 0 or step + 1 == self.total)
                 if at_save or (step + 1 == end and end < self.total):
+                    loss_v, pending = log(pending), None
                     self._checkpoint(step + 1, time.time() - t0, tokens, loss_v)
+                if self.step_hook is not None:
+                    self.step_hook(step + 1)
+            if pending is not None:
+                loss_v, pending = log(pending), None
         finally:
+            attention.close()
             bar.close()
             if metrics:
                 metrics.close()

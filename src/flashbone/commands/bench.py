@@ -74,14 +74,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--kernels", action="store_true", help="time each layer shape, not a model")
     k.add_argument("--sweep", choices=["none", "r", "tokens", "width"], default="none")
     k.add_argument("--variants", default=None, help="kernels mode: comma list of variants")
+    from .bench_e2e import add_arguments as add_e2e_arguments
+
+    add_e2e_arguments(p)
+
+
+def pick_device(args: argparse.Namespace) -> torch.device:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is visible; use --device cpu")
+    return torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                        ("cpu" if args.device == "auto" else args.device))
 
 
 def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     """Fill device-dependent defaults in place and validate the shape."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA device is visible; use --device cpu")
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = pick_device(args)
     for key, val in SHAPES[dev.type].items():
         if getattr(args, key, None) is None:
             setattr(args, key, val)
@@ -282,6 +289,10 @@ def environment(dev: torch.device) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.e2e:  # whole training loops: commands/bench_e2e.py
+        from .bench_e2e import run_e2e
+
+        return run_e2e(args, pick_device(args))
     dev, dtype = resolve(args)
     if args.kernels:
         from .bench_kernels import run_kernels

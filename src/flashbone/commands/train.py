@@ -41,6 +41,9 @@ TINY_RECIPE = {"lr": 2e-3, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "r_
 FINGERPRINT = ("model", "data", "method", "r", "mini_r", "targets", "lora_alpha", "lr", "batch_size",
                "grad_accum", "epochs", "max_steps", "seed", "max_length", "template", "max_samples",
                "weight_decay", "max_grad_norm")
+# --micro-batch-tokens on CUDA when not given: a 1B model's step of 16 rows of ~400 tokens fits
+# in one micro-batch; larger ones are cut, and halved again if the GPU runs short of memory
+AUTO_MICRO_BATCH_TOKENS = 16384
 NOT_SAVED = ("config", "resume", "overwrite", "stop_after", "progress")
 
 
@@ -79,6 +82,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute activations in backward to save memory")
+    g.add_argument("--micro-batch-tokens", type=int, help="regroup each step's rows into length-sorted micro-batches "
+                   f"of at most N tokens (padding counted); the step's rows and its gradient stay as asked; halved "
+                   f"when GPU memory runs out; 0: --batch-size rows each [CUDA: {AUTO_MICRO_BATCH_TOKENS}; CPU: 0]")
+    g.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                   help="lay rows end to end in sequences, attention within each row (position_ids) [off]")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run folder (default: runs/<method>-<time>)")
     g.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (its old files are removed)")
@@ -165,6 +173,9 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     if v["lora_alpha"] is not None and v["method"] not in PEFT_METHODS:
         raise CLIError(f"--lora-alpha scales LoRA-like methods ({', '.join(PEFT_METHODS)}); {v['method']} has no "
                        "such scaling: leave --lora-alpha out")
+    mbt = v["micro_batch_tokens"]
+    if mbt is not None and (isinstance(mbt, bool) or not isinstance(mbt, int) or mbt < 0):
+        raise CLIError(f"--micro-batch-tokens must be 0 (plain --batch-size micro-batches) or a positive integer, got {mbt!r}")
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
     v["recipe"] = "tiny" if tiny else "paper"
@@ -278,6 +289,8 @@ def _print_config(v: dict, ctx: dict) -> None:
         f"compute    {ctx['device']}, {'bf16' if ctx['bf16'] else 'fp32'}"
         + (f", {v['quantize']} base (bitsandbytes)" if v.get("quantize") else "")
         + (", gradient checkpointing" if v["gradient_checkpointing"] else "")
+        + (f", micro-batches of <= {v['micro_batch_tokens_resolved']} tokens" if v["micro_batch_tokens_resolved"] else "")
+        + (", packed rows" if v["packing"] else "")
         + (f"; {v['nproc']} processes, {v['strategy']}, each batch {v['proc_batch'][0]} x accum "
            f"{v['proc_batch'][1]} per step" if v["nproc"] > 1 else ""),
         f"out        {v['out']}",
@@ -315,6 +328,13 @@ def run(args: argparse.Namespace) -> int:
         rc = _train(args, v, t_wall, env)
     distributed.finish()
     return rc
+
+
+def _micro_batch_tokens(v: dict, device) -> int:
+    """--micro-batch-tokens as given, else the automatic budget on CUDA and plain micro-batches elsewhere."""
+    if v["micro_batch_tokens"] is not None:
+        return v["micro_batch_tokens"]
+    return AUTO_MICRO_BATCH_TOKENS if device.type == "cuda" else 0
 
 
 def _train(args: argparse.Namespace, v: dict, t_wall: float, env=None) -> int:
@@ -365,11 +385,13 @@ def _train_in(args: argparse.Namespace, v: dict, t_wall: float, env, folder, dev
               f"{v['max_length']} (prompt tokens dropped first); raise --max-length to keep them whole",
               file=sys.stderr, flush=True)
     batch, accum = v["proc_batch"]
+    v["micro_batch_tokens_resolved"] = _micro_batch_tokens(v, device)
     settings = TrainSettings(lr=v["lr"], batch_size=batch, grad_accum=accum,
                              epochs=v["epochs"], max_steps=v["max_steps"] or None, seed=v["seed"],
                              weight_decay=v["weight_decay"], max_grad_norm=v["max_grad_norm"],
                              save_every=v["save_every"], keep_checkpoints=v["keep_checkpoints"],
                              stop_after=v["stop_after"] or None, bf16=ctx["bf16"], progress=v["progress"],
+                             micro_batch_tokens=v["micro_batch_tokens_resolved"], packing=bool(v["packing"]),
                              fingerprint={k: v[k] for k in FINGERPRINT})
     v["steps"] = total_steps(len(ctx["rows"]), settings, dist.world)
     _print_config(v, ctx)
