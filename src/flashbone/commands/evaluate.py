@@ -40,12 +40,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="merge the adapter into the base before generating (no per-token adapter cost; "
                         "computed in fp32, one rounding to the model dtype) [on]")
     p.add_argument("--out", help="per-example JSONL (default: runs/eval-<task>-<time>.jsonl)")
+    p.add_argument("--scorer", choices=["protocol", "math-verify"], default=None,
+                   help="protocol: the papers' (PiSSA/MetaMath) scripts rule for rule, comparable with their "
+                        "tables (default); math-verify: the same extraction, equivalence judged by math-verify")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
 
 
 def eval_rows(model, tokenizer, ds, task: str, template, *, query_field: str | None = None,
               answer_field: str | None = None, max_new_tokens: int, batch_size: int, bf16: bool,
-              progress: bool = True, desc: str = "eval") -> tuple[float, list[dict]]:
+              progress: bool = True, desc: str = "eval", scorer: str = "protocol") -> tuple[float, list[dict]]:
     """Score ``model`` on the rows of dataset ``ds``; returns (accuracy, records)."""
     from ..data import detect_fields
     from ..generation import evaluate
@@ -55,7 +58,8 @@ def eval_rows(model, tokenizer, ds, task: str, template, *, query_field: str | N
         raise CLIError(f"evaluation data has no field {answer_field!r} (--answer-field); fields: {ds.column_names}")
     rows = ds.to_list()
     return evaluate(model, tokenizer, rows, task=task, template=template, query_field=qf, answer_field=answer_field,
-                    max_new_tokens=max_new_tokens, batch_size=batch_size, bf16=bf16, progress=progress, desc=desc)
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, bf16=bf16, progress=progress, desc=desc,
+                    scorer=scorer)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,12 +94,14 @@ def run(args: argparse.Namespace) -> int:
     acc, records = eval_rows(model, tok, ds, task, template, query_field=args.query_field,
                              answer_field=args.answer_field,
                              max_new_tokens=args.max_new_tokens or rec["max_new_tokens"],
-                             batch_size=args.batch_size or rec["batch_size"], bf16=bf16, progress=args.progress)
+                             batch_size=args.batch_size or rec["batch_size"], bf16=bf16, progress=args.progress,
+                             scorer=args.scorer or "protocol")
     out = Path(args.out or f"runs/eval-{task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.jsonl")
     write_jsonl(out, records)
     n_ok = sum(r["correct"] for r in records)
     what = f"{args.model or loading.BUILTIN_MODEL}" + (f" + {args.adapter}" if args.adapter else "")
-    print(f"{task} accuracy: {100 * acc:.2f}% ({n_ok}/{len(records)}) for {what} on {source}; "
+    scored = "" if (args.scorer or "protocol") == "protocol" else f" (scorer {args.scorer})"
+    print(f"{task} accuracy{scored}: {100 * acc:.2f}% ({n_ok}/{len(records)}) for {what} on {source}; "
           f"{time.time() - t0:.0f}s; per-example results in {out}")
     return 0
 
