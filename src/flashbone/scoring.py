@@ -155,7 +155,7 @@ def math_answer(generation: str) -> str | None:
     if ans is None:
         return None
     ans = ans.split(".\n")[0].strip()
-    return (ans[:-1] if ans.endswith(".") else ans).strip()
+    return (ans.removesuffix(".")).strip()
 
 
 def _remove_right_units(s: str) -> str:
@@ -302,6 +302,23 @@ def score(task: str, generation: str, gold, scorer: str = "protocol") -> tuple[o
     raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
 
 
-__all__ = ["TASKS", "SCORERS", "ANSWER_SPLIT", "cut_at_stop", "answer_text", "parse_number", "extract_number",
-           "gsm8k_gold", "numbers_equal", "last_boxed", "math_answer", "strip_string", "normalize_math",
-           "math_equal", "math_gold", "check_scorer", "verify_equal", "score"]
+__all__ = [
+    "ANSWER_SPLIT",
+    "SCORERS",
+    "TASKS",
+    "answer_text",
+    "check_scorer",
+    "cut_at_stop",
+    "extract_number",
+    "gsm8k_gold",
+    "last_boxed",
+    "math_answer",
+    "math_equal",
+    "math_gold",
+    "normalize_math",
+    "numbers_equal",
+    "parse_number",
+    "score",
+    "strip_string",
+    "verify_equal",
+]

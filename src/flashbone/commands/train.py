@@ -97,6 +97,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-samples", type=int, help="evaluate on the first N rows [tiny: 200; else all]")
     g.add_argument("--eval-batch-size", type=int, help="prompts per generation batch")
     g.add_argument("--max-new-tokens", type=int, help="generation length limit [paper 512; tiny 80]")
+    g = p.add_argument_group("sequence classification (--task classification; docs/cli.md)")
+    g.add_argument("--task", choices=["causal-lm", "classification"],
+                   help="causal-lm: instruction tuning (default); classification: AutoModelForSequenceClassification, "
+                        "the head trained in full (GLUE: --data glue/sst2)")
+    g.add_argument("--text-field", help="field with the text [GLUE's, else sentence1/premise/question/sentence/text]")
+    g.add_argument("--text-pair-field", help="field with the second text of a pair (MNLI hypothesis, MRPC sentence2...)")
+    g.add_argument("--label-field", help="field with the integer label [label]")
+    g.add_argument("--warmup-ratio", type=float, help="classification: fraction of steps of linear warmup, then "
+                                                        "linear decay to 0 [0.06, the LoRA repository's]")
 
 
 def _resolve(args: argparse.Namespace, env=None) -> dict:
@@ -261,6 +270,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..training import check_resume
 
+    if args.task == "classification":
+        from . import _classify
+
+        return _classify.train(args)
     t_wall = time.time()
     _apply_saved_config(args)
     env = distributed.process_env()
