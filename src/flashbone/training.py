@@ -190,6 +190,8 @@ class Trainer:
         idx = self._orders[epoch][i * self.s.batch_size: (i + 1) * self.s.batch_size]
         cols = self.rows[idx]
         rows = [{"input_ids": a, "n_prompt": n} for a, n in zip(cols["input_ids"], cols["n_prompt"])]
+        for r, y in zip(rows, cols.get("labels") or []):  # conversations carry their own labels
+            r["labels"] = y
         return {k: v.to(self.device) for k, v in collate(rows, self.pad_id).items()}
 
     def _step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-samples", type=int, help="use only the first N rows (tiny-math: generate N)")
     g.add_argument("--template", help="alpaca (the papers' instruction template, default), plain, or a prompt with {query}")
     g.add_argument("--max-length", type=int, help="tokens per example; prompt cut first, response never dropped [512]")
+    g.add_argument("--messages-field", help="field with multi-turn conversations (role/content or ShareGPT from/value) "
+                                            "[messages or conversations, when the data has one]")
     g = p.add_argument_group("method")
     g.add_argument("--method", help="bone (default), bone-mini, bat, bat-row, bat-hadamard, bone-ab, "
                                     "lora, pissa, olora, dora, full")
