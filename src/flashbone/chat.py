@@ -81,6 +81,16 @@ def render(tokenizer, turns: list[dict], generation_prompt: bool = False) -> str
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+def prompt_text(tokenizer, turns: list[dict]) -> str:
+    """The conversation so far with the generation prompt, as text to tokenize with the usual
+    special tokens (a ``<bos>`` the template already wrote is not written twice)."""
+    text = render(tokenizer, turns, generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and leading_special_ids(tokenizer) and text.startswith(bos):
+        text = text[len(bos):]
+    return text
+
+
 def assistant_spans(tokenizer, turns: list[dict], row: int = 0) -> tuple[str, list[tuple[int, int]]]:
     """The whole conversation's text and the character spans of the assistant's turns
     (each with whatever the template closes the turn with, e.g. ``<|im_end|>`` or ``<|EOT|>``)."""
@@ -143,5 +153,5 @@ def tokenize_conversations(ds, tokenizer, field: str, max_length: int):
 
 
 __all__ = ["CONVERSATION_FIELDS", "DEFAULT_CHAT_TEMPLATE", "DEFAULT_STOP", "ROLES", "conversation_field",
-           "normalise", "ensure_template", "leading_special_ids", "render", "assistant_spans", "tokenize_conversation",
+           "normalise", "ensure_template", "leading_special_ids", "prompt_text", "render", "assistant_spans", "tokenize_conversation",
            "tokenize_conversations"]

