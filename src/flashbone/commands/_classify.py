@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 CLS_RECIPE = {"lr": 5e-4, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "warmup_ratio": 0.06,
               "weight_decay": 0.1, "max_grad_norm": 1.0, "max_length": 512, "r_bone": 16, "r_lora": 8,

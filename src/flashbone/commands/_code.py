@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 DEFAULTS = {"max_new_tokens": 512, "batch_size": 16}
 

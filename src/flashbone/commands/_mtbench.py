@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from ..cli import CLIError
+from ..errors import CLIError
 
 DEFAULTS = {"max_new_tokens": 1024, "batch_size": 16}  # FastChat's max_new_token 1024
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
