@@ -17,7 +17,9 @@ from flashbone.commands import _train_steps as st
 from flashbone.commands import train as train_cmd
 from flashbone.training import Dist
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+# the papers' LLM and GLUE experiments (recipes/<kind>/...); other recipes at the top level have their own tests
+KINDS = ("math", "code", "chat", "rank", "glue")
+RECIPES = sorted(p for k in KINDS for p in (Path(__file__).resolve().parents[1] / "recipes" / k).glob("*.yaml"))
 # the columns each hub dataset the recipes name really has (their documented layouts)
 HUB_COLUMNS = {"meta-math/MetaMathQA": ("query", "response"),
                "m-a-p/CodeFeedback-Filtered-Instruction": ("query", "answer"),
