@@ -95,8 +95,11 @@ def parse_targets(spec: str | list | None, model: nn.Module) -> list[str] | str:
 
 
 def build(model: nn.Module, method: str, r: int, targets: list[str] | str, *, lora_alpha: float | None,
-          mini_r: int | None, base_name: str, work_dir: Path | None = None) -> Adapted:
-    """Wrap ``model`` for training with ``method``; the caller seeds the RNG first."""
+          mini_r: int | None, base_name: str, work_dir: Path | None = None, task_type: str = "CAUSAL_LM",
+          modules_to_save: list[str] | None = None) -> Adapted:
+    """Wrap ``model`` for training with ``method``; the caller seeds the RNG first.
+    ``task_type`` (``CAUSAL_LM``, ``SEQ_CLS``) is written to the adapter's config;
+    ``modules_to_save`` (e.g. a classification head) train in full and save with the adapter."""
     if method not in methods():
         raise BoneConfigError(f"--method {method!r} is unknown; choose one of {', '.join(methods())}")
     if method == "full":
@@ -107,10 +110,11 @@ def build(model: nn.Module, method: str, r: int, targets: list[str] | str, *, lo
         raise BoneConfigError(f"--r must be a positive integer, got {r!r}")
     if method in VARIANTS:
         cfg = BoneConfig(variant=method, r=r, mini_r=mini_r if VARIANTS[method].mini_r else None,
-                         target_modules=targets, base_model_name_or_path=base_name, task_type="CAUSAL_LM")
+                         target_modules=targets, base_model_name_or_path=base_name, task_type=task_type,
+                         modules_to_save=modules_to_save)
         bm = get_bone_model(model, cfg)
         return Adapted(bm, method, lambda folder: bm.save_adapter(folder), model)
-    return _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir)
+    return _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir, task_type, modules_to_save)
 
 
 @contextlib.contextmanager
@@ -124,7 +128,8 @@ def _peft_quiet():
         yield
 
 
-def _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir) -> Adapted:
+def _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir, task_type="CAUSAL_LM",
+                modules_to_save=None) -> Adapted:
     from peft import LoraConfig, get_peft_model
 
     init = {"pissa": "pissa", "olora": "olora"}.get(method, True)
@@ -133,7 +138,8 @@ def _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir) -> A
            if isinstance(m, nn.Linear) and (targets == "all-linear" or n.rpartition(".")[2] in targets)):
         raise BoneConfigError(f"--r {r} is larger than a side of an adapted weight; pick a smaller --r")
     cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none",
-                     task_type="CAUSAL_LM", init_lora_weights=init, use_dora=method == "dora")
+                     task_type=task_type, init_lora_weights=init, use_dora=method == "dora",
+                     modules_to_save=modules_to_save)
     with _peft_quiet():
         pm = get_peft_model(model, cfg)
     # peft looks base_model_name_or_path up (locally, else on the Hub) when it saves: give it the

@@ -140,7 +140,10 @@ def collate_packed(rows: list[dict], bins: list[list[int]], pad_id: int) -> dict
             t = torch.tensor(rows[i]["input_ids"], dtype=torch.long)
             n, p = len(t), max(rows[i]["n_prompt"], 1)
             ids[k, at: at + n] = t
-            labels[k, at + p: at + n] = t[p:]
+            if rows[i].get("labels") is not None:  # conversations: their own mask, never the first token
+                labels[k, at + 1: at + n] = torch.tensor(rows[i]["labels"][1:n], dtype=torch.long)
+            else:
+                labels[k, at + p: at + n] = t[p:]
             pos[k, at: at + n] = torch.arange(n)
             at += n
         pos[k, at:] = torch.arange(width - at)

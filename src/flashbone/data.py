@@ -31,7 +31,7 @@ EOT = "<|EOT|>"
 IGNORE = -100
 # (query, response) field names recognised without flags: MetaMathQA, GSM8K, Alpaca-like, MATH
 KNOWN_FIELDS = [("query", "response"), ("question", "answer"), ("instruction", "output"),
-                ("problem", "solution")]
+                ("problem", "solution"), ("query", "answer")]  # last: CodeFeedback-Filtered-Instruction
 FILE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BUILTIN_DATA = "tiny-math"
 # what a Hub dataset name looks like: "gsm8k", "openai/gsm8k", "meta-math/MetaMathQA"
@@ -246,7 +246,8 @@ def tokenize_rows(ds, tokenizer, template: Template, query_field: str, response_
 
 
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch; labels are -100 on prompt and padding."""
+    """Right-pad a micro-batch; labels are -100 on prompt and padding (a row's own ``labels``,
+    as conversations have, are used as they are)."""
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -255,7 +256,10 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         t = torch.tensor(r["input_ids"], dtype=torch.long)
         ids[i, : len(t)] = t
         mask[i, : len(t)] = 1
-        labels[i, r["n_prompt"]: len(t)] = t[r["n_prompt"]:]
+        if r.get("labels") is not None:  # conversations: -100 outside the assistant's turns
+            labels[i, : len(t)] = torch.tensor(r["labels"], dtype=torch.long)
+        else:
+            labels[i, r["n_prompt"]: len(t)] = t[r["n_prompt"]:]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

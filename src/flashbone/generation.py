@@ -71,8 +71,11 @@ def gold_of(row: dict, task: str, answer_field: str | None) -> object:
 
 def evaluate(model, tokenizer, rows: list[dict], *, task: str, template: Template, query_field: str,
              answer_field: str | None = None, max_new_tokens: int = 512, batch_size: int = 16,
-             bf16: bool = False, progress: bool = True, desc: str = "eval") -> tuple[float, list[dict]]:
-    """Accuracy on ``rows`` and one record per row (prompt, generation, extracted, gold, correct)."""
+             bf16: bool = False, progress: bool = True, desc: str = "eval",
+             scorer: str = "protocol") -> tuple[float, list[dict]]:
+    """Accuracy on ``rows`` and one record per row (prompt, generation, extracted, gold, correct);
+    ``scorer``: ``protocol`` (the papers' scripts) or ``math-verify`` (see :mod:`flashbone.scoring`)."""
+    scoring.check_scorer(scorer)
     if task not in scoring.TASKS:
         raise DataError(f"--task {task!r} is unknown; choose one of {', '.join(scoring.TASKS)}")
     golds = [gold_of(r, task, answer_field) for r in rows]
@@ -85,7 +88,7 @@ def evaluate(model, tokenizer, rows: list[dict], *, task: str, template: Templat
                     stops=template.stop, bf16=bf16, progress=progress, desc=desc)
     records = []
     for p, g, gold in zip(prompts, gens, golds):
-        pred, ok = scoring.score(task, g, gold)
+        pred, ok = scoring.score(task, g, gold, scorer)
         records.append({"prompt": p, "generation": g, "extracted": pred, "gold": gold, "correct": bool(ok)})
     acc = sum(r["correct"] for r in records) / max(len(records), 1)
     return acc, records

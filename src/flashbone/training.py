@@ -47,7 +47,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .batching import MicroBatch, collate_packed, plan_step, target_tokens
-from .data import DataError, collate, epoch_order
+from .data import IGNORE, DataError, collate, epoch_order
 from .distributed import (full_optimizer_state, full_tensor, gather_full, is_sharded, place_like,
                           shard_optimizer_state)
 from .errors import BoneError
@@ -222,6 +222,10 @@ class Trainer:
         self.opt = torch.optim.AdamW(list(self.params.values()), lr=settings.lr, weight_decay=settings.weight_decay,
                                      **({"fused": True} if fused else {}))
         self.lengths, self.n_prompt = row_lengths(rows)
+        # tokens each row's loss covers: after the prompt, or where a conversation's own labels say
+        self.n_target = ([sum(1 for y in ys[1:] if y != IGNORE) for ys in rows["labels"]]
+                         if "labels" in getattr(rows, "column_names", ()) else
+                         [target_tokens(n, p) for n, p in zip(self.lengths, self.n_prompt)])
         self.budget = settings.micro_batch_tokens
         # HF causal LMs build a KV cache in forward unless told not to; packed rows need none
         self.no_cache = hasattr(getattr(model, "config", None), "use_cache")
@@ -245,12 +249,14 @@ class Trainer:
         shares = [[self._indices((step * a + k) * w + p) for k in range(a)] for p in range(w)]
         plan = plan_step(shares, self.lengths, self.budget, self.s.packing, self.dist.rank)
         rows = [i for share in shares for mb in share for i in mb]
-        return (plan, sum(target_tokens(self.lengths[i], self.n_prompt[i]) for i in rows),
+        return (plan, sum(self.n_target[i] for i in rows),
                 sum(self.lengths[i] for i in rows))
 
     def _collate(self, mb: MicroBatch) -> dict[str, torch.Tensor]:
         cols = self.rows[mb.rows]
         rows = [{"input_ids": a, "n_prompt": n} for a, n in zip(cols["input_ids"], cols["n_prompt"])]
+        for r, y in zip(rows, cols.get("labels") or []):  # conversations carry their own labels
+            r["labels"] = y
         if mb.bins is None:
             batch = collate(rows, self.pad_id)
         else:

@@ -30,7 +30,7 @@ def _dtype(v: dict, bf16: bool) -> torch.dtype:
 
 def load_base(v: dict, device: torch.device | None = None) -> dict:
     """Device, tokenizer, tokenized data, evaluation rows and the base model (no adapters yet)."""
-    from .. import baselines, data, loading
+    from .. import baselines, chat, data, loading
 
     device = device or loading.pick_device(v["device"])
     bf16 = loading.use_bf16(v["precision"], device)
@@ -38,9 +38,17 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
     template = data.get_template(v["template"])
     ds = data.load_rows(v["data"], split=v["data_split"], subset=v["data_subset"],
                         max_samples=v["max_samples"], seed=v["seed"])
-    qf, rf = data.detect_fields(ds.column_names, v["query_field"], v["response_field"], source=f"--data {v['data']}")
-    v["query_field_resolved"], v["response_field_resolved"] = qf, rf
-    rows, n_cut = data.tokenize_rows(ds, tok, template, qf, rf, v["max_length"], source=f"--data {v['data']}")
+    conv = chat.conversation_field(ds.column_names, v.get("messages_field")) if not v["query_field"] else None
+    if conv:  # multi-turn rows: the chat template, loss on the assistant's turns
+        rows, n_cut, own = chat.tokenize_conversations(ds, tok, conv, v["max_length"])
+        v["query_field_resolved"] = conv
+        v["response_field_resolved"] = "assistant turns, " + ("the tokenizer's chat template" if own else
+                                                               "the default chat template (docs/cli.md)")
+    else:
+        qf, rf = data.detect_fields(ds.column_names, v["query_field"], v["response_field"],
+                                    source=f"--data {v['data']}")
+        v["query_field_resolved"], v["response_field_resolved"] = qf, rf
+        rows, n_cut = data.tokenize_rows(ds, tok, template, qf, rf, v["max_length"], source=f"--data {v['data']}")
     eval_ds = None
     if v["eval_task"] != "none":  # read the held-out rows now: bad eval data fails before training
         eval_ds = data.load_rows(v["eval_data"], split="test", max_samples=v["eval_samples"])

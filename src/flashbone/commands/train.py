@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-samples", type=int, help="use only the first N rows (tiny-math: generate N)")
     g.add_argument("--template", help="alpaca (the papers' instruction template, default), plain, or a prompt with {query}")
     g.add_argument("--max-length", type=int, help="tokens per example; prompt cut first, response never dropped [512]")
+    g.add_argument("--messages-field", help="field with multi-turn conversations (role/content or ShareGPT from/value) "
+                                            "[messages or conversations, when the data has one]")
     g = p.add_argument_group("method")
     g.add_argument("--method", help=f"{', '.join(VARIANTS)} (bone is the default), lora, pissa, olora, dora, full")
     g.add_argument("--r", "--adapter-r", type=int, help="block size / rank [paper: 64 for Bone/Bat, 36 for LoRA-like; "
@@ -107,6 +109,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-samples", type=int, help="evaluate on the first N rows [tiny: 200; else all]")
     g.add_argument("--eval-batch-size", type=int, help="prompts per generation batch")
     g.add_argument("--max-new-tokens", type=int, help="generation length limit [paper 512; tiny 80]")
+    g = p.add_argument_group("sequence classification (--task classification; docs/cli.md)")
+    g.add_argument("--task", choices=["causal-lm", "classification"],
+                   help="causal-lm: instruction tuning (default); classification: AutoModelForSequenceClassification, "
+                        "the head trained in full (GLUE: --data glue/sst2)")
+    g.add_argument("--text-field", help="field with the text [GLUE's, else sentence1/premise/question/sentence/text]")
+    g.add_argument("--text-pair-field", help="field with the second text of a pair (MNLI hypothesis, MRPC sentence2...)")
+    g.add_argument("--label-field", help="field with the integer label [label]")
+    g.add_argument("--warmup-ratio", type=float, help="classification: fraction of steps of linear warmup, then "
+                                                        "linear decay to 0 [0.06, the LoRA repository's]")
 
 
 def _resolve(args: argparse.Namespace, env=None) -> dict:
@@ -310,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..training import check_resume
 
+    if args.task == "classification":
+        from . import _classify
+
+        return _classify.train(args)
     t_wall = time.time()
     _apply_saved_config(args)
     env = distributed.process_env()
