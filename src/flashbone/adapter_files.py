@@ -39,7 +39,12 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 PEFT_TYPE = "FLASHBONE"
 _PARAM_KEYS = {"B": "miss_block", "A": "miss_A"}
-_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>miss_block|miss_A|bone_block)(?:\.[A-Za-z0-9_\-]+)?$")
+KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>miss_block|miss_A|bone_block)(?:\.[A-Za-z0-9_\-]+)?$")
+
+
+def param_name(kind: str) -> str:
+    """Our parameter name (``"A"`` or ``"B"``) for a file key's kind (``miss_A``, ``miss_block``, ``bone_block``)."""
+    return "A" if kind == "miss_A" else "B"
 
 
 @dataclass
@@ -205,11 +210,11 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
     saved: dict[str, Tensor] = {}
     keys: dict[tuple[str, str], str] = {}
     for key, t in read_safetensors(w_path).items():
-        m = _KEY_RE.match(key)
+        m = KEY_RE.match(key)
         if m is None:
             saved[key.removeprefix(PREFIX)] = t
             continue
-        name = "A" if m["kind"] == "miss_A" else "B"
+        name = param_name(m["kind"])
         tensors.setdefault(m["module"], {})[name] = t
         keys[(m["module"], name)] = key
     if not tensors:
