@@ -328,7 +328,9 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
         names = [self._name(adapter_name)] if adapter_name else self.adapter_names
         for n in names:
             sub = folder if adapter_name or n == "default" else folder / n
-            adapter_files.save_adapter_folder(sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n))
+            conv = any(layer.is_conv1d for _, layer in self.bone_layers() if n in layer.adapters)
+            adapter_files.save_adapter_folder(sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n),
+                                   peft_loadable=not conv)
         return folder
 
     def export_lora(self, folder: str | os.PathLike, adapter_name: str | None = None) -> Path:
