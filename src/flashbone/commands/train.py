@@ -194,7 +194,7 @@ def _prepare_out(v: dict, write: bool = True) -> Path:
 
 def _argv(args: argparse.Namespace) -> list[str]:
     """``args`` as flags again (--config files already merged), for the processes to start."""
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
     add_arguments(p)
     argv = []
     for a in p._actions:
