@@ -92,3 +92,17 @@ def test_other_bad_inputs(tmp_path, capsys):
     cfg.write_text(json.dumps({"learning-rate": 1}))
     rc, _, err = flashbone(capsys, "train", "--config", cfg)
     _one_line_error(rc, err, "learning-rate", "known keys")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--adapter", "some/dir"], "--adapter"),   # was read as --adapter-r: "invalid int"
+    (["train", "--adapter", "16"], "--adapter"),         # was silently r = 16
+    (["train", "--resum"], "--resum"),
+    (["eval", "--adapt", "x"], "--adapt"),
+])
+def test_flags_are_never_abbreviated(tmp_path, capsys, argv, flag):
+    with pytest.raises(SystemExit) as e:
+        flashbone(capsys, *argv, "--out", tmp_path / "never")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"unrecognized arguments: {flag}" in err
+    assert not (tmp_path / "never").exists()

@@ -16,6 +16,9 @@ def test_library_doc_examples_run(tmp_path, monkeypatch, capsys):
     assert "trainable params:" in capsys.readouterr().out
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     assert not namespace["torch"].allclose(namespace["base_logits"], namespace["merged_logits"])
+    for folder in ("out/trainer/checkpoint-2", "out/sft/final"):  # Trainer and SFTTrainer save adapters
+        assert (tmp_path / folder / "adapter_config.json").is_file()
+        assert not (tmp_path / folder / "model.safetensors").exists()
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):

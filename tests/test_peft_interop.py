@@ -96,3 +96,21 @@ def test_classifier_head_both_ways(tmp_path):
     assert ours.configs["default"].modules_to_save == ["classifier"]
     torch.testing.assert_close(ours(x).logits, _peft_logits(pm2, x), rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("variant", ["bone", "bat"])
+def test_gpt2_conv1d_adapters_are_written_as_ours_since_peft_miss_refuses_conv1d(variant, tmp_path):
+    import json
+
+    model = gpt2()
+    base = copy.deepcopy(model)
+    with pytest.raises(TypeError, match="not supported"):  # why a MISS folder would not load
+        get_peft_model(copy.deepcopy(model), MissConfig(r=8, init_weights=PEFT_INIT[variant], target_modules=["c_fc"]))
+    bm = get_bone_model(model, BoneConfig(variant=variant, r=8))
+    randomize_adapters(bm)
+    bm.save_adapter(tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (cfg["peft_type"], cfg["variant"]) == ("FLASHBONE", variant)
+    x = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(load_adapter(base, tmp_path)(x).logits, bm(x).logits, rtol=0, atol=0)

@@ -2,8 +2,10 @@
 
     variant                  written as                      tensor keys
     bone, bone-mini, bat     PEFT "MISS" (PEFT loads it)     base_model.model.<module>.miss_block
+      on nn.Linear only
     bat-row, bat-hadamard,   "FLASHBONE" (same layout,       ...<module>.miss_block (B)
-    bone-ab                  our own peft_type)              ...<module>.miss_A (A, bone-ab)
+    bone-ab; any variant     our own peft_type)              ...<module>.miss_A (A, bone-ab)
+      on a GPT-2 Conv1D      (PEFT's MiSS adapts nn.Linear only)
     read only: legacy PEFT "BONE" folders                    ...<module>.bone_block
     export: bone/bone-mini as an exact PEFT "LORA" adapter   ...<module>.lora_A.weight / lora_B.weight
 
@@ -41,14 +43,15 @@ PEFT_TYPE = "FLASHBONE"
 # Tensor key suffix per trainable tensor: PEFT's ``miss_block`` for B, ``miss_<name>`` for any
 # other (``miss_A`` for bone-ab's A, and whatever a newly registered variant names its tensors).
 _PARAM_KEYS = {"B": "miss_block"}
-_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>miss_[A-Za-z0-9]+|bone_block)(?:\.[A-Za-z0-9_\-]+)?$")
+KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>miss_[A-Za-z0-9]+|bone_block)(?:\.[A-Za-z0-9_\-]+)?$")
 
 
 def _param_key(name: str) -> str:
     return _PARAM_KEYS.get(name, f"miss_{name}")
 
 
-def _param_name(kind: str) -> str:
+def param_name(kind: str) -> str:
+    """Our parameter name for a file key's kind (``miss_block``/``bone_block`` -> ``B``, ``miss_X`` -> ``X``)."""
     return "B" if kind in ("miss_block", "bone_block") else kind.removeprefix("miss_")
 
 
@@ -66,8 +69,13 @@ class AdapterFile:
 _FROM_INIT_WEIGHTS = {True: "bone", False: "bone", "bat": "bat", "mini": "bone-mini"}
 
 
-def config_to_json(config: BoneConfig, modules: list[str]) -> dict[str, Any]:
-    """The ``adapter_config.json`` dict; ``modules`` are the adapted modules' full names."""
+def config_to_json(config: BoneConfig, modules: list[str], peft_loadable: bool = True) -> dict[str, Any]:
+    """The ``adapter_config.json`` dict; ``modules`` are the adapted modules' full names.
+
+    PEFT's ``MISS`` type is written only where PEFT loads it: a variant PEFT has, on layers
+    PEFT's MiSS adapts (``peft_loadable``: all ``nn.Linear``; PEFT refuses a ``Conv1D``).
+    Everything else is our own ``FLASHBONE`` type, which flashbone reads.
+    """
     common = {
         "task_type": config.task_type,
         "base_model_name_or_path": config.base_model_name_or_path,
@@ -81,7 +89,7 @@ def config_to_json(config: BoneConfig, modules: list[str]) -> dict[str, Any]:
         "bias": "none",
         "modules_to_save": config.modules_to_save,
     }
-    if get_variant(config.variant).peft_init_weights is not None:
+    if peft_loadable and get_variant(config.variant).peft_init_weights is not None:
         return {"peft_type": "MISS", "auto_mapping": None, **common,
                 "miss_dropout": config.dropout, "mini_r": config.mini_r or 1,
                 "init_weights": get_variant(config.variant).peft_init_weights}
@@ -153,8 +161,11 @@ def _atomic_write(path: Path, write) -> None:
 
 def save_adapter_folder(folder: str | os.PathLike, config: BoneConfig,
                         tensors: dict[str, dict[str, Tensor]],
-                        saved: dict[str, Tensor] | None = None) -> Path:
-    """Write one adapter (config + tensors) to ``folder``, each file atomically."""
+                        saved: dict[str, Tensor] | None = None, *, peft_loadable: bool = True) -> Path:
+    """Write one adapter (config + tensors) to ``folder``, each file atomically.
+
+    ``peft_loadable=False`` (adapters on GPT-2 ``Conv1D`` layers) writes our own peft_type.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     flat: dict[str, Tensor] = {}
@@ -165,7 +176,7 @@ def save_adapter_folder(folder: str | os.PathLike, config: BoneConfig,
         flat[f"{PREFIX}{name}"] = t.detach().to("cpu").contiguous()
     meta = {"format": "pt", "flashbone_variant": config.variant}
     _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(flat, p, metadata=meta))
-    js = json.dumps(config_to_json(config, list(tensors)), indent=2, sort_keys=True)
+    js = json.dumps(config_to_json(config, list(tensors), peft_loadable), indent=2, sort_keys=True)
     _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(js + "\n"))
     return folder
 
@@ -221,11 +232,11 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
     saved: dict[str, Tensor] = {}
     keys: dict[tuple[str, str], str] = {}
     for key, t in read_safetensors(w_path).items():
-        m = _KEY_RE.match(key)
+        m = KEY_RE.match(key)
         if m is None:
             saved[key.removeprefix(PREFIX)] = t
             continue
-        name = _param_name(m["kind"])
+        name = param_name(m["kind"])
         tensors.setdefault(m["module"], {})[name] = t
         keys[(m["module"], name)] = key
     if not tensors:

@@ -93,11 +93,12 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str | None) -> None
 def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
-    parser = argparse.ArgumentParser(prog="flashbone", description=__doc__.split("\n")[1])
+    # allow_abbrev=False everywhere: "--adapter DIR" must not be read as "--adapter-r DIR"
+    parser = argparse.ArgumentParser(prog="flashbone", description=__doc__.split("\n")[1], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"flashbone {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+        sub.add_parser(name, help=help_text, add_help=False, allow_abbrev=False)
     return parser
 
 
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     try:
         module = importlib.import_module(COMMANDS[name][0])
-        parser = argparse.ArgumentParser(prog=f"flashbone {name}", description=module.__doc__,
+        parser = argparse.ArgumentParser(prog=f"flashbone {name}", description=module.__doc__, allow_abbrev=False,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of flag values")
         module.add_arguments(parser)

@@ -6,7 +6,9 @@
                 freeze the rest                                  (all or nothing)
 
     BoneModel: forward/generate pass through; add/set/disable/delete adapters;
-               merge/unmerge/merge_and_unload/unload; save_adapter/export_lora
+               merge/unmerge/merge_and_unload/unload; save_adapter/export_lora;
+               a PreTrainedModel for Trainer/TRL/accelerate (save_pretrained writes
+               the adapter folder; see pretrained.py)
     load_adapter(hf_model, folder)  ->  BoneModel   (ours, PEFT MISS, legacy PEFT BONE)
 """
 
@@ -27,6 +29,7 @@ from . import adapter_files, quant
 from .config import BoneConfig
 from .errors import BoneConfigError, MergeError
 from .layer import AdapterModule, BlockAdapter, BoneLayer, SavedModule, compact_weights, features
+from .pretrained import PretrainedAdapterFiles, PreTrainedModel, pass_through_pretrained_attributes, signed_forward
 from .targets import find_targets, modules_to_save_names
 
 
@@ -72,24 +75,38 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
-class BoneModel(nn.Module):
+@pass_through_pretrained_attributes
+class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
     """A model with block-affine adapters in its linear layers.
 
     The wrapped model is changed in place (its target layers become :class:`BoneLayer`,
     its ``modules_to_save`` become :class:`SavedModule`); attributes not found here are
     looked up on it, so ``bone_model.config`` and ``bone_model.generate(...)`` work as on
-    the original.
+    the original. It is a ``transformers.PreTrainedModel`` (see ``flashbone.pretrained``):
+    ``Trainer``/``SFTTrainer`` save adapter-folder checkpoints through
+    :meth:`save_pretrained` and resume from them.
     """
 
     def __init__(self, model: nn.Module, config: BoneConfig, adapter_name: str = "default"):
-        super().__init__()
+        nn.Module.__init__(self)  # not PreTrainedModel's: the config and its checks are the wrapped model's
         self.model = model
         self.configs: dict[str, BoneConfig] = {}
         self.active_adapters: list[str] = []
+        self.forward = signed_forward(self, model, BoneModel.forward)
         self.add_adapter(adapter_name, config)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, folder: str | os.PathLike, adapter_name: str = "default",
+                        *, is_trainable: bool = False) -> "BoneModel":
+        """``load_adapter(model, folder, ...)``, named as ``PeftModel.from_pretrained``."""
+        return load_adapter(model, folder, adapter_name, is_trainable=is_trainable)
+
+    def load_adapter(self, folder: str | os.PathLike, adapter_name: str, *, is_trainable: bool = False) -> None:
+        """Load a further adapter folder into this model (inactive, as in PEFT)."""
+        load_adapter(self, folder, adapter_name, is_trainable=is_trainable)
 
     def generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)
@@ -311,7 +328,9 @@ class BoneModel(nn.Module):
         names = [self._name(adapter_name)] if adapter_name else self.adapter_names
         for n in names:
             sub = folder if adapter_name or n == "default" else folder / n
-            adapter_files.save_adapter_folder(sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n))
+            conv = any(layer.is_conv1d for _, layer in self.bone_layers() if n in layer.adapters)
+            adapter_files.save_adapter_folder(sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n),
+                                   peft_loadable=not conv)
         return folder
 
     def export_lora(self, folder: str | os.PathLike, adapter_name: str | None = None) -> Path:

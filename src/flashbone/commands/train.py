@@ -248,7 +248,7 @@ def _say_resume(v: dict, ckpt: Path, out: Path) -> bool:
 
 def _argv(args: argparse.Namespace) -> list[str]:
     """``args`` as flags again (--config files already merged), for the processes to start."""
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(allow_abbrev=False)
     add_arguments(p)
     argv = []
     for a in p._actions:
