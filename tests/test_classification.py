@@ -38,7 +38,7 @@ def tiny_roberta(tmp_path_factory):
     torch.manual_seed(0)
     # initializer_range 0.2: at the usual 0.02 a random 2-layer body passes almost nothing of the
     # words to the <s> token the head reads (its state varies by ~1e-3 between rows)
-    cfg = RobertaConfig(vocab_size=754, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    cfg = RobertaConfig(vocab_size=len(load_tokenizer(None)), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=80, type_vocab_size=1, initializer_range=0.2,
                         pad_token_id=1, bos_token_id=0, eos_token_id=0, num_labels=2)
     RobertaForSequenceClassification(cfg).save_pretrained(folder)
@@ -82,7 +82,7 @@ def test_train_save_load_in_peft_and_merge(tmp_path, capsys, tiny_roberta):
     out = tmp_path / "run"
     rc, stdout, err = flashbone(capsys, "train", "--task", "classification", "--model", tiny_roberta,
                                 "--data", train, "--eval-data", dev, "--method", "bone", "--r", "8",
-                                "--lr", "1e-2", "--epochs", "3", "--batch-size", "16", "--out", out, "--no-progress")
+                                "--lr", "1e-2", "--epochs", "5", "--batch-size", "16", "--out", out, "--no-progress")
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     before, after = summary["metrics_before"], summary["metrics_after"]

@@ -52,11 +52,12 @@ def stand_ins():
     """A Llama-shaped model whose sides 128/256 take r=16..128 and bat's blocks, and a RoBERTa."""
     from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig
 
+    vocab = len(loading.load_tokenizer(None))  # the built-in tokenizer's, which the stand-ins are run with
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=754, hidden_size=128, intermediate_size=256,
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256,
                                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
                                          max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=0))
-    roberta = RobertaConfig(vocab_size=754, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+    roberta = RobertaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                             intermediate_size=128, max_position_embeddings=80, type_vocab_size=1,
                             pad_token_id=1, bos_token_id=0, eos_token_id=0)
     return llama, roberta
@@ -75,8 +76,8 @@ def _rows(source: str, **_) -> datasets.Dataset:
                          ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_causal_recipe_builds(recipe, tmp_path, monkeypatch, stand_ins):
     llama, _ = stand_ins
-    monkeypatch.setattr(loading, "load_tokenizer", lambda name: _TOKENIZER)
-    monkeypatch.setattr(loading, "load_model", lambda name, dtype=None, device=None: copy.deepcopy(llama))
+    monkeypatch.setattr(loading, "load_tokenizer", lambda name, **kw: _TOKENIZER)
+    monkeypatch.setattr(loading, "load_model", lambda name, dtype=None, device=None, **kw: copy.deepcopy(llama))
     monkeypatch.setattr("flashbone.data.load_rows", _rows)
     spec = yaml.safe_load(recipe.read_text())
     assert spec["model"] in MODELS
@@ -138,7 +139,7 @@ def test_glue_recipe_builds(recipe, tmp_path, monkeypatch, stand_ins, capsys):
     monkeypatch.setattr(cls, "load_classifier", classifier)
     monkeypatch.setattr(cls, "train", fake_train)
     monkeypatch.setattr("flashbone.data.load_rows", rows)
-    monkeypatch.setattr(loading, "load_tokenizer", lambda name: _TOKENIZER)
+    monkeypatch.setattr(loading, "load_tokenizer", lambda name, **kw: _TOKENIZER)
     rc = cli.main(["train", "--config", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"])
     out, err = capsys.readouterr()
     assert rc == 0, err

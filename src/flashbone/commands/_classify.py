@@ -79,17 +79,37 @@ def _load_rows(v: dict, source, split: str, tok, *, what: str, max_samples=None,
 
 def train(args: argparse.Namespace) -> int:
     """``flashbone train --task classification``."""
+    from .. import outputs
+
+    t_wall = time.time()
+    v = _resolve(args)
+    # built in a temporary sibling, renamed into place when complete (flashbone.outputs)
+    folder = outputs.plan_folder(v["out"], overwrite=v["overwrite"],
+                                 inputs={"--data": v["data"], "--model": v["model"], "--eval-data": v["eval_data"]})
+    out = outputs.begin(folder, "train")
+    try:
+        after = _train_into(args, v, out, folder.final, t_wall)
+    except BaseException:
+        outputs.abort(folder)
+        raise
+    outputs.finish(folder)
+    saved = folder.final / ("model" if v["method"] == "full" else "adapter")
+    print(f"saved {saved}  (metrics.jsonl, loss.png, config.yaml, summary.json in {folder.final})")
+    if after:
+        print(f"dev set ({after.n} rows) after training:\n{after.lines()}")
+    return 0
+
+
+def _train_into(args: argparse.Namespace, v: dict, out: Path, final: Path, t_wall: float):
+    """The run, written into ``out`` (the work folder of ``final``); the dev metrics after training."""
     import torch
 
     from .. import baselines, loading
     from .. import classification as cls
     from ..generation import write_jsonl
     from . import _train_steps as st
-    from .train import NOT_SAVED, _prepare_out
+    from .train import NOT_SAVED
 
-    t_wall = time.time()
-    v = _resolve(args)
-    out = _prepare_out(v)
     device = loading.pick_device(v["device"])
     bf16 = loading.use_bf16(v["precision"], device)
     source = cls.resolve_source(v["data"], v["data_subset"], v["data_split"])
@@ -126,7 +146,7 @@ def train(args: argparse.Namespace) -> int:
         f"{v['weight_decay']:g}, clip {v['max_grad_norm']:g}, batch {v['batch_size']} x accum {v['grad_accum']}, "
         f"{steps} steps, seed {v['seed']}",
         f"compute    {device}, {'bf16' if bf16 else 'fp32'}",
-        f"out        {out}"]), flush=True)
+        f"out        {final}"]), flush=True)
     (out / "config.yaml").write_text(yaml.safe_dump(
         {k.replace("_", "-"): getattr(args, k) for k in vars(args) if k not in NOT_SAVED and getattr(args, k) is not None},
         sort_keys=False))
@@ -151,14 +171,11 @@ def train(args: argparse.Namespace) -> int:
                "num_labels": num_labels, "trainable_params": adapted.n_trainable, "total_params": adapted.n_total,
                "model": v["model"], "data": v["data"], "train_rows": len(rows), **result,
                "metrics_before": before.as_dict() if before else None,
-               "metrics_after": after.as_dict() if after else None, "saved": str(saved_to),
+               "metrics_after": after.as_dict() if after else None, "saved": str(final / saved_to.name),
                "wall_seconds": round(time.time() - t_wall, 1), "precision": "bf16" if bf16 else "fp32"}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     st.loss_plot(out)
-    print(f"saved {saved_to}  (metrics.jsonl, loss.png, config.yaml, summary.json in {out})")
-    if after:
-        print(f"dev set ({after.n} rows) after training:\n{after.lines()}")
-    return 0
+    return after
 
 
 def evaluate(args: argparse.Namespace) -> int:
