@@ -80,7 +80,7 @@ def test_load_files_and_errors(tmp_path):
     with pytest.raises(data.DataError, match="empty"):
         data.load_rows(str(tmp_path / "empty.jsonl"))
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(data.DataError, match="could not be read"):
+    with pytest.raises(data.DataError, match="line 1 is not valid JSON"):
         data.load_rows(str(tmp_path / "bad.jsonl"))
     with pytest.raises(data.DataError, match="unknown file type"):
         (tmp_path / "d.txt").write_text("x")

@@ -118,9 +118,10 @@ def test_kill_during_a_merge_leaves_the_previous_merge(call, tmp_path, capsys):
     rc, _, err = flashbone(capsys, "merge", "--adapter", tmp_path / "run" / "adapter", "--out", tmp_path / "m")
     assert rc == 0, err
     before = tree_digest(tmp_path)
-    # call 1: the weights file half-written; call 2: everything written, killed before the swap
+    # call 1: the weights file half-written; call 2: everything written, killed before the swap's first
+    # rename (old folder aside; a kill between the two renames is repaired by the next call, tested above)
     spec = ({"target": "transformers.modeling_utils:safe_save_file", "call": 1, "action": "kill"} if call == 1 else
-            {"target": "os:rename", "call": 1, "action": "before", "match": ".m.flashbone-partial"})
+            {"target": "os:rename", "call": 1, "action": "before", "match": ".m.flashbone-old"})
     res = _with_fault(spec, "merge", "--adapter", tmp_path / "run" / "adapter", "--out", tmp_path / "m", "--overwrite")
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert {k: v for k, v in tree_digest(tmp_path).items() if ".m.flashbone-" not in k} == before

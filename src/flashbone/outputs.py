@@ -196,11 +196,22 @@ def abort(folder: OutputFolder) -> None:
         shutil.rmtree(folder.work, ignore_errors=True)
 
 
+def _follow_umask(root: Path) -> None:
+    """Give every file under ``root`` the mode the user's umask asks for: some writers (safetensors
+    through transformers' save_pretrained) create their files 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in root.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, 0o666 & ~mask)
+
+
 def write_folder(folder: OutputFolder, command: str, write: Callable[[Path], None]) -> Path:
     """``write(work)``, then swap into place; any failure removes the work folder and nothing else."""
     work = begin(folder, command)
     try:
         write(work)
+        _follow_umask(work)
     except BaseException:
         abort(folder)
         raise

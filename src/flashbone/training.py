@@ -118,7 +118,10 @@ def save_checkpoint(root: Path, step: int, params: dict[str, torch.Tensor], trai
     save_file({n: p.detach().to("cpu").contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))
     torch.save(trainer, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+    mask = os.umask(0)
+    os.umask(mask)
     for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~mask)  # safetensors creates its file 0600; a saved file gets the umask's mode
         _fsync(f)
     _fsync(tmp)
     if final.exists():  # the same step saved before (e.g. --stop-after at a --save-every step)
