@@ -20,9 +20,8 @@ DEFAULTS = {"max_new_tokens": 512, "batch_size": 16}
 
 def _completions(args: argparse.Namespace, problems: dict[str, dict]) -> tuple[list[dict], str]:
     """Greedy completions of every problem, and a description of the model."""
-    import torch
 
-    from .. import baselines, data, loading
+    from .. import data, loading
     from ..generation import generate
     from ..humaneval import PLAIN_STOPS, extract_code
 
@@ -30,13 +29,9 @@ def _completions(args: argparse.Namespace, problems: dict[str, dict]) -> tuple[l
     bf16 = loading.use_bf16(args.precision, device)
     template = data.get_template(args.template)
     tok = loading.load_tokenizer(args.model)
-    if args.adapter:
-        baselines.adapter_kind(args.adapter)
-    model = loading.load_model(args.model, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
-    if args.adapter:
-        model = baselines.attach_adapter(model, args.adapter)
-        if args.merge:
-            model = baselines.merge_into_base(model)
+    from .evaluate import load_eval_model
+
+    model = load_eval_model(args, bf16, device)
     plain = template.name == "plain"
     ids = list(problems)
     prompts = [problems[t]["prompt"] if plain else template.prompt_text(problems[t]["prompt"]) for t in ids]

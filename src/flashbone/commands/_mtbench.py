@@ -27,9 +27,8 @@ def _model_id(args: argparse.Namespace) -> str:
 
 def _generate_answers(args: argparse.Namespace, questions: list[dict], model_id: str) -> list[dict]:
     """Turn by turn, every question's conversation so far through the chat template, greedy."""
-    import torch
 
-    from .. import baselines, chat, loading, mtbench
+    from .. import chat, loading, mtbench
     from ..generation import generate
 
     device = loading.pick_device(args.device)
@@ -37,13 +36,9 @@ def _generate_answers(args: argparse.Namespace, questions: list[dict], model_id:
     tok = loading.load_tokenizer(args.model)
     own = chat.ensure_template(tok)
     stops = [s for s in _END_OF_TURN if s in tok.chat_template] if own else list(chat.DEFAULT_STOP)
-    if args.adapter:
-        baselines.adapter_kind(args.adapter)
-    model = loading.load_model(args.model, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
-    if args.adapter:
-        model = baselines.attach_adapter(model, args.adapter)
-        if args.merge:
-            model = baselines.merge_into_base(model)
+    from .evaluate import load_eval_model
+
+    model = load_eval_model(args, bf16, device)
     convs: list[list[dict]] = [[] for _ in questions]
     answers: list[list[str]] = [[] for _ in questions]
     for turn in range(max(len(q["turns"]) for q in questions)):

@@ -98,10 +98,26 @@ _SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_lay
                "vocab_size")
 
 
-def run(args: argparse.Namespace) -> int:
+def load_eval_model(args: argparse.Namespace, bf16: bool, device):
+    """``--model`` with ``--adapter`` attached (merged with ``--merge``); a bad adapter folder fails
+    before the model loads."""
     import torch
 
-    from .. import baselines, data, loading, outputs
+    from .. import baselines, loading
+
+    if args.adapter:
+        baselines.adapter_kind(args.adapter)
+    model = loading.load_model(args.model, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+    if args.adapter:
+        model = baselines.attach_adapter(model, args.adapter)
+        if args.merge:
+            model = baselines.merge_into_base(model)
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+
+    from .. import data, loading, outputs
     from ..generation import write_jsonl
 
     if args.task == "classification":
@@ -135,13 +151,7 @@ def run(args: argparse.Namespace) -> int:
     ds = data.load_rows(source, split=args.data_split or "test", subset=args.data_subset,
                         max_samples=args.max_samples)
     tok = loading.load_tokenizer(args.model)
-    if args.adapter:
-        baselines.adapter_kind(args.adapter)  # a bad folder fails before the model loads
-    model = loading.load_model(args.model, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
-    if args.adapter:
-        model = baselines.attach_adapter(model, args.adapter)
-        if args.merge:
-            model = baselines.merge_into_base(model)
+    model = load_eval_model(args, bf16, device)
     max_new, batch = args.max_new_tokens or rec["max_new_tokens"], args.batch_size or rec["batch_size"]
     print(f"generation greedy, max {max_new} new tokens, batch {batch}, template {template.name}, stop at "
           f"{' or '.join(template.stop + ['eos'])}, {'fp32' if not bf16 else 'bf16'}"
