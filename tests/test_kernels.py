@@ -45,9 +45,33 @@ def _adapter(variant, out, inn, r, dev="cpu", mini_r=None, std=0.02):
 def test_the_kernels_register_their_gpu_paths():
     """Importing the layers registers every kernel path; variants without one (bat-grouped)
     take their PyTorch path on CUDA too."""
-    assert set(kernels.GPU_PATHS) <= set(VARIANTS)
+    assert set(kernels.KERNELS) == set(kernels.GPU_PATHS) <= set(VARIANTS)
     assert set(_GPU_PATHS) == set(kernels.GPU_PATHS)
     assert all(_GPU_PATHS[v] is kernels.GPU_PATHS[v] for v in kernels.GPU_PATHS)
+    assert "bat-grouped" not in _GPU_PATHS
+
+
+def test_a_variant_registering_kernels_is_picked_up_everywhere(monkeypatch):
+    """One register() call is all the kernel side needs: dispatch, size rules, padding and
+    grouping read the registry (here for bat-grouped with bat-row's limits, off CUDA)."""
+    from flashbone.kernels import registry
+
+    monkeypatch.setattr(registry, "KERNELS", dict(registry.KERNELS))
+    monkeypatch.setattr(registry, "GPU_PATHS", dict(registry.GPU_PATHS))
+    monkeypatch.setitem(_GPU_PATHS, "bat-grouped", None)  # restored (then dropped) by monkeypatch
+    ran = []
+    spec = kernels.VariantKernels("bat-grouped", lambda *a: ran.append(a), min_elements_factor=2,
+                                  pads_by_default=True, group=kernels.GroupKind("g", lambda *a: a))
+    kernels.register(spec)
+    assert _GPU_PATHS["bat-grouped"] is registry.GPU_PATHS["bat-grouped"]
+    assert "bat-grouped" in kernels.padded_variants()
+    out, inn, r = 32, 48, 16
+    x, w = torch.randn(5, inn, dtype=torch.float64), torch.randn(out, inn, dtype=torch.float64)
+    call = _adapter("bat-grouped", out, inn, r, mini_r=2).call(torch.float64)
+    assert not kernels.supported("bat-grouped", x, w, r)  # CPU: its PyTorch path, not the kernel
+    torch.testing.assert_close(_GPU_PATHS["bat-grouped"](x, w, None, call),
+                               torch_path("bat-grouped")(x, w, None, call), rtol=0, atol=0)
+    assert not ran and kernels.layer_group(x, [(w, None, call)] * 2) is None
 
 
 @pytest.mark.parametrize("variant", list(kernels.GPU_PATHS))
@@ -135,6 +159,36 @@ def test_replay_sees_rmsnorm_as_one_fusable_expression():
     assert replay._rmsnorm_operands(expr, sources) is None  # CPU tensors: the eager ops
 
 
+def test_replay_walks_views_between_the_producer_and_the_layer():
+    """A producer's output reshaped before the layer reads it (e.g. heads merged back) is still
+    recomputed, through the view node."""
+    a, b = torch.randn(2, 3, 8, requires_grad=True), torch.randn(2, 3, 8, requires_grad=True)
+    a2, b2 = a * 1.5, b * 0.5
+    x = (a2 * b2).view(6, 8).reshape(2, 24)
+    sources = []
+    expr = replay._build(x.grad_fn, sources, 0)
+    assert expr[:2] == ("reshape", (2, 24)) and expr[2][:2] == ("reshape", (6, 8))
+    assert len(sources) == 2 and torch.equal(replay._evaluate(expr, sources), x)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_replay_learns_the_node_classes_from_the_ops_even_without_grad(mode):
+    """The walk knows PyTorch's nodes by the ops that make them, not by their internal names;
+    learned on first use, which may come from inside a Function's forward (grad mode off)."""
+    replay._node_kinds.cache_clear()
+    try:
+        with mode():
+            kinds = replay._node_kinds()
+        h = torch.randn(3, 4, requires_grad=True)
+        w = torch.randn(4, dtype=torch.bfloat16)
+        x = w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True))).to(torch.bfloat16)
+        assert type(x.grad_fn) is kinds.mul
+        assert type(x.grad_fn.next_functions[1][0]) is kinds.cast
+        assert type(x.view(12).grad_fn) in kinds.views
+    finally:
+        replay._node_kinds.cache_clear()
+
+
 class _Saver(torch.autograd.Function):
     """Identity that keeps its input for backward through replay.save_input."""
 
@@ -216,16 +270,18 @@ def test_replay_refuses_a_source_changed_in_place():
         rp.acquire(sources)
 
 
-def test_kernel_launch_config_env_override(monkeypatch):
+def test_kernel_launch_config_overrides(monkeypatch):
+    """``SETTINGS.kernel_config`` (``FLASHBONE_KERNEL_CONFIG``) overrides single launch
+    parameters; an unknown kernel name is refused by name."""
     K = pytest.importorskip("flashbone.kernels.triton_kernels")  # needs Triton, not CUDA
     saved = {k: dict(v) for k, v in K.CONFIG.items()}
     try:
-        monkeypatch.setenv("FLASHBONE_KERNEL_CONFIG", '{"expand": {"BT": 32}}')
-        K._env_overrides()
+        monkeypatch.setattr(SETTINGS, "kernel_config", {"expand": {"BT": 32}})
+        K._apply_overrides()
         assert K.CONFIG["expand"]["BT"] == 32 and K.CONFIG["expand"]["BN"] == saved["expand"]["BN"]
-        monkeypatch.setenv("FLASHBONE_KERNEL_CONFIG", '{"expnd": {"BT": 32}}')
+        monkeypatch.setattr(SETTINGS, "kernel_config", {"expnd": {"BT": 32}})
         with pytest.raises(ValueError, match="unknown kernel 'expnd'"):
-            K._env_overrides()
+            K._apply_overrides()
     finally:
         K.CONFIG.clear()
         K.CONFIG.update(saved)
@@ -428,7 +484,7 @@ def test_sibling_groups_match_the_pytorch_path(variant, checkpointing):
             node = "RowAffine" if variant in ("bat-row", "bone-ab") else "Bone"
             nodes = _graph_nodes(bm(input_ids=ids, labels=ids).loss)
             grouped = f"{node}GroupCudaBackward" in nodes
-            assert grouped == (not checkpointing and variant in padded.padded_variants())
+            assert grouped == (not checkpointing and variant in kernels.padded_variants())
     assert _rel(grads["auto"], grads["torch"]) < 3e-2
 
 
@@ -455,7 +511,7 @@ def test_padded_kernels_see_every_optimizer_step(variant):
         loss = bm(input_ids=ids, labels=ids).loss
         for h in hooks:
             h.remove()
-        if variant in padded.padded_variants():
+        if variant in kernels.padded_variants():
             assert any(getattr(p, "_flashbone_padded_width", None) for p in bm.parameters())
         for m, x, y in seen:  # the adapter's term alone: a stale B would be off by its update
             base = x @ m.weight.t()

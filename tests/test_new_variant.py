@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flashbone import BoneConfig, get_bone_model, load_adapter, num_params
+from flashbone import BoneConfig, get_bone_model, kernels, load_adapter, num_params
 from flashbone.errors import BoneShapeError
 from flashbone.ops import TORCH_PATHS, adapted_linear, torch_path, use_backend
+from flashbone.ops.quantized import quantized_linear
 from flashbone.variants import VARIANTS, Variant, bat_grouped_delta, bat_grouped_undo, bat_row_delta
 from tiny_models import llama, tokens
 
@@ -66,6 +67,34 @@ def test_dense_path_matches_the_reference(variant, registered):
             if a is not None:
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert torch_path(variant) is not None
+
+
+@pytest.mark.parametrize("variant", ["column-scale", "low-rank", "bat-grouped"])
+def test_dense_only_variant_on_the_kernel_side_and_a_quantized_base(variant, registered):
+    """The kernel registry knows nothing of it, and nothing there trips on it: no GPU path, never
+    supported, never padded, never grouped; over a quantised base (``ops.quantized``, here with a
+    dense stand-in for the dequantised weight) it computes the same as the reference."""
+    from flashbone.layer import BlockAdapter
+
+    out, inn, r, g = 32, 48, 8, 6
+    w = torch.randn(out, inn, dtype=torch.float64)
+    ad = BlockAdapter(variant, r, out, inn, g, init="random", dtype=torch.float64)
+    call = ad.call(torch.float64)
+    x = torch.randn(10, inn, dtype=torch.float64)
+    assert variant not in kernels.KERNELS and variant not in kernels.GPU_PATHS
+    assert variant not in kernels.padded_variants()
+    assert not kernels.supported(variant, x.half(), w.half(), 16)
+    assert kernels.layer_group(x, [(w, None, call), (w, None, call)]) is None
+    for calls in ([call], [ad.call(torch.float64), BlockAdapter("bone", r, out, inn, init="random",
+                                                                 dtype=torch.float64).call(torch.float64)]):
+        xs = x.clone().requires_grad_()
+        got = quantized_linear(xs, lambda t: t @ w.t(), lambda: w, None, out, calls, torch.float64)
+        with use_backend("reference"):
+            want = adapted_linear(xs, w, None, calls)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        grads = [torch.autograd.grad(y.sum(), [xs, *ad.parameters()]) for y in (got, want)]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_recipe_variant_trains_saves_loads_and_merges(registered, tmp_path):

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from flashbone import BoneConfig, get_bone_model
-from flashbone.kernels import padded
+from flashbone.kernels import padded, registry
+from flashbone.ops import AdapterCall
 from flashbone.settings import SETTINGS
 from tiny_models import llama, tokens
 
@@ -47,19 +48,25 @@ def test_only_frozen_plain_parameters_owning_their_storage_are_rehomable():
 
 def test_extended_leaves_cpu_weights_and_switched_off_alone(monkeypatch):
     w = _frozen()
-    assert padded.extended(w, 16, "bat-row") is None and w.is_contiguous()  # CPU: no padding
+
+    def call(variant):
+        return AdapterCall(variant, 16, {})
+
+    assert padded.extended(w, 16) is None and w.is_contiguous()  # CPU: no padding
     padded.rehome(w, 16)
-    assert padded.extended(w, 16, "bat-row") is not None
-    assert padded.extended(w, 16, "bat") is None  # bat builds W' instead: no padding
+    assert padded.extended(w, 16) is not None
+    assert registry.extended_weight(w, call("bat-row")) is not None
+    assert registry.extended_weight(w, call("bat")) is None  # bat builds W' instead: no padding
+    assert registry.extended_weight(w, call("bat-grouped")) is None  # no kernels: never pads
     monkeypatch.setattr(SETTINGS, "padded", ())  # FLASHBONE_PADDED=0
-    assert padded.extended(w, 16, "bat-row") is None
+    assert registry.extended_weight(w, call("bat-row")) is None
 
 
-@pytest.mark.parametrize("env,want", [("0", ()), ("1", ("bone", "bat-row", "bone-ab", "bone-mini")),
-                                      ("", ("bone", "bat-row", "bone-ab", "bone-mini")),
+@pytest.mark.parametrize("env,want", [("0", ()), ("1", ("bone", "bone-mini", "bat-row", "bone-ab")),
+                                      ("", ("bone", "bone-mini", "bat-row", "bone-ab")),
                                       ("bat-row, bone-ab", ("bat-row", "bone-ab"))])
 def test_the_env_switch_names_the_padded_variants(env, want):
-    code = "from flashbone.kernels import padded; print(','.join(padded.padded_variants()))"
+    code = "from flashbone import kernels; print(','.join(kernels.padded_variants()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "FLASHBONE_PADDED": env}).stdout.strip()
     assert tuple(v for v in out.split(",") if v) == want

@@ -24,35 +24,15 @@ before its GEMM (:func:`fill_`; constant content is written once), so adapters o
 kinds may share a layer. Weights that are views into other buffers (FSDP flat parameters, tied
 slices), tensor subclasses, trainable weights and code under ``torch.compile`` or CUDA-graph
 capture keep their layout and the addend path.
-Which variants pad is :func:`padded_variants` (``SETTINGS.padded``; ``FLASHBONE_PADDED``: ``0``,
-``1`` or a comma list).
+Which variants pad is decided by the caller: :func:`.registry.padded_variants` (each
+variant's ``pads_by_default``, measured in docs/kernel_notes.md, unless ``SETTINGS.padded``,
+``FLASHBONE_PADDED``: ``0``, ``1`` or a comma list, names them).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-from ..settings import SETTINGS
-
-# Which variants pad: ``FLASHBONE_PADDED=0`` (none), unset or ``1`` (the default below), or a
-# comma list such as ``bone,bat-row``. Measured on an H100 (docs/kernel_notes.md):
-# - bat-row: -1.5 to -2.5 ms/step at 4k tokens, -9.6 ms at 16k, neutral at 7B with
-#   checkpointing; the spare columns cost r / in of the frozen weights (+0.6% peak memory).
-# - bone (forward only, the master B cast inside the copy to W_ext): -0.3 to -0.5 ms at 4k
-#   tokens, -4.9 ms at 7B with checkpointing (memory +0.001 and +0.013 of the floor).
-# - bone-ab: -1.3 to -1.5 ms at 4k tokens; it fits its 1.05 memory target since the kernels
-#   stopped keeping bf16 copies of the adapters (1.038 without the padding, call 40).
-# - bone-mini (its tiled B^T in the columns): 1.078, 1.065 against 1.086, 1.075 unpadded, two
-#   same-call pairs (call 47); memory 0.995 against 0.990 of the floor.
-DEFAULT_VARIANTS: tuple[str, ...] = ("bone", "bat-row", "bone-ab", "bone-mini")
-
-
-def padded_variants() -> tuple[str, ...]:
-    """The variants whose frozen weight gets r spare columns: ``SETTINGS.padded``, or
-    :data:`DEFAULT_VARIANTS` when it is ``None``."""
-    return DEFAULT_VARIANTS if SETTINGS.padded is None else SETTINGS.padded
-
 
 _WIDTH = "_flashbone_padded_width"  # attribute on the Parameter: in + r of its W_ext
 _FILL = "_flashbone_padded_fill"  # attribute on the Parameter: what the spare columns hold
@@ -114,12 +94,9 @@ def holds(w: Tensor, key: object) -> bool:
     return getattr(w, _FILL, None) is key
 
 
-def extended(w: Tensor, r: int, variant: str) -> Tensor | None:
+def extended(w: Tensor, r: int) -> Tensor | None:
     """``W_ext`` for the layer weight ``w`` (re-homed on first use), or ``None`` when ``w``
-    must keep its layout (see the module docstring) or the variant does not pad (:func:`padded_variants`,
-    empty when padding is switched off)."""
-    if variant not in padded_variants():
-        return None
+    must keep its layout (see the module docstring)."""
     ext = view_of(w, r)
     if ext is not None or not w.is_cuda or not rehomable(w):
         return ext

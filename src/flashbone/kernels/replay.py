@@ -17,6 +17,12 @@ RMSNorm's ``w * (h * rsqrt).to(bf16)`` runs as one Triton pass with the same rou
 instead of three kernels and a float32 temporary). Consumers of
 one ``x`` (q, k and v) share one :class:`Replay`, so ``x`` is recomputed once.
 
+The producers are the model's own code (the Hugging Face RMSNorm and MLP), not ours, so
+nothing can tag their outputs: the walk recognises their autograd nodes by class, and learns
+those classes by running the same ops once on a two-element tensor (:func:`_node_kinds`)
+rather than by PyTorch's internal node names, which are not an API and have changed between
+releases.
+
 Anything else (other producers, saved-tensor hooks such as non-reentrant checkpointing, an
 in-place change) means no plan, and the caller saves ``x`` as usual. The first plans of a
 process are checked against ``x`` (``torch.equal``); a mismatch turns replay off for good.
@@ -25,8 +31,10 @@ process are checked against ``x`` (``torch.equal``); a mismatch turns replay off
 
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -35,7 +43,6 @@ from torch import Tensor
 from ..settings import SETTINGS
 
 _VERIFY_LEFT = 8
-_VIEWS = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0")
 # id(input) -> (input, its version, Replay, sources): lives as long as the input does
 _SHARED: dict[int, tuple[weakref.ref, int, weakref.ref, list[Tensor]]] = {}
 
@@ -103,6 +110,26 @@ def _hooks_active() -> bool:
         return True
 
 
+@dataclass(frozen=True)
+class _NodeKinds:
+    """The autograd node classes of the ops :func:`_build` can redo."""
+
+    mul: type  # tensor * tensor (its operands saved as ``_saved_self`` / ``_saved_other``)
+    cast: type  # .to(dtype)
+    views: frozenset  # view, reshape and the unsafe view matmul results go through
+
+
+@functools.cache
+def _node_kinds() -> _NodeKinds:
+    """Each node class read off the op that makes it, run once on a tiny tensor (with grad
+    mode on: the first call may come from inside an autograd Function's forward)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        a, b = (torch.ones(2, device="cpu", requires_grad=True) for _ in range(2))
+        views = {a.view(2, 1), a.reshape(1, 2), torch.ops.aten._unsafe_view(a, (2, 1))}
+        return _NodeKinds(type((a * b).grad_fn), type(a.to(torch.float64).grad_fn),
+                          frozenset(type(v.grad_fn) for v in views))
+
+
 # An expression recomputing a forward output from saved tensors, as nested tuples:
 #   ("src", i)  ("mul", e1, e2)  ("to", dtype, e)  ("reshape", shape, e)
 Expr = tuple
@@ -115,8 +142,8 @@ def _build(node, sources: list[Tensor], depth: int) -> Expr | None:
     expression holds no tensor itself."""
     if node is None or depth > 6:
         return None
-    name = type(node).__name__
-    if name == "MulBackward0":
+    kinds, kind = _node_kinds(), type(node)
+    if kind is kinds.mul:
         parts = []
         for idx, attr in ((0, "_saved_self"), (1, "_saved_other")):
             t = getattr(node, attr, None)
@@ -129,12 +156,12 @@ def _build(node, sources: list[Tensor], depth: int) -> Expr | None:
                     return None
                 parts.append(sub)
         return ("mul", *parts)
-    if name == "ToCopyBackward0" or name in _VIEWS:
+    if kind is kinds.cast or kind in kinds.views:
         meta = node._input_metadata[0]  # the forward output's dtype and shape
         sub = _build(node.next_functions[0][0], sources, depth + 1)
         if sub is None:
             return None
-        if name == "ToCopyBackward0":
+        if kind is kinds.cast:
             return ("to", meta.dtype, sub)
         return ("reshape", tuple(meta.shape), sub)
     return None

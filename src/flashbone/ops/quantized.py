@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..variants import VARIANTS
-from . import AdapterCall, _additive_update, _composite_build, _flat
+from . import AdapterCall, _additive_update, _composite_build, _flat, _split
 from . import torch_ops as T
 
 Dequant = Callable[[], Tensor]
@@ -44,7 +43,10 @@ class DequantWeightSpaceLinear(torch.autograd.Function):
         return (dx, dbias, None, None, None, *dparams)
 
 
+# Hand-written (build, grad) of W' = W + dW(W); any other weight-reading variant builds W'
+# from its dense delta and gets its gradient by autograd (T.autograd_weight_grad).
 _WEIGHT_PATHS = {"bat": (T.bat_build, T.bat_grad), "bat-hadamard": (T.bat_hadamard_build, T.bat_hadamard_grad)}
+_ROW_AFFINE = ("bat-row", "bone-ab")  # their own path: the base layer's forward on x + u
 
 
 def _row_affine(x: Tensor, base: Callable[[Tensor], Tensor], out: int, c: AdapterCall, dtype) -> Tensor:
@@ -63,21 +65,21 @@ def quantized_linear(x: Tensor, base: Callable[[Tensor], Tensor], dequant: Dequa
     """``x @ W_adapted^T + bias`` with ``W`` quantised; same semantics as ``adapted_linear``."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-    heavy = [c for c in calls if VARIANTS[c.variant].reads_weight]
-    light = [c for c in calls if not VARIANTS[c.variant].reads_weight]
-    if len(heavy) == 1 and heavy[0].variant in ("bat-row", "bone-ab"):
-        y = _row_affine(x2, base, out, heavy[0], dtype)
-    elif heavy:
-        if len(heavy) == 1:
-            build, grad = _WEIGHT_PATHS[heavy[0].variant]
+    reading, additive = _split(calls)
+    if len(reading) == 1 and reading[0].variant in _ROW_AFFINE:
+        y = _row_affine(x2, base, out, reading[0], dtype)
+    elif reading:
+        hand_written = _WEIGHT_PATHS.get(reading[0].variant) if len(reading) == 1 else None
+        if hand_written is not None:
+            build, grad = hand_written
         else:
-            build = _composite_build(heavy)
+            build = _composite_build(reading)
             grad = T.autograd_weight_grad(build)
         b = None if bias is None else bias.to(dtype)
-        y = DequantWeightSpaceLinear.apply(x2, b, dequant, build, grad, *_flat(heavy))
+        y = DequantWeightSpaceLinear.apply(x2, b, dequant, build, grad, *_flat(reading))
     else:
         y = base(x2).to(dtype)
-    for c in light:
+    for c in additive:
         y = y + _additive_update(x2, out, c)
     return y.view(*lead, out)
 
