@@ -43,6 +43,9 @@ def test_bad_training_data(tmp_path, capsys):
     (["--targets", "nope_proj"], ["nope_proj", "q_proj"]),
     (["--batch-size", "0"], ["--batch-size"]),
     (["--template", "no placeholder"], ["{query}"]),
+    (["--max-memory", "0"], ["--max-memory", "positive"]),
+    (["--max-memory", "8", "--nproc", "2"], ["--max-memory", "one process"]),
+    (["--liger", "on", "--device", "cpu"], ["--liger on", "CUDA"]),
 ])
 def test_bad_method_settings(args, words, tmp_path, capsys):
     rc, _, err = train(capsys, tmp_path / "x", *args)

@@ -201,8 +201,12 @@ class BoneLayer(nn.Module):
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
             with torch.autocast(device, enabled=False):
-                return self._adapted(x.to(dtype), live, dtype)
-        dtype = self.base_layer.weight.dtype
+                # x.to returns x itself when it is in dtype already (a bf16 base under bf16
+                # autocast): siblings still see their shared input tensor
+                return self._grouped_or_alone(x.to(dtype), live, dtype)
+        return self._grouped_or_alone(x, live, self.base_layer.weight.dtype)
+
+    def _grouped_or_alone(self, x: Tensor, live: list[str], dtype: torch.dtype) -> Tensor:
         # q/k/v and gate/up as one group (flashbone.siblings); not while torch.compile traces
         if x.is_cuda and not torch.compiler.is_compiling():
             y = siblings.take(self, x)

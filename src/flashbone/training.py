@@ -51,6 +51,8 @@ from .data import IGNORE, DataError, collate, epoch_order
 from .distributed import (full_optimizer_state, full_tensor, gather_full, is_sharded, place_like,
                           shard_optimizer_state)
 from .errors import BoneError
+from . import varlen
+from .loss import HeadCapture, chunked_loss_sum, target_positions
 
 _CKPT_RE = re.compile(r"^step-(\d{8})$")
 
@@ -75,7 +77,9 @@ class TrainSettings:
     bf16: bool = False
     progress: bool = True
     micro_batch_tokens: int = 0  # 0: micro-batches of batch_size rows as asked; else a token budget
-    packing: bool = False  # rows laid end to end, attention within each row (batching.py)
+    packing: bool | None = False  # rows end to end, attention within each row; None: padding-free where it can
+    max_memory_gib: float | None = None  # CUDA: the allocator's cap; micro-batches halve to fit under it
+    chunked_loss: bool | None = None  # head on target tokens in chunks (loss.py); None: on CUDA
     fingerprint: dict = field(default_factory=dict)  # settings a resumed run must share
 
 
@@ -210,7 +214,6 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, rows, pad_id: int, settings: TrainSettings, out_dir: Path,
                  dist: Dist | None = None, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
-        self.raw_model = model
         self.model = wrap(model) if wrap else model
         self.rows, self.pad_id, self.s, self.out = rows, pad_id, settings, Path(out_dir)
         self.dist = dist or Dist()
@@ -230,9 +233,19 @@ class Trainer:
                          if "labels" in getattr(rows, "column_names", ()) else
                          [target_tokens(n, p) for n, p in zip(self.lengths, self.n_prompt)])
         self.budget = settings.micro_batch_tokens
+        # packing on a model whose attention runs padding-free: each micro-batch is one sequence of
+        # its rows (varlen.py); elsewhere packing lays rows in bins attended through dense masks
+        self.unwrapped = model  # the transformers model (``self.model`` may be its DDP/FSDP wrapper)
+        self.flat = (settings.packing is not False and varlen.supported(model)
+                     and (settings.packing or self.device.type == "cuda"))
+        self.n_layers = varlen.num_layers(model) if self.flat else 0
         # HF causal LMs build a KV cache in forward unless told not to; packed rows need none
         self.no_cache = hasattr(getattr(model, "config", None), "use_cache")
         self.step_hook: Callable[[int], None] | None = None  # called after each step is queued
+        chunked = settings.chunked_loss if settings.chunked_loss is not None else self.device.type == "cuda"
+        # FSDP: the head's weight is a shard outside its own forward, so the loss takes the logits
+        self.capture = (HeadCapture.attach(model) if chunked and not any(is_sharded(p) for p in model.parameters())
+                        else None)
         from transformers import get_cosine_schedule_with_warmup
 
         self.sched = get_cosine_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=self.total)
@@ -250,7 +263,7 @@ class Trainer:
         counts over all processes (from row lengths: no communication, no device sync)."""
         a, w = self.s.grad_accum, self.dist.world
         shares = [[self._indices((step * a + k) * w + p) for k in range(a)] for p in range(w)]
-        plan = plan_step(shares, self.lengths, self.budget, self.s.packing, self.dist.rank)
+        plan = plan_step(shares, self.lengths, self.budget, bool(self.s.packing) and not self.flat, self.dist.rank)
         rows = [i for share in shares for mb in share for i in mb]
         return (plan, sum(self.n_target[i] for i in rows),
                 sum(self.lengths[i] for i in rows))
@@ -260,11 +273,16 @@ class Trainer:
         rows = [{"input_ids": a, "n_prompt": n} for a, n in zip(cols["input_ids"], cols["n_prompt"])]
         for r, y in zip(rows, cols.get("labels") or []):  # conversations carry their own labels
             r["labels"] = y
-        if mb.bins is None:
+        if self.flat:  # one sequence, no padding; cu_seqlens delimit its rows
+            batch = collate_packed(rows, [list(range(len(rows)))], self.pad_id)
+            batch["cu_seqlens"] = varlen.cu_seqlens([self.lengths[i] for i in mb.rows])
+        elif mb.bins is None:
             batch = collate(rows, self.pad_id)
         else:
             where = {i: k for k, i in enumerate(mb.rows)}
             batch = collate_packed(rows, [[where[i] for i in b] for b in mb.bins], self.pad_id)
+        if self.capture is not None:  # picked here, on the host: the device never syncs for them
+            batch["loss_positions"], batch["loss_targets"] = target_positions(batch["labels"])
         if self.device.type == "cuda":  # pinned + non_blocking: the copy does not wait on the GPU
             return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -272,10 +290,21 @@ class Trainer:
     def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.bf16 else contextlib.nullcontext()
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        if self.flat:
+            inputs.pop("attention_mask", None)
         if self.no_cache:
             inputs["use_cache"] = False
-        with amp:
-            logits = self.model(**inputs).logits
+        if self.capture is not None:
+            with amp:
+                with self.capture:
+                    out = self.model(**inputs)
+                if self.capture.hidden is not None:  # else the head was not called as hooked: plain loss
+                    return chunked_loss_sum(self.capture.head, self.capture.take(), batch["loss_positions"],
+                                            batch["loss_targets"])
+            logits = out.logits
+        else:
+            with amp:
+                logits = self.model(**inputs).logits
         labels = batch["labels"][:, 1:]
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
                                                  ignore_index=-100, reduction="sum")
@@ -298,8 +327,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         batch = self._collate(plan[0])
         for k in range(len(plan)):
-            with self._accumulating(last=k == len(plan) - 1):
+            with self._accumulating(last=k == len(plan) - 1), self._attention(plan[k], batch):
                 loss = self._loss_sum(batch)
+                if self.flat:
+                    varlen.check_calls(self.n_layers)
                 if k + 1 < len(plan):  # the next micro-batch's copy overlaps this backward
                     batch = self._collate(plan[k + 1])
                 (loss * (self.dist.world / n_tok)).backward()  # DDP/FSDP then average over world
@@ -328,6 +359,13 @@ class Trainer:
             if self.dist.is_main:
                 print(f"out of GPU memory: micro-batches now hold at most {self.budget} tokens "
                       "(--micro-batch-tokens)", flush=True)
+
+    def _attention(self, mb: MicroBatch, batch: dict[str, torch.Tensor]):
+        """Padding-free attention over ``mb``'s rows for its forward and backward (gradient
+        checkpointing recomputes attention in backward)."""
+        if not self.flat:
+            return contextlib.nullcontext()
+        return varlen.flat_attention(self.unwrapped, batch["cu_seqlens"], max(self.lengths[i] for i in mb.rows))
 
     def _accumulating(self, last: bool):
         """DDP: all-reduce gradients only at the step's last micro-batch (FSDP reduce-scatters
@@ -405,6 +443,9 @@ class Trainer:
         t0, loss_v = time.time() - elapsed0, None
         if self.device.type == "cuda":  # the training peak, not loading's (FSDP loads whole, then shards)
             torch.cuda.reset_peak_memory_stats(self.device)
+            if self.s.max_memory_gib:  # past the cap the allocator raises out-of-memory: the budget halves
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, self.s.max_memory_gib * 2**30 / total), self.device)
         self.model.train()
         attention = contextlib.ExitStack()
         if self.device.type == "cuda":  # cuDNN attention plans each new (rows, width) shape on the host

@@ -60,9 +60,10 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
 
 def attach_method(v: dict, ctx: dict) -> None:
     """Seed, then wrap the base with the method (PiSSA/OLoRA rewrite base weights: evaluate first)."""
-    from .. import baselines
+    from .. import baselines, fused
 
     model = ctx["model"]
+    v["liger_modules"] = fused.apply(model, v.get("liger") or "auto", ctx["device"])
     if v["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

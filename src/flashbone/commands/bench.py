@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import gc
 import json
 import math
@@ -276,10 +277,10 @@ def environment(dev: torch.device) -> dict[str, Any]:
                            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
                            else platform.processor() or platform.machine(),
                            "command": "flashbone bench " + " ".join(sys.argv[2:])}
-    for mod in ("transformers", "peft", "triton"):
+    for mod in ("transformers", "peft", "triton", "liger_kernel"):
         try:
-            env[mod] = __import__(mod).__version__
-        except ImportError:
+            env[mod] = importlib.metadata.version(mod.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
             env[mod] = None
     if dev.type == "cuda":
         from ..kernels import available

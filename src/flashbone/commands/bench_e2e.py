@@ -66,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--micro-batch-tokens", type=int, help="flashbone's token budget (default: flashbone train's)")
     g.add_argument("--nproc", type=int, default=1, help="processes (GPUs); the global batch stays batch x accum")
     g.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp", help="flashbone's loop under --nproc")
+    g.add_argument("--liger", choices=["auto", "on", "off"], default="auto",
+                   help="flashbone's fused RMSNorm/SwiGLU (as flashbone train --liger); the Trainer runs as shipped")
 
 
 def _resolve(a: argparse.Namespace, dev: torch.device) -> None:
@@ -129,6 +131,9 @@ def _model(a, dev, method: str, base: str):
     model = bench.build_model(a, dev, dtype)
     model.config.use_cache = False
     if not method.startswith("hf-"):
+        from ..fused import apply
+
+        apply(model, a.liger, dev)
         r = bench.matched_lora_r(a) if base == "lora" else a.r
         return build(model, base, r, list(bench.TARGETS), lora_alpha=None, mini_r=None, base_name="e2e")
     if full:
@@ -169,7 +174,8 @@ def _run_ours(a, dev, method: str, rows: RowTable, env, work: Path) -> dict:
     batch, accum = distributed.split_batch(a.batch, a.grad_accum, dist.world)
     s = TrainSettings(lr=2e-5, batch_size=batch, grad_accum=accum, max_steps=a.warmup + a.steps, seed=0,
                       progress=False, bf16=dev.type == "cuda",
-                      micro_batch_tokens=0 if how == "plain" else a.micro_batch_tokens, packing=how == "packed")
+                      micro_batch_tokens=0 if how == "plain" else a.micro_batch_tokens,
+                      packing={"plain": False, "packed": True}.get(how))
     wrap = distributed.wrapper(a.strategy, dev, dev.type == "cuda", adapted.hf_model) if env else None
     trainer = Trainer(adapted.model, rows, 0, s, work, dist=dist, wrap=wrap)
     clock = trainer.step_hook = _Clock(dev, a.warmup, a.warmup + a.steps)
@@ -304,7 +310,7 @@ def run_e2e(a: argparse.Namespace, dev: torch.device) -> int:
     if main:
         mean = sum(len(x) for x in rows.cols["input_ids"]) / n
         print(f"# {info['device']} x {env.world if env else 1} | torch {info['torch']} | transformers "
-              f"{info['transformers']} | peft {info['peft']} | {a.layers} layers, hidden {a.hidden}, intermediate "
+              f"{info['transformers']} | peft {info['peft']} | liger-kernel {info['liger_kernel']} | {a.layers} layers, hidden {a.hidden}, intermediate "
               f"{a.intermediate}, heads {a.heads}/{a.kv_heads}, vocab {a.vocab}, r={a.r} | rows {a.min_len}-"
               f"{a.max_len} tokens (mean {mean:.0f}), batch {a.batch} x accum {a.grad_accum}, {a.warmup}+{a.steps} "
               f"steps, flashbone micro-batch tokens {a.micro_batch_tokens}"

@@ -88,7 +88,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"of at most N tokens (padding counted); the step's rows and its gradient stay as asked; halved "
                    f"when GPU memory runs out; 0: --batch-size rows each [CUDA: {AUTO_MICRO_BATCH_TOKENS}; CPU: 0]")
     g.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
-                   help="lay rows end to end in sequences, attention within each row (position_ids) [off]")
+                   help="lay rows end to end, attention within each row: padding-free (varlen flash attention) "
+                        "on Llama, Mistral and Qwen models, else sequences with per-row masks [CUDA: on where "
+                        "padding-free; else off]")
+    g.add_argument("--max-memory", type=float, help="GiB of GPU memory training may use: micro-batches are halved "
+                   "until a step fits under it (with the --micro-batch-tokens budget) [the whole GPU]")
+    g.add_argument("--liger", choices=["auto", "on", "off"], help="liger-kernel's fused RMSNorm and SwiGLU in the "
+                   "base model (same math, fewer kernels): auto = on CUDA when installed (pip install "
+                   "\"flashbone[liger]\") [auto]")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run folder (default: runs/<method>-<time>)")
     g.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (its old files are removed)")
@@ -184,6 +191,12 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     if v["lora_alpha"] is not None and v["method"] not in PEFT_METHODS:
         raise CLIError(f"--lora-alpha scales LoRA-like methods ({', '.join(PEFT_METHODS)}); {v['method']} has no "
                        "such scaling: leave --lora-alpha out")
+    mem = v.get("max_memory")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or not mem > 0):
+        raise CLIError(f"--max-memory must be a positive number of GiB, got {mem!r}")
+    if mem is not None and (v.get("nproc") or 1) > 1:
+        raise CLIError("--max-memory works with one process (micro-batches are re-planned there alone); "
+                       "leave it out under --nproc")
     mbt = v["micro_batch_tokens"]
     if mbt is not None and (isinstance(mbt, bool) or not isinstance(mbt, int) or mbt < 0):
         raise CLIError(f"--micro-batch-tokens must be 0 (plain --batch-size micro-batches) or a positive integer, got {mbt!r}")
@@ -406,7 +419,7 @@ def _train_in(args: argparse.Namespace, v: dict, t_wall: float, env, folder, dev
                              weight_decay=v["weight_decay"], max_grad_norm=v["max_grad_norm"],
                              save_every=v["save_every"], keep_checkpoints=v["keep_checkpoints"],
                              stop_after=v["stop_after"] or None, bf16=ctx["bf16"], progress=v["progress"],
-                             micro_batch_tokens=v["micro_batch_tokens_resolved"], packing=bool(v["packing"]),
+                             micro_batch_tokens=v["micro_batch_tokens_resolved"], packing=v["packing"], max_memory_gib=v.get("max_memory"),
                              fingerprint={k: v[k] for k in FINGERPRINT})
     v["steps"] = total_steps(len(ctx["rows"]), settings, dist.world)
     _print_config(v, ctx)
