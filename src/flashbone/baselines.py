@@ -96,10 +96,15 @@ def parse_targets(spec: str | list | None, model: nn.Module) -> list[str] | str:
 
 def build(model: nn.Module, method: str, r: int, targets: list[str] | str, *, lora_alpha: float | None,
           mini_r: int | None, base_name: str, work_dir: Path | None = None, task_type: str = "CAUSAL_LM",
-          modules_to_save: list[str] | None = None) -> Adapted:
+          modules_to_save: list[str] | None = None, bone_fields: dict | None = None,
+          init_adapter: str | Path | None = None) -> Adapted:
     """Wrap ``model`` for training with ``method``; the caller seeds the RNG first.
     ``task_type`` (``CAUSAL_LM``, ``SEQ_CLS``) is written to the adapter's config;
-    ``modules_to_save`` (e.g. a classification head) train in full and save with the adapter."""
+    ``modules_to_save`` (e.g. a classification head) train in full and save with the adapter.
+
+    Bone methods: ``bone_fields`` are further :class:`BoneConfig` fields (dropout, exclude_modules,
+    layers_to_transform, adapter_dtype, modules_to_save); ``init_adapter`` starts from that
+    adapter folder (loaded trainable) instead of a new adapter."""
     if method not in methods():
         raise BoneConfigError(f"--method {method!r} is unknown; choose one of {', '.join(methods())}")
     if method == "full":
@@ -109,9 +114,18 @@ def build(model: nn.Module, method: str, r: int, targets: list[str] | str, *, lo
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise BoneConfigError(f"--r must be a positive integer, got {r!r}")
     if method in VARIANTS:
+        if init_adapter:
+            bm = load_adapter(model, init_adapter, is_trainable=True)
+            bm.configs["default"] = bm.configs["default"].replace(base_model_name_or_path=base_name,
+                                                                  task_type=task_type)
+            bm.train()
+            return Adapted(bm, method, lambda folder: bm.save_adapter(folder), model)
+        fields = dict(bone_fields or {})
+        if modules_to_save:  # the caller's (a classification head) and the user's
+            fields["modules_to_save"] = list(dict.fromkeys([*modules_to_save, *(fields.get("modules_to_save") or [])]))
         cfg = BoneConfig(variant=method, r=r, mini_r=mini_r if VARIANTS[method].mini_r else None,
                          target_modules=targets, base_model_name_or_path=base_name, task_type=task_type,
-                         modules_to_save=modules_to_save)
+                         **fields)
         bm = get_bone_model(model, cfg)
         return Adapted(bm, method, lambda folder: bm.save_adapter(folder), model)
     return _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir, task_type, modules_to_save)

@@ -145,7 +145,8 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 # -- model -------------------------------------------------------------------------------------
-def load_classifier(name: str, num_labels: int, dtype: torch.dtype = torch.float32, device="cpu"):
+def load_classifier(name: str, num_labels: int, dtype: torch.dtype = torch.float32, device="cpu", *,
+                    trust_remote_code: bool = False):
     """``AutoModelForSequenceClassification`` with a fresh head of ``num_labels`` outputs."""
     from transformers import AutoModelForSequenceClassification
 
@@ -154,7 +155,8 @@ def load_classifier(name: str, num_labels: int, dtype: torch.dtype = torch.float
     path = resolve(name)
     try:
         with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype,
+                                                                       trust_remote_code=trust_remote_code)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"--model {name}: could not load it as a sequence classifier "

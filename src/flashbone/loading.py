@@ -64,13 +64,13 @@ def _hub_error(name: str, what: str, e: Exception) -> ModelLoadError:
                           f"from the Hugging Face Hub ({type(e).__name__}: {first[:200]})")
 
 
-def load_tokenizer(name: str | None):
+def load_tokenizer(name: str | None, *, trust_remote_code: bool = False):
     """The tokenizer, with a pad token (the eos token when the model has none)."""
     from transformers import AutoTokenizer
 
     path = resolve(name)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # missing files, offline, gated repo...
         if Path(path).is_dir():
             raise ModelLoadError(f"--model {name}: could not load its tokenizer ({type(e).__name__}: "
@@ -123,10 +123,11 @@ def _register_rwkv6(name: str) -> None:
 
 
 def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               quantize: str | None = None):
+               quantize: str | None = None, *, trust_remote_code: bool = False):
     """An ``AutoModelForCausalLM`` in ``dtype`` on ``device``; with ``quantize`` ("4bit" / "8bit")
     its linear layers are bitsandbytes-quantised (compute in ``dtype``) and prepared for adapter
-    training (:func:`flashbone.quant.prepare_for_training`)."""
+    training (:func:`flashbone.quant.prepare_for_training`); ``trust_remote_code``: let
+    transformers run the model repository's own code."""
     from transformers import AutoModelForCausalLM
 
     path = resolve(name)
@@ -143,11 +144,11 @@ def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: str
         kw = {"quantization_config": quant.bnb_config(quantize, dtype), "device_map": {"": torch.device(device)}}
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
     except Exception as e:
         if rwkv6.MODEL_TYPE in str(e) and not _known_to_transformers(rwkv6.MODEL_TYPE):
             _register_rwkv6(name)  # a hub RWKV6 model: retry once fla has registered it
-            return load_model(name, dtype, device, quantize)
+            return load_model(name, dtype, device, quantize, trust_remote_code=trust_remote_code)
         if Path(path).is_dir():
             raise ModelLoadError(f"--model {name}: could not load the model ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None

@@ -27,11 +27,12 @@ from ..errors import CLIError
 CLS_RECIPE = {"lr": 5e-4, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "warmup_ratio": 0.06,
               "weight_decay": 0.1, "max_grad_norm": 1.0, "max_length": 512, "r_bone": 16, "r_lora": 8,
               "seed": 0, "eval_batch_size": 64}
-UNSUPPORTED = ("resume", "save_every", "stop_after", "template", "query_field", "response_field")
+UNSUPPORTED = ("resume", "save_every", "stop_after", "template", "query_field", "response_field", "init_adapter")
 
 
 def _resolve(args: argparse.Namespace) -> dict:
     from ..baselines import bone_methods, methods
+    from ._train_options import bone_options
 
     v = {k: getattr(args, k) for k in vars(args)}
     if not v["model"]:
@@ -59,6 +60,7 @@ def _resolve(args: argparse.Namespace) -> dict:
         raise CLIError(f"--warmup-ratio must be in [0, 1), got {v['warmup_ratio']}")
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
+    bone_options(v)  # --dropout, --modules-to-save...: checked before anything is written
     v["precision"] = v["precision"] or "auto"
     v["out"] = v["out"] or f"runs/cls-{v['method']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return v
@@ -108,12 +110,14 @@ def _train_into(args: argparse.Namespace, v: dict, out: Path, final: Path, t_wal
     from .. import classification as cls
     from ..generation import write_jsonl
     from . import _train_steps as st
+    from ._train_options import bone_options
     from .train import NOT_SAVED
 
     device = loading.pick_device(v["device"])
     bf16 = loading.use_bf16(v["precision"], device)
     source = cls.resolve_source(v["data"], v["data_subset"], v["data_split"])
-    tok = loading.load_tokenizer(v["model"])
+    trust = bool(v.get("trust_remote_code"))
+    tok = loading.load_tokenizer(v["model"], trust_remote_code=trust)
     rows, fields = _load_rows(v, source, source.train_split, tok, what="--data", max_samples=v["max_samples"])
     dev_rows = None  # --eval-data (a glue/<task> dev split, a whole file, a hub dataset's validation), else glue's
     if v["eval_data"] or source.glue:
@@ -126,7 +130,7 @@ def _train_into(args: argparse.Namespace, v: dict, out: Path, final: Path, t_wal
         raise CLIError(f"--data {v['data']}: every row has label 0; a classifier needs at least 2 labels")
     torch.manual_seed(v["seed"])  # the head's initialisation, then the adapter's
     loading_dtype = torch.bfloat16 if bf16 and v["method"] != "full" else torch.float32
-    model = cls.load_classifier(v["model"], num_labels, dtype=loading_dtype, device=device)
+    model = cls.load_classifier(v["model"], num_labels, dtype=loading_dtype, device=device, trust_remote_code=trust)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     heads = cls.head_names(model)
@@ -156,9 +160,11 @@ def _train_into(args: argparse.Namespace, v: dict, out: Path, final: Path, t_wal
         write_jsonl(out / "eval_before.jsonl", recs)
         print(f"before     accuracy {before.accuracy:.4f}, f1 {before.f1:.4f}, mcc {before.mcc:.4f} "
               f"on {before.n} dev rows", flush=True)
+    opts = bone_options(v)
     torch.manual_seed(v["seed"])
     adapted = baselines.build(model, v["method"], v["r"], targets, lora_alpha=v["lora_alpha"], mini_r=v["mini_r"],
-                              base_name=v["model"], work_dir=out, task_type="SEQ_CLS", modules_to_save=heads)
+                              base_name=v["model"], work_dir=out, task_type="SEQ_CLS",
+                              modules_to_save=heads + (opts.modules_to_save or []), bone_fields=opts.config_fields())
     print(f"method     {v['method']}" + ("" if v["method"] == "full" else
           f" r={v['r']} on {targets if isinstance(targets, str) else ','.join(targets)} + head {','.join(heads)}")
           + f": {adapted.n_trainable:,} trainable of {adapted.n_total:,} parameters", flush=True)

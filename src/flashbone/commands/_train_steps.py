@@ -34,7 +34,8 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
 
     device = device or loading.pick_device(v["device"])
     bf16 = loading.use_bf16(v["precision"], device)
-    tok = loading.load_tokenizer(v["model"])
+    trust = bool(v.get("trust_remote_code"))
+    tok = loading.load_tokenizer(v["model"], trust_remote_code=trust)
     template = data.get_template(v["template"])
     ds = data.load_rows(v["data"], split=v["data_split"], subset=v["data_subset"],
                         max_samples=v["max_samples"], seed=v["seed"])
@@ -52,7 +53,8 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
     eval_ds = None
     if v["eval_task"] != "none":  # read the held-out rows now: bad eval data fails before training
         eval_ds = data.load_rows(v["eval_data"], split="test", max_samples=v["eval_samples"])
-    model = loading.load_model(v["model"], dtype=_dtype(v, bf16), device=device, quantize=v.get("quantize"))
+    model = loading.load_model(v["model"], dtype=_dtype(v, bf16), device=device, quantize=v.get("quantize"),
+                               trust_remote_code=trust)
     v["targets_resolved"] = baselines.parse_targets(v["targets"], model)
     return {"device": device, "bf16": bf16, "tokenizer": tok, "template": template, "rows": rows, "n_cut": n_cut,
             "model": model, "eval": eval_ds}
@@ -61,6 +63,7 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
 def attach_method(v: dict, ctx: dict) -> None:
     """Seed, then wrap the base with the method (PiSSA/OLoRA rewrite base weights: evaluate first)."""
     from .. import baselines, fused
+    from ._train_options import bone_options
 
     model = ctx["model"]
     v["liger_modules"] = fused.apply(model, v.get("liger") or "auto", ctx["device"])
@@ -72,8 +75,11 @@ def attach_method(v: dict, ctx: dict) -> None:
     if not ctx["dist"].is_main:  # PiSSA/OLoRA keep their initial adapter there; rank 0's is saved
         work_dir = Path(tempfile.mkdtemp(prefix="flashbone-rank"))
         atexit.register(shutil.rmtree, work_dir, True)
+    opts = bone_options(v)
     ctx["adapted"] = baselines.build(model, v["method"], v["r"], v["targets_resolved"], lora_alpha=v["lora_alpha"],
-                                     mini_r=v["mini_r"], base_name=v["model"], work_dir=work_dir)
+                                     mini_r=v["mini_r"], base_name=v["model"], work_dir=work_dir,
+                                     modules_to_save=opts.modules_to_save, bone_fields=opts.config_fields(),
+                                     init_adapter=opts.init_adapter)
 
 
 def _write_eval(path: Path, result: tuple[float, list[dict]]) -> None:
@@ -125,7 +131,8 @@ def eval_after(v: dict, ctx: dict, out: Path, eval_rows, saved_to: Path) -> floa
     model = ctx["adapted"].model
     if any(_sharded(p) for p in model.parameters()):
         model = loading.load_model(saved_to if v["method"] == "full" else v["model"],
-                                   dtype=_dtype(v, ctx["bf16"]), device=ctx["device"], quantize=v.get("quantize"))
+                                   dtype=_dtype(v, ctx["bf16"]), device=ctx["device"], quantize=v.get("quantize"),
+                                   trust_remote_code=bool(v.get("trust_remote_code")))
         if v["method"] != "full":
             model = baselines.attach_adapter(model, saved_to)
     elif v["gradient_checkpointing"]:

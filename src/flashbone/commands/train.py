@@ -30,6 +30,7 @@ import yaml
 from ..errors import CLIError
 from ..outputs import OutputFolder
 from ..variants import VARIANTS
+from ._train_options import add_method_arguments, apply_init_adapter, bone_options
 
 # The papers' recipe, for any model the user names.
 PAPER_RECIPE = {"lr": 2e-5, "batch_size": 4, "grad_accum": 16, "epochs": 1.0, "r_bone": 64, "r_lora": 36,
@@ -40,7 +41,8 @@ TINY_RECIPE = {"lr": 2e-3, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "r_
 # flags whose values a resumed run must share with the run it continues
 FINGERPRINT = ("model", "data", "method", "r", "mini_r", "targets", "lora_alpha", "lr", "batch_size",
                "grad_accum", "epochs", "max_steps", "seed", "max_length", "template", "max_samples",
-               "weight_decay", "max_grad_norm")
+               "weight_decay", "max_grad_norm", "dropout", "modules_to_save", "exclude", "layers_to_transform",
+               "adapter_dtype", "init_adapter")
 # --micro-batch-tokens on CUDA when not given: a 1B model's step of 16 rows of ~400 tokens fits
 # in one micro-batch; larger ones are cut, and halved again if the GPU runs short of memory
 AUTO_MICRO_BATCH_TOKENS = 16384
@@ -60,6 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, help="tokens per example; prompt cut first, response never dropped [512]")
     g.add_argument("--messages-field", help="field with multi-turn conversations (role/content or ShareGPT from/value) "
                                             "[messages or conversations, when the data has one]")
+    g.add_argument("--trust-remote-code", action="store_true", default=None,
+                   help="let transformers run the model's own code from its folder or Hub repo")
     g = p.add_argument_group("method")
     g.add_argument("--method", help=f"{', '.join(VARIANTS)} (bone is the default), lora, pissa, olora, dora, full")
     g.add_argument("--r", "--adapter-r", type=int, help="block size / rank [paper: 64 for Bone/Bat, 36 for LoRA-like; "
@@ -71,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator [2r for lora/dora, r for pissa/olora]")
     g.add_argument("--quantize", choices=["4bit", "8bit"], help="load the base quantised with bitsandbytes: 4bit "
                    "(NF4, double quantisation, bf16 compute) or 8bit (LLM.int8); implies --gradient-checkpointing")
+    add_method_arguments(g)
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, help="peak learning rate, cosine to 0, no warmup [paper 2e-5; tiny 2e-3]")
     g.add_argument("--batch-size", type=int, help="rows per micro-batch [paper 4; tiny 16]")
@@ -140,6 +145,7 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     rec = TINY_RECIPE if tiny else PAPER_RECIPE
     v["model"] = v["model"] or BUILTIN_MODEL
     v["data"] = v["data"] or BUILTIN_DATA
+    apply_init_adapter(v)  # the folder's variant and r, before the defaults below
     v["method"] = v["method"] or "bone"
     if v["method"] not in methods():
         raise CLIError(f"--method {v['method']!r} is unknown; choose one of {', '.join(methods())}")
@@ -202,6 +208,7 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
         raise CLIError(f"--micro-batch-tokens must be 0 (plain --batch-size micro-batches) or a positive integer, got {mbt!r}")
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
+    bone_options(v)  # checked now, used when the method is attached
     v["recipe"] = "tiny" if tiny else "paper"
     if v["nproc"] is not None and (not isinstance(v["nproc"], int) or v["nproc"] < 1):
         raise CLIError(f"--nproc must be a positive integer, got {v['nproc']!r}")

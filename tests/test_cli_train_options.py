@@ -1,0 +1,94 @@
+"""`flashbone train` flags for BoneConfig fields, --init-adapter and --trust-remote-code."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cli_helpers import one_line_error, train
+
+
+def _adapter(out):
+    folder = out / "adapter"
+    return json.loads((folder / "adapter_config.json").read_text()), load_file(folder / "adapter_model.safetensors")
+
+
+def test_bone_config_flags_reach_the_adapter(tmp_path, capsys):
+    out = tmp_path / "a"
+    rc, _, err = train(capsys, out, "--method", "bone", "--r", "16", "--dropout", "0.1", "--exclude", "down_proj",
+                       "--layers-to-transform", "0", "--modules-to-save", "norm", "--targets", "q,v,down")
+    assert rc == 0, err
+    cfg, tensors = _adapter(out)
+    assert cfg["miss_dropout"] == 0.1 and cfg["modules_to_save"] == ["norm"]
+    assert cfg["target_modules"] == ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
+    assert "base_model.model.model.norm.weight" in tensors
+
+
+def test_init_adapter_continues_from_a_folder(tmp_path, capsys):
+    first = tmp_path / "first"
+    rc, _, err = train(capsys, first, "--method", "bat", "--r", "16")
+    assert rc == 0, err
+    _, start = _adapter(first)
+    second = tmp_path / "second"
+    # same r repeated is fine; lr ~0 keeps the tensors where the folder had them
+    rc, stdout, err = train(capsys, second, "--init-adapter", first / "adapter", "--r", "16", "--lr", "1e-12")
+    assert rc == 0, err
+    assert "method     bat r=16" in stdout
+    cfg, end = _adapter(second)
+    assert (cfg["peft_type"], cfg["init_weights"], cfg["r"]) == ("MISS", "bat", 16)
+    assert start.keys() == end.keys()
+    for k in start:
+        torch.testing.assert_close(end[k], start[k], rtol=0, atol=1e-6)
+        assert start[k].abs().sum() > 0  # the first run trained: the test means something
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--method", "bone"], ["bat adapter with r=16", "--method bone contradicts"]),
+    (["--r", "32"], ["--r 32 contradicts"]),
+    (["--targets", "q"], ["leave --targets out"]),
+    (["--dropout", "0.1"], ["leave --dropout out"]),
+])
+def test_init_adapter_contradictions_are_one_error(tmp_path, capsys, extra, words):
+    from flashbone import BoneConfig, get_bone_model
+    from flashbone.loading import load_model
+
+    get_bone_model(load_model(None), BoneConfig(variant="bat", r=16)).save_adapter(tmp_path / "init")
+    rc, _, err = train(capsys, tmp_path / "run", "--init-adapter", tmp_path / "init", *extra)
+    one_line_error(rc, err, *words)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--method", "lora", "--dropout", "0.1"], ["--dropout", "Bone/Bat"]),
+    (["--layers-to-transform", "a,b"], ["--layers-to-transform", "integers"]),
+    (["--dropout", "1.5"], ["--dropout", "[0, 1)"]),
+    (["--init-adapter", "no/such/folder"], ["--init-adapter", "no/such/folder"]),
+    (["--method", "bat", "--dropout", "0.1"], ["--dropout", "additive variants"]),
+    (["--adapter-dtype", "int8"], ["--adapter-dtype", "int8"]),
+    (["--method", "full", "--modules-to-save", "norm"], ["--modules-to-save", "full"]),
+])
+def test_bad_option_values(tmp_path, capsys, extra, words):
+    rc, _, err = train(capsys, tmp_path / "run", *extra)
+    one_line_error(rc, err, *words)
+
+
+def test_trust_remote_code_reaches_transformers(tmp_path, capsys, monkeypatch):
+    from flashbone import loading
+
+    seen = []
+    real_model, real_tok = loading.load_model, loading.load_tokenizer
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: seen.append(k) or real_model(*a, **k))
+    monkeypatch.setattr(loading, "load_tokenizer", lambda *a, **k: seen.append(k) or real_tok(*a, **k))
+    rc, _, err = train(capsys, tmp_path / "run", "--trust-remote-code", "--max-steps", "1")
+    assert rc == 0, err
+    assert seen and all(k.get("trust_remote_code") is True for k in seen)
+
+
+def test_modules_to_save_with_a_peft_method(tmp_path, capsys):
+    out = tmp_path / "lora"
+    rc, _, err = train(capsys, out, "--method", "lora", "--r", "4", "--modules-to-save", "norm")
+    assert rc == 0, err
+    cfg, tensors = _adapter(out)
+    assert cfg["peft_type"] == "LORA" and cfg["modules_to_save"] == ["norm"]
+    assert "base_model.model.model.norm.weight" in tensors  # PEFT saves the trained copy under the plain name
