@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_helpers import one_line_error, train
+from cli_helpers import flashbone, one_line_error, train
 
 
 def _adapter(out):
@@ -92,3 +92,31 @@ def test_modules_to_save_with_a_peft_method(tmp_path, capsys):
     cfg, tensors = _adapter(out)
     assert cfg["peft_type"] == "LORA" and cfg["modules_to_save"] == ["norm"]
     assert "base_model.model.model.norm.weight" in tensors  # PEFT saves the trained copy under the plain name
+
+
+def test_warmup_steps_and_ratio(tmp_path, capsys):
+    from test_cli_errors import _one_line_error
+
+    rc, stdout, err = train(capsys, tmp_path / "a", "--warmup-steps", "2", "--max-steps", "3")
+    assert rc == 0, err
+    assert "warmup 2 steps" in stdout
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.0, 1e-3, 2e-3])  # linear rise to the tiny recipe's 2e-3, then the cosine
+    rc, _, err = train(capsys, tmp_path / "b", "--warmup-steps", "1", "--warmup-ratio", "0.1")
+    _one_line_error(rc, err, "--warmup-steps", "--warmup-ratio")
+    from flashbone.commands._train_options import warmup_steps
+
+    assert warmup_steps({"warmup_ratio": 0.1}, 25) == 3 and warmup_steps({}, 25) == 0
+
+
+def test_one_warmup_meaning_for_both_tasks(tmp_path, capsys):
+    from flashbone.classification import ClassifierSettings, warmup_of
+
+    s = ClassifierSettings(lr=1e-3, batch_size=4, grad_accum=1, epochs=1, max_steps=None, warmup_ratio=0.06,
+                           weight_decay=0, max_grad_norm=1, seed=0)
+    assert warmup_of(s, 25) == 2  # ceil(0.06 x 25), as --warmup-ratio does for causal-lm and transformers does
+    s.warmup_steps = 5
+    assert warmup_of(s, 25) == 5
+    rc, _, err = flashbone(capsys, "train", "--task", "classification", "--model", "m", "--data", "glue/sst2",
+                           "--warmup-steps", "3", "--warmup-ratio", "0.1", "--out", tmp_path / "c")
+    one_line_error(rc, err, "--warmup-steps", "--warmup-ratio")

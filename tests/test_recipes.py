@@ -120,7 +120,7 @@ def test_glue_recipe_builds(recipe, tmp_path, monkeypatch, stand_ins, capsys):
     task = cls.GLUE_TASKS[spec["data"].split("/")[1]]
     seen = {}
 
-    def classifier(name, num_labels, dtype=None, device=None):
+    def classifier(name, num_labels, dtype=None, device=None, **_):
         assert name == "FacebookAI/roberta-base"
         cfg = copy.deepcopy(roberta)
         cfg.num_labels = num_labels

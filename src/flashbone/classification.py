@@ -208,6 +208,12 @@ class ClassifierSettings:
     seed: int
     bf16: bool = False
     progress: bool = True
+    warmup_steps: int | None = None  # when given, instead of warmup_ratio
+
+
+def warmup_of(s: ClassifierSettings, total: int) -> int:
+    """Warmup steps: ``warmup_steps``, else ceil(warmup_ratio x total) (transformers' rounding)."""
+    return s.warmup_steps if s.warmup_steps is not None else math.ceil(s.warmup_ratio * total)
 
 
 def total_steps(n_rows: int, s: ClassifierSettings) -> int:
@@ -228,7 +234,7 @@ def train(model: torch.nn.Module, rows: list[dict], pad_id: int, s: ClassifierSe
     total = total_steps(len(rows), s)
     per_epoch = math.ceil(len(rows) / s.batch_size)
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, int(s.warmup_ratio * total), total)
+    sched = get_linear_schedule_with_warmup(opt, warmup_of(s, total), total)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if s.bf16 else contextlib.nullcontext()
     out_dir.mkdir(parents=True, exist_ok=True)
     t0, tokens, loss_v, order, order_epoch = time.time(), 0, None, [], -1
@@ -330,6 +336,7 @@ __all__ = [
     "GLUE_HUB",
     "GLUE_TASKS",
     "ClassifierSettings",
+    "warmup_of",
     "Fields",
     "GlueTask",
     "Metrics",

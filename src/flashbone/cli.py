@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("flashbone.commands.merge", "merge an adapter into its base and save a HF checkpoint"),
     "eval": ("flashbone.commands.evaluate", "generate and score on GSM8K, MATH or tiny-math"),
     "plot": ("flashbone.commands.plot", "loss curves of several runs in one figure"),
+    "generate": ("flashbone.commands.generate", "try a model, with or without an adapter: prompt in, text out"),
     "bench": ("flashbone.commands.bench", "time Bone/Bat against the frozen base, PEFT and full fine-tuning"),
     "study": ("flashbone.commands.study", "compare methods over a grid of ranks, learning rates and seeds"),
 }

@@ -1,10 +1,11 @@
-"""The training loop: AdamW, cosine schedule without warmup, gradient clipping, accumulation,
+"""The training loop: AdamW, cosine schedule (optional linear warmup), gradient clipping, accumulation,
 atomic checkpoints and exact resume.
 
     step s uses micro-batches g = s*A + a  (a < A = grad_accum) of an endless, seeded stream:
         epoch e = g // M, rows order_e[(g % M)*b : ...]     (M micro-batches per epoch)
     loss_s = sum over the step's response tokens of -log p / (response tokens in the step)
-    grads clipped to --max-grad-norm; lr_s = lr * 0.5 * (1 + cos(pi * s / S))   (no warmup)
+    grads clipped to --max-grad-norm; lr_s = lr * 0.5 * (1 + cos(pi * s / S))   (after settings.warmup_steps
+    of linear rise from 0, none by default)
 
 How the step's rows are cut into micro-batches does not change that loss, so with
 ``micro_batch_tokens`` (``--micro-batch-tokens``) the loop regroups them by a token budget,
@@ -81,6 +82,7 @@ class TrainSettings:
     max_memory_gib: float | None = None  # CUDA: the allocator's cap; micro-batches halve to fit under it
     chunked_loss: bool | None = None  # head on target tokens in chunks (loss.py); None: on CUDA
     fingerprint: dict = field(default_factory=dict)  # settings a resumed run must share
+    warmup_steps: int = 0  # lr rises linearly from 0 over these steps, then the cosine decay
 
 
 @dataclass
@@ -248,7 +250,8 @@ class Trainer:
                         else None)
         from transformers import get_cosine_schedule_with_warmup
 
-        self.sched = get_cosine_schedule_with_warmup(self.opt, num_warmup_steps=0, num_training_steps=self.total)
+        self.sched = get_cosine_schedule_with_warmup(self.opt, num_warmup_steps=settings.warmup_steps,
+                                                     num_training_steps=self.total)
         self._orders: dict[int, list[int]] = {}
 
     def _indices(self, g: int) -> list[int]:

@@ -32,7 +32,7 @@ UNSUPPORTED = ("resume", "save_every", "stop_after", "template", "query_field", 
 
 def _resolve(args: argparse.Namespace) -> dict:
     from ..baselines import bone_methods, methods
-    from ._train_options import bone_options
+    from ._train_options import bone_options, warmup_steps
 
     v = {k: getattr(args, k) for k in vars(args)}
     if not v["model"]:
@@ -49,6 +49,9 @@ def _resolve(args: argparse.Namespace) -> dict:
         raise CLIError(f"--method {v['method']!r} is unknown; choose one of {', '.join(methods())}")
     if v["r"] is None:
         v["r"] = CLS_RECIPE["r_bone"] if v["method"] in bone_methods() else CLS_RECIPE["r_lora"]
+    warmup_steps(v, 1)  # one of --warmup-steps / --warmup-ratio, in range
+    if v.get("warmup_steps") is not None:
+        v["warmup_ratio"] = 0.0  # --warmup-steps given: it replaces the recipe's ratio
     for k in ("lr", "batch_size", "grad_accum", "epochs", "warmup_ratio", "weight_decay", "max_grad_norm",
               "max_length", "seed", "eval_batch_size"):
         if v.get(k) is None:  # the flag was not given
@@ -56,8 +59,6 @@ def _resolve(args: argparse.Namespace) -> dict:
     for k in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
         if isinstance(v[k], bool) or not isinstance(v[k], int) or v[k] < 1:
             raise CLIError(f"--{k.replace('_', '-')} must be a positive integer, got {v[k]!r}")
-    if not 0 <= v["warmup_ratio"] < 1:
-        raise CLIError(f"--warmup-ratio must be in [0, 1), got {v['warmup_ratio']}")
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
     bone_options(v)  # --dropout, --modules-to-save...: checked before anything is written
@@ -137,7 +138,8 @@ def _train_into(args: argparse.Namespace, v: dict, out: Path, final: Path, t_wal
     targets = baselines.parse_targets(v["targets"], model) if v["targets"] else cls.default_targets(model)
     settings = cls.ClassifierSettings(lr=v["lr"], batch_size=v["batch_size"], grad_accum=v["grad_accum"],
                                       epochs=v["epochs"], max_steps=v["max_steps"] or None,
-                                      warmup_ratio=v["warmup_ratio"], weight_decay=v["weight_decay"],
+                                      warmup_ratio=v["warmup_ratio"], warmup_steps=v.get("warmup_steps"),
+                                      weight_decay=v["weight_decay"],
                                       max_grad_norm=v["max_grad_norm"], seed=v["seed"], bf16=bf16,
                                       progress=v["progress"])
     steps = cls.total_steps(len(rows), settings)
@@ -146,7 +148,7 @@ def _train_into(args: argparse.Namespace, v: dict, out: Path, final: Path, t_wal
         f"data       {v['data']}: {len(rows)} rows, fields {fields.text}"
         + (f" + {fields.pair}" if fields.pair else "") + f" -> {fields.label}"
         + (f"; dev {len(dev_rows)} rows" if dev_rows else "; no dev set"),
-        f"recipe     AdamW lr {v['lr']:g}, linear warmup {v['warmup_ratio']:g} then linear to 0, weight decay "
+        f"recipe     AdamW lr {v['lr']:g}, linear warmup {cls.warmup_of(settings, steps)} steps then linear to 0, weight decay "
         f"{v['weight_decay']:g}, clip {v['max_grad_norm']:g}, batch {v['batch_size']} x accum {v['grad_accum']}, "
         f"{steps} steps, seed {v['seed']}",
         f"compute    {device}, {'bf16' if bf16 else 'fp32'}",

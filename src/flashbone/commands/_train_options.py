@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 from ..errors import CLIError
@@ -119,4 +120,16 @@ def apply_init_adapter(v: dict) -> None:
     v["method"], v["r"], v["mini_r"] = cfg.variant, cfg.r, cfg.mini_r
 
 
-__all__ = ["BONE_FLAGS", "BoneOptions", "add_method_arguments", "apply_init_adapter", "bone_options"]
+def warmup_steps(v: dict, total: int) -> int:
+    """--warmup-steps, or --warmup-ratio of ``total`` steps (rounded up); one of them at most."""
+    steps, ratio = v.get("warmup_steps"), v.get("warmup_ratio")
+    if steps is not None and ratio is not None:
+        raise CLIError("--warmup-steps and --warmup-ratio both set; give one of them")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise CLIError(f"--warmup-steps must be a non-negative integer, got {steps!r}")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise CLIError(f"--warmup-ratio must be in [0, 1), got {ratio}")
+    return int(steps) if steps is not None else math.ceil(ratio * total) if ratio else 0
+
+
+__all__ = ["BONE_FLAGS", "warmup_steps", "BoneOptions", "add_method_arguments", "apply_init_adapter", "bone_options"]

@@ -30,7 +30,7 @@ import yaml
 from ..errors import CLIError
 from ..outputs import OutputFolder
 from ..variants import VARIANTS
-from ._train_options import add_method_arguments, apply_init_adapter, bone_options
+from ._train_options import add_method_arguments, apply_init_adapter, bone_options, warmup_steps
 
 # The papers' recipe, for any model the user names.
 PAPER_RECIPE = {"lr": 2e-5, "batch_size": 4, "grad_accum": 16, "epochs": 1.0, "r_bone": 64, "r_lora": 36,
@@ -42,7 +42,7 @@ TINY_RECIPE = {"lr": 2e-3, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "r_
 FINGERPRINT = ("model", "data", "method", "r", "mini_r", "targets", "lora_alpha", "lr", "batch_size",
                "grad_accum", "epochs", "max_steps", "seed", "max_length", "template", "max_samples",
                "weight_decay", "max_grad_norm", "dropout", "modules_to_save", "exclude", "layers_to_transform",
-               "adapter_dtype", "init_adapter")
+               "adapter_dtype", "init_adapter", "warmup_steps", "warmup_ratio")
 # --micro-batch-tokens on CUDA when not given: a 1B model's step of 16 rows of ~400 tokens fits
 # in one micro-batch; larger ones are cut, and halved again if the GPU runs short of memory
 AUTO_MICRO_BATCH_TOKENS = 16384
@@ -77,13 +77,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(NF4, double quantisation, bf16 compute) or 8bit (LLM.int8); implies --gradient-checkpointing")
     add_method_arguments(g)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, help="peak learning rate, cosine to 0, no warmup [paper 2e-5; tiny 2e-3]")
+    g.add_argument("--lr", type=float, help="peak learning rate, cosine to 0 [paper 2e-5; tiny 2e-3]")
     g.add_argument("--batch-size", type=int, help="rows per micro-batch [paper 4; tiny 16]")
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step [paper 16; tiny 1]")
     g.add_argument("--epochs", type=float, help="passes over the data [1]")
     g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay [0]")
     g.add_argument("--max-grad-norm", type=float, help="gradient clipping [1.0]")
+    g.add_argument("--warmup-steps", type=int, help="lr rises linearly from 0 over N steps, then decays [0; "
+                   "classification: --warmup-ratio 0.06]")
+    g.add_argument("--warmup-ratio", type=float, help="warmup over ceil(F x all steps) instead of --warmup-steps "
+                   "[0; classification 0.06, the LoRA repository's]")
     g.add_argument("--seed", type=int, help="seed of initialisation and data order [0]")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
@@ -128,8 +132,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-field", help="field with the text [GLUE's, else sentence1/premise/question/sentence/text]")
     g.add_argument("--text-pair-field", help="field with the second text of a pair (MNLI hypothesis, MRPC sentence2...)")
     g.add_argument("--label-field", help="field with the integer label [label]")
-    g.add_argument("--warmup-ratio", type=float, help="classification: fraction of steps of linear warmup, then "
-                                                        "linear decay to 0 [0.06, the LoRA repository's]")
 
 
 def _resolve(args: argparse.Namespace, env=None) -> dict:
@@ -209,6 +211,7 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
     bone_options(v)  # checked now, used when the method is attached
+    warmup_steps(v, 1)  # checked now; the step count is known after the data loads
     v["recipe"] = "tiny" if tiny else "paper"
     if v["nproc"] is not None and (not isinstance(v["nproc"], int) or v["nproc"] < 1):
         raise CLIError(f"--nproc must be a positive integer, got {v['nproc']!r}")
@@ -304,6 +307,11 @@ def _apply_saved_config(args: argparse.Namespace) -> None:
                 setattr(args, dest, val)
 
 
+def _warmup_text(v: dict) -> str:
+    n = warmup_steps(v, v["steps"])
+    return f"warmup {n} steps" if n else "no warmup"
+
+
 def _print_config(v: dict, ctx: dict) -> None:
     from ..loading import builtin_model_path, is_builtin
 
@@ -314,7 +322,7 @@ def _print_config(v: dict, ctx: dict) -> None:
         f"model      {model}",
         f"data       {v['data']}: {len(ctx['rows'])} rows ({ctx['n_cut']} cut to --max-length {v['max_length']}), "
         f"template {v['template']}, fields {v['query_field_resolved']} -> {v['response_field_resolved']}",
-        f"recipe     {recipe}: AdamW lr {v['lr']:g}, cosine to 0, no warmup, weight decay {v['weight_decay']:g}, "
+        f"recipe     {recipe}: AdamW lr {v['lr']:g}, cosine to 0, {_warmup_text(v)}, weight decay {v['weight_decay']:g}, "
         f"clip {v['max_grad_norm']:g}, batch {v['batch_size']} x accum {v['grad_accum']} "
         f"= {v['batch_size'] * v['grad_accum']}, {v['steps']} steps, seed {v['seed']}",
         f"compute    {ctx['device']}, {'bf16' if ctx['bf16'] else 'fp32'}"
@@ -429,6 +437,7 @@ def _train_in(args: argparse.Namespace, v: dict, t_wall: float, env, folder, dev
                              micro_batch_tokens=v["micro_batch_tokens_resolved"], packing=v["packing"], max_memory_gib=v.get("max_memory"),
                              fingerprint={k: v[k] for k in FINGERPRINT})
     v["steps"] = total_steps(len(ctx["rows"]), settings, dist.world)
+    settings.warmup_steps = warmup_steps(v, v["steps"])
     _print_config(v, ctx)
     if dist.is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(
