@@ -95,15 +95,13 @@ def test_modules_to_save_with_a_peft_method(tmp_path, capsys):
 
 
 def test_warmup_steps_and_ratio(tmp_path, capsys):
-    from test_cli_errors import _one_line_error
-
     rc, stdout, err = train(capsys, tmp_path / "a", "--warmup-steps", "2", "--max-steps", "3")
     assert rc == 0, err
     assert "warmup 2 steps" in stdout
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([0.0, 1e-3, 2e-3])  # linear rise to the tiny recipe's 2e-3, then the cosine
     rc, _, err = train(capsys, tmp_path / "b", "--warmup-steps", "1", "--warmup-ratio", "0.1")
-    _one_line_error(rc, err, "--warmup-steps", "--warmup-ratio")
+    one_line_error(rc, err, "--warmup-steps", "--warmup-ratio")
     from flashbone.commands._train_options import warmup_steps
 
     assert warmup_steps({"warmup_ratio": 0.1}, 25) == 3 and warmup_steps({}, 25) == 0
@@ -120,3 +118,42 @@ def test_one_warmup_meaning_for_both_tasks(tmp_path, capsys):
     rc, _, err = flashbone(capsys, "train", "--task", "classification", "--model", "m", "--data", "glue/sst2",
                            "--warmup-steps", "3", "--warmup-ratio", "0.1", "--out", tmp_path / "c")
     one_line_error(rc, err, "--warmup-steps", "--warmup-ratio")
+
+
+def test_lr_for_gives_a_module_its_own_learning_rate(tmp_path, capsys):
+    from flashbone.training import param_groups
+
+    params = {"a.norm.weight": torch.nn.Parameter(torch.ones(2)), "a.q.B": torch.nn.Parameter(torch.ones(2))}
+    groups = param_groups(params, 1e-3, {"norm": 1e-2})
+    assert [(g["lr"], len(g["params"])) for g in groups] == [(1e-3, 1), (1e-2, 1)]
+    out = tmp_path / "a"
+    rc, _, err = train(capsys, out, "--modules-to-save", "norm", "--lr-for", "norm=0.5", "--max-steps", "1")
+    assert rc == 0, err
+    _, tensors = _adapter(out)
+    from flashbone.loading import load_model
+
+    before = load_model(None).model.norm.weight
+    # AdamW's first step moves every weight by about lr: 0.5 here, 2e-3 (the recipe's) for the adapter
+    assert (tensors["base_model.model.model.norm.weight"] - before).abs().max() > 0.4
+    rc, _, err = train(capsys, tmp_path / "b", "--lr-for", "nothing_here=1e-3")
+    one_line_error(rc, err, "--lr-for nothing_here", "no trainable parameter")
+    rc, _, err = train(capsys, tmp_path / "c", "--lr-for", "norm")
+    one_line_error(rc, err, "--lr-for", "NAME=LR")
+
+
+def test_report_to_wandb_offline_and_none(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "w"
+    rc, _, err = train(capsys, out, "--report-to", "wandb")
+    assert rc == 0, err
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and (out / "wandb" / "run_id").read_text().strip() in runs[0].name
+    assert b"train/loss" in next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline run's log
+    assert not (out / "tensorboard").exists()
+    rc, _, err = train(capsys, tmp_path / "n", "--report-to", "none")
+    assert rc == 0, err
+    assert not (tmp_path / "n" / "tensorboard").exists() and not (tmp_path / "n" / "wandb").exists()
+    rc, _, err = train(capsys, tmp_path / "x", "--report-to", "mlflow")
+    one_line_error(rc, err, "--report-to 'mlflow'")

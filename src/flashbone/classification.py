@@ -19,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -209,6 +209,7 @@ class ClassifierSettings:
     bf16: bool = False
     progress: bool = True
     warmup_steps: int | None = None  # when given, instead of warmup_ratio
+    lr_for: dict[str, float] = field(default_factory=dict)  # name part -> lr (training.param_groups)
 
 
 def warmup_of(s: ClassifierSettings, total: int) -> int:
@@ -227,13 +228,16 @@ def train(model: torch.nn.Module, rows: list[dict], pad_id: int, s: ClassifierSe
     """Train ``model``'s trainable parameters; writes ``out_dir/metrics.jsonl`` (step, loss, lr...)."""
     from transformers import get_linear_schedule_with_warmup
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    from .training import param_groups
+
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
     if not params:
         raise DataError("the model has no trainable parameters")
     device = next(model.parameters()).device
     total = total_steps(len(rows), s)
     per_epoch = math.ceil(len(rows) / s.batch_size)
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    opt = torch.optim.AdamW(param_groups(named, s.lr, s.lr_for), lr=s.lr, weight_decay=s.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, warmup_of(s, total), total)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if s.bf16 else contextlib.nullcontext()
     out_dir.mkdir(parents=True, exist_ok=True)

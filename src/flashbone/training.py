@@ -54,6 +54,7 @@ from .distributed import (full_optimizer_state, full_tensor, gather_full, is_sha
 from .errors import BoneError
 from . import varlen
 from .loss import HeadCapture, chunked_loss_sum, target_positions
+from .reporting import Reporters
 
 _CKPT_RE = re.compile(r"^step-(\d{8})$")
 
@@ -83,6 +84,9 @@ class TrainSettings:
     chunked_loss: bool | None = None  # head on target tokens in chunks (loss.py); None: on CUDA
     fingerprint: dict = field(default_factory=dict)  # settings a resumed run must share
     warmup_steps: int = 0  # lr rises linearly from 0 over these steps, then the cosine decay
+    lr_for: dict[str, float] = field(default_factory=dict)  # name part -> lr of the parameters whose name holds it
+    report_to: tuple[str, ...] = ("tensorboard",)  # also "wandb"; metrics.jsonl is always written
+    run_config: dict = field(default_factory=dict)  # what a wandb run records as its config
 
 
 @dataclass
@@ -185,6 +189,15 @@ def check_resume(root: Path, fingerprint: dict, world: int = 1) -> Path:
     return path
 
 
+def param_groups(params: dict[str, torch.nn.Parameter], lr: float, lr_for: dict[str, float]) -> list[dict]:
+    """One optimizer group per learning rate: a parameter whose name holds a key of ``lr_for``
+    (the first that matches) takes its lr, the others ``lr``. The schedule scales every group alike."""
+    groups: dict[float, list] = {lr: []}
+    for name, p in params.items():
+        groups.setdefault(next((v for k, v in lr_for.items() if k in name), lr), []).append(p)
+    return [{"params": ps, "lr": g} for g, ps in groups.items() if ps]
+
+
 # -- the loop -------------------------------------------------------------------------------------
 def row_lengths(rows) -> tuple[list[int], list[int]]:
     """Token count and prompt length of every row (read from the Arrow column where the rows
@@ -227,7 +240,8 @@ class Trainer:
         self.total = total_steps(len(rows), settings, self.dist.world)
         # fused AdamW on CUDA: one kernel for all tensors (plain DTensor shards take the default)
         fused = self.device.type == "cuda" and not any(is_sharded(p) for p in self.params.values())
-        self.opt = torch.optim.AdamW(list(self.params.values()), lr=settings.lr, weight_decay=settings.weight_decay,
+        self.opt = torch.optim.AdamW(param_groups(self.params, settings.lr, settings.lr_for), lr=settings.lr,
+                                     weight_decay=settings.weight_decay,
                                      **({"fused": True} if fused else {}))
         self.lengths, self.n_prompt = row_lengths(rows)
         # tokens each row's loss covers: after the prompt, or where a conversation's own labels say
@@ -422,13 +436,6 @@ class Trainer:
             path.unlink()
         return open(path, "a")
 
-    def _tensorboard(self, start: int):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return None
-        return SummaryWriter(str(self.out / "tensorboard"), purge_step=start + 1 if start else None)
-
     def run(self, resume: bool = False) -> dict:
         """Train to the last step (or ``stop_after``); returns a summary."""
         start, elapsed0, tokens = self._resume() if resume else (0, 0.0, 0)
@@ -439,7 +446,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
         metrics = self._metrics_file(start) if main else None
-        tb = self._tensorboard(start) if main else None
+        report = Reporters.open(self.out, start, self.s.report_to, self.s.run_config) if main else None
         end = min(self.total, self.s.stop_after) if self.s.stop_after else self.total
         bar = tqdm(total=self.total, initial=start, desc="train", disable=not (self.s.progress and main),
                    dynamic_ncols=True)
@@ -472,9 +479,7 @@ class Trainer:
             if main:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
-                if tb is not None:
-                    for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                        tb.add_scalar(f"train/{k}", rec[k], q.step)
+                report.scalars("train", {k: rec[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, q.step)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{q.lr:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
             bar.update(1)
             if not math.isfinite(loss):
@@ -508,8 +513,8 @@ class Trainer:
             bar.close()
             if metrics:
                 metrics.close()
-            if tb is not None:
-                tb.close()
+            if report is not None:
+                report.close()
         peak = (round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda"
                 else None)
         return {"steps": end, "total_steps": self.total, "stopped": end < self.total, "final_loss": loss_v,

@@ -27,12 +27,13 @@ from ..errors import CLIError
 CLS_RECIPE = {"lr": 5e-4, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "warmup_ratio": 0.06,
               "weight_decay": 0.1, "max_grad_norm": 1.0, "max_length": 512, "r_bone": 16, "r_lora": 8,
               "seed": 0, "eval_batch_size": 64}
-UNSUPPORTED = ("resume", "save_every", "stop_after", "template", "query_field", "response_field", "init_adapter")
+UNSUPPORTED = ("resume", "save_every", "stop_after", "template", "query_field", "response_field", "init_adapter",
+               "report_to")
 
 
 def _resolve(args: argparse.Namespace) -> dict:
     from ..baselines import bone_methods, methods
-    from ._train_options import bone_options, warmup_steps
+    from ._train_options import bone_options, lr_for, warmup_steps
 
     v = {k: getattr(args, k) for k in vars(args)}
     if not v["model"]:
@@ -61,6 +62,7 @@ def _resolve(args: argparse.Namespace) -> dict:
             raise CLIError(f"--{k.replace('_', '-')} must be a positive integer, got {v[k]!r}")
     if not v["lr"] > 0 or not v["epochs"] > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v['lr']} and {v['epochs']}")
+    lr_for(v)
     bone_options(v)  # --dropout, --modules-to-save...: checked before anything is written
     v["precision"] = v["precision"] or "auto"
     v["out"] = v["out"] or f"runs/cls-{v['method']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -111,7 +113,7 @@ def _train_into(args: argparse.Namespace, v: dict, out: Path, final: Path, t_wal
     from .. import classification as cls
     from ..generation import write_jsonl
     from . import _train_steps as st
-    from ._train_options import bone_options
+    from ._train_options import bone_options, lr_for
     from .train import NOT_SAVED
 
     device = loading.pick_device(v["device"])
@@ -170,6 +172,7 @@ def _train_into(args: argparse.Namespace, v: dict, out: Path, final: Path, t_wal
     print(f"method     {v['method']}" + ("" if v["method"] == "full" else
           f" r={v['r']} on {targets if isinstance(targets, str) else ','.join(targets)} + head {','.join(heads)}")
           + f": {adapted.n_trainable:,} trainable of {adapted.n_total:,} parameters", flush=True)
+    settings.lr_for = lr_for(v, list(adapted.named_trainable()))
     result = cls.train(adapted.model, rows, tok.pad_token_id, settings, out)
     saved_to = st.save_result(adapted, tok, out)
     if dev_rows:

@@ -132,4 +132,39 @@ def warmup_steps(v: dict, total: int) -> int:
     return int(steps) if steps is not None else math.ceil(ratio * total) if ratio else 0
 
 
-__all__ = ["BONE_FLAGS", "warmup_steps", "BoneOptions", "add_method_arguments", "apply_init_adapter", "bone_options"]
+def lr_for(v: dict, names: list[str] | None = None) -> dict[str, float]:
+    """--lr-for NAME=LR (repeatable): parameters whose name holds NAME train at LR.
+
+    With ``names`` (the trainable parameter names), a NAME that matches none is an error."""
+    out: dict[str, float] = {}
+    items = [part for chunk in v.get("lr_for") or [] for part in str(chunk).split(",") if part.strip()]
+    for item in items:  # several processes get "a=1e-3,b=1e-4" back as one flag value
+        key, sep, val = str(item).partition("=")
+        try:
+            out[key.strip()] = float(val)
+            if not sep or not key.strip() or not out[key.strip()] > 0:
+                raise ValueError
+        except ValueError:
+            raise CLIError(f"--lr-for {item!r}: expected NAME=LR with a positive LR, e.g. --lr-for lm_head=1e-4") from None
+    for key in out:
+        if names is not None and not any(key in n for n in names):
+            raise CLIError(f"--lr-for {key}: no trainable parameter's name holds {key!r}")
+    return out
+
+
+def report_to(v: dict) -> tuple[str, ...]:
+    """--report-to: ``tensorboard`` (default), ``wandb``, both comma-separated, or ``none``."""
+    spec = v.get("report_to") or "tensorboard"
+    names = tuple(dict.fromkeys(s.strip() for s in str(spec).split(",") if s.strip()))
+    bad = [n for n in names if n not in ("tensorboard", "wandb", "none")]
+    if bad or ("none" in names and len(names) > 1):
+        raise CLIError(f"--report-to {spec!r}: use tensorboard, wandb, tensorboard,wandb or none")
+    if "wandb" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise CLIError("--report-to wandb: wandb is not installed; pip install wandb")
+    return () if names == ("none",) else names
+
+
+__all__ = ["BONE_FLAGS", "warmup_steps", "lr_for", "report_to", "BoneOptions", "add_method_arguments", "apply_init_adapter", "bone_options"]
