@@ -28,3 +28,16 @@ def test_ruff_lint_passes():
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     out = subprocess.run([ruff, "check", "src", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_import_flashbone_leaves_transformers_for_later():
+    """`import flashbone` (and so the CLI's start) does not pay for transformers' PreTrainedModel;
+    the names from flashbone.model import it on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flashbone; assert 'transformers' not in sys.modules, 'imported early'; "
+            "from flashbone import BoneModel, get_bone_model; import transformers; "
+            "assert issubclass(BoneModel, transformers.PreTrainedModel) and callable(get_bone_model); "
+            "assert 'load_adapter' in dir(flashbone)")
+    subprocess.run([sys.executable, "-c", code], check=True)
