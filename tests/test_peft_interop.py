@@ -114,3 +114,34 @@ def test_gpt2_conv1d_adapters_are_written_as_ours_since_peft_miss_refuses_conv1d
     x = tokens()
     with torch.no_grad():
         torch.testing.assert_close(load_adapter(base, tmp_path)(x).logits, bm(x).logits, rtol=0, atol=0)
+
+
+def test_a_flashbone_folder_in_a_peft_tool_has_a_written_way_out(tmp_path, capsys):
+    """lm-eval's ``peft=`` calls PeftModel.from_pretrained: on a bat-row folder that stops at
+    KeyError 'FLASHBONE'. The folder's README says why and how through; the way it gives works."""
+    import json
+
+    from cli_helpers import flashbone
+    from peft import PeftModel
+
+    from flashbone.loading import load_model
+
+    bm = get_bone_model(load_model(None), BoneConfig(variant="bat-row", r=16, base_model_name_or_path="flashbone-tiny"))
+    randomize_adapters(bm, std=0.05)
+    bm.save_adapter(tmp_path / "a")
+    with pytest.raises(KeyError, match="FLASHBONE"):  # what a PEFT-based tool meets
+        PeftModel.from_pretrained(load_model(None), str(tmp_path / "a"))
+    readme = (tmp_path / "a" / "README.md").read_text()
+    assert "KeyError: 'FLASHBONE'" in readme and "bat-row" in readme
+    assert "flashbone merge --base flashbone-tiny --adapter THIS_FOLDER --out MERGED" in readme
+    rc, _, err = flashbone(capsys, "merge", "--base", "flashbone-tiny", "--adapter", tmp_path / "a",
+                           "--out", tmp_path / "merged")
+    assert rc == 0, err
+    x = tokens()
+    merged = load_model(str(tmp_path / "merged"))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x).logits, bm(x).logits, rtol=1e-4, atol=1e-4)
+    # a MISS folder is PEFT's own: no README of ours
+    get_bone_model(load_model(None), BoneConfig(variant="bat", r=16)).save_adapter(tmp_path / "miss")
+    assert json.loads((tmp_path / "miss" / "adapter_config.json").read_text())["peft_type"] == "MISS"
+    assert not (tmp_path / "miss" / "README.md").exists()

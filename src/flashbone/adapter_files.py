@@ -40,6 +40,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 PEFT_TYPE = "FLASHBONE"
+README_NAME = "README.md"  # written in FLASHBONE folders only (PEFT writes its own for MISS ones)
 # Tensor key suffix per trainable tensor: PEFT's ``miss_block`` for B, ``miss_<name>`` for any
 # other (``miss_A`` for bone-ab's A, and whatever a newly registered variant names its tensors).
 _PARAM_KEYS = {"B": "miss_block"}
@@ -176,9 +177,38 @@ def save_adapter_folder(folder: str | os.PathLike, config: BoneConfig,
         flat[f"{PREFIX}{name}"] = t.detach().to("cpu").contiguous()
     meta = {"format": "pt", "flashbone_variant": config.variant}
     _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(flat, p, metadata=meta))
-    js = json.dumps(config_to_json(config, list(tensors), peft_loadable), indent=2, sort_keys=True)
+    cfg = config_to_json(config, list(tensors), peft_loadable)
+    js = json.dumps(cfg, indent=2, sort_keys=True)
     _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(js + "\n"))
+    if cfg["peft_type"] == PEFT_TYPE:  # a PEFT-based tool would stop at KeyError: 'FLASHBONE': say why, and the way
+        readme = readme_text(config, peft_loadable)
+        _atomic_write(folder / README_NAME, lambda p: Path(p).write_text(readme))
     return folder
+
+
+def readme_text(config: BoneConfig, peft_loadable: bool = True) -> str:
+    """README.md of a ``FLASHBONE`` folder: why PEFT cannot load it, and the ways through."""
+    why = (f"PEFT's MiSS has no `{config.variant}` variant" if peft_loadable else
+           "the adapted layers are GPT-2 `Conv1D`, which PEFT's MiSS does not adapt")
+    base = config.base_model_name_or_path or "BASE"
+    return f"""---
+library_name: flashbone
+base_model: {base}
+tags: [flashbone, bone, {config.variant}]
+---
+# flashbone adapter: {config.variant}, r={config.r}
+
+`peft_type` is `FLASHBONE`: {why}, so PEFT and the tools built on it (lm-evaluation-harness's
+`peft=`, vLLM, TGI) stop with `KeyError: 'FLASHBONE'`. Ways through:
+
+- load it with flashbone (`pip install flashbone`):
+  `flashbone.load_adapter(base_model, "THIS_FOLDER")`, or
+  `flashbone generate --model {base} --adapter THIS_FOLDER --prompt "..."` /
+  `flashbone eval --model {base} --adapter THIS_FOLDER ...`;
+- for any other tool, merge it into the base first and hand the tool the plain model folder:
+  `flashbone merge --base {base} --adapter THIS_FOLDER --out MERGED`, then e.g.
+  `lm_eval --model hf --model_args pretrained=MERGED --tasks gsm8k`.
+"""
 
 
 def resolve_folder(path: str | os.PathLike) -> Path:
