@@ -157,3 +157,20 @@ def test_report_to_wandb_offline_and_none(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "n" / "tensorboard").exists() and not (tmp_path / "n" / "wandb").exists()
     rc, _, err = train(capsys, tmp_path / "x", "--report-to", "mlflow")
     one_line_error(rc, err, "--report-to 'mlflow'")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_init_adapter_from_a_peft_miss_or_legacy_bone_folder(tmp_path, capsys, legacy):
+    from test_cli_merge import _peft_miss_folder
+
+    _peft_miss_folder(tmp_path / "peft", legacy)  # PEFT's own MiSS folder (or PEFT < 0.19's BONE)
+    start = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    out = tmp_path / "run"
+    rc, stdout, err = train(capsys, out, "--init-adapter", tmp_path / "peft", "--lr", "1e-12")
+    assert rc == 0, err
+    assert "method     bone r=16 on" in stdout
+    cfg, end = _adapter(out)
+    assert (cfg["peft_type"], cfg["r"]) == ("MISS", 16)
+    assert len(end) == len(start) == 12  # 4 layers x q, v, down
+    for k, t in start.items():
+        torch.testing.assert_close(end[k.replace("bone_block", "miss_block")], t, rtol=0, atol=1e-6)

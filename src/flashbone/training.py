@@ -52,7 +52,7 @@ from .data import IGNORE, DataError, collate, epoch_order
 from .distributed import (full_optimizer_state, full_tensor, gather_full, is_sharded, place_like,
                           shard_optimizer_state)
 from .errors import BoneError
-from . import varlen
+from . import validation, varlen
 from .loss import HeadCapture, chunked_loss_sum, target_positions
 from .reporting import Reporters
 
@@ -87,6 +87,7 @@ class TrainSettings:
     lr_for: dict[str, float] = field(default_factory=dict)  # name part -> lr of the parameters whose name holds it
     report_to: tuple[str, ...] = ("tensorboard",)  # also "wandb"; metrics.jsonl is always written
     run_config: dict = field(default_factory=dict)  # what a wandb run records as its config
+    val_every: int = 0  # validation loss after every N-th step and the last (0: none; validation.py)
 
 
 @dataclass
@@ -222,13 +223,15 @@ class _Queued:
     lr: float
     n_input: int  # non-padding tokens of the step (all processes)
     tokens: int  # cumulative, after this step
+    val_loss: float | None = None  # on the held-out rows after this step, where measured
 
 
 class Trainer:
     """Train ``model``'s trainable parameters on tokenized ``rows`` (``input_ids``, ``n_prompt``)."""
 
     def __init__(self, model: torch.nn.Module, rows, pad_id: int, settings: TrainSettings, out_dir: Path,
-                 dist: Dist | None = None, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+                 dist: Dist | None = None, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                 val_rows=None):
         self.model = wrap(model) if wrap else model
         self.rows, self.pad_id, self.s, self.out = rows, pad_id, settings, Path(out_dir)
         self.dist = dist or Dist()
@@ -267,6 +270,11 @@ class Trainer:
         self.sched = get_cosine_schedule_with_warmup(self.opt, num_warmup_steps=settings.warmup_steps,
                                                      num_training_steps=self.total)
         self._orders: dict[int, list[int]] = {}
+        # held-out rows scored every settings.val_every steps (validation.py)
+        self.val_rows = val_rows if val_rows is not None and len(val_rows) and settings.val_every else None
+        self.val_batches = (validation.micro_batches(row_lengths(val_rows)[0], settings.batch_size)
+                            if self.val_rows is not None else [])
+        self.last_val_loss: float | None = None
 
     def _indices(self, g: int) -> list[int]:
         """Row indices of plain micro-batch ``g`` of the endless, seeded stream."""
@@ -285,14 +293,16 @@ class Trainer:
         return (plan, sum(self.n_target[i] for i in rows),
                 sum(self.lengths[i] for i in rows))
 
-    def _collate(self, mb: MicroBatch) -> dict[str, torch.Tensor]:
-        cols = self.rows[mb.rows]
+    def _collate(self, mb: MicroBatch, rows=None) -> dict[str, torch.Tensor]:
+        """Micro-batch ``mb`` of the training rows (or of ``rows``: the validation rows) on the device."""
+        cols = (self.rows if rows is None else rows)[mb.rows]
+        lengths = [self.lengths[i] for i in mb.rows] if rows is None else [len(a) for a in cols["input_ids"]]
         rows = [{"input_ids": a, "n_prompt": n} for a, n in zip(cols["input_ids"], cols["n_prompt"])]
         for r, y in zip(rows, cols.get("labels") or []):  # conversations carry their own labels
             r["labels"] = y
         if self.flat:  # one sequence, no padding; cu_seqlens delimit its rows
             batch = collate_packed(rows, [list(range(len(rows)))], self.pad_id)
-            batch["cu_seqlens"] = varlen.cu_seqlens([self.lengths[i] for i in mb.rows])
+            batch["cu_seqlens"] = varlen.cu_seqlens(lengths)
         elif mb.bins is None:
             batch = collate(rows, self.pad_id)
         else:
@@ -465,6 +475,7 @@ class Trainer:
                                                  SDPBackend.MATH]))
         pending: _Queued | None = None
         t_last = time.time()
+        shown: dict[str, str] = {}  # the latest validation loss, kept in the progress bar
 
         def log(q: _Queued) -> float:
             """Read a queued step's loss and gradient norm (waits for it), write its record."""
@@ -476,11 +487,16 @@ class Trainer:
                    "elapsed_s": round(now - t0, 3),
                    "epoch": round(q.step * self.s.grad_accum * self.dist.world / self.per_epoch, 4)}
             t_last = now
+            if q.val_loss is not None:
+                rec["val_loss"] = round(q.val_loss, 6)
+                shown["val_loss"] = f"{q.val_loss:.4f}"
             if main:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
                 report.scalars("train", {k: rec[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s")}, q.step)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{q.lr:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                if q.val_loss is not None:
+                    report.scalars("eval", {"loss": q.val_loss}, q.step)
+            bar.set_postfix(loss=f"{loss:.4f}", **shown, lr=f"{q.lr:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
             bar.update(1)
             if not math.isfinite(loss):
                 raise BoneError(f"the loss became {loss} at step {q.step}; lower --lr")
@@ -499,6 +515,9 @@ class Trainer:
                 if pending is not None:  # the step before, while this one runs on the GPU
                     loss_v = log(pending)
                 pending = _Queued(step + 1, self._all_sum(loss_sum), n_tok, grad_norm, lr, n_in, tokens)
+                if self.val_rows is not None and validation.is_val_step(step + 1, self.s.val_every, self.total):
+                    pending.val_loss = self.last_val_loss = validation.validation_loss(self, self.val_rows,
+                                                                                       self.val_batches)
                 # with --save-every the last step is saved too: the finished run can be extended
                 at_save = self.s.save_every and ((step + 1) % self.s.save_every == 0 or step + 1 == self.total)
                 if at_save or (step + 1 == end and end < self.total):
@@ -518,6 +537,7 @@ class Trainer:
         peak = (round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda"
                 else None)
         return {"steps": end, "total_steps": self.total, "stopped": end < self.total, "final_loss": loss_v,
+                "val_loss": self.last_val_loss,
                 "tokens": tokens, "train_seconds": round(time.time() - t0, 2), "peak_gpu_memory_gib": peak,
                 "resumed_seconds": elapsed0}
 

@@ -28,7 +28,7 @@ CLS_RECIPE = {"lr": 5e-4, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "war
               "weight_decay": 0.1, "max_grad_norm": 1.0, "max_length": 512, "r_bone": 16, "r_lora": 8,
               "seed": 0, "eval_batch_size": 64}
 UNSUPPORTED = ("resume", "save_every", "stop_after", "template", "query_field", "response_field", "init_adapter",
-               "report_to")
+               "report_to", "val_split", "val_data", "val_every")
 
 
 def _resolve(args: argparse.Namespace) -> dict:

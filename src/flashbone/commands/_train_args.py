@@ -85,6 +85,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strategy", choices=["ddp", "fsdp"], help="ddp: whole model in each process; fsdp: FSDP2, "
                                                                "parameters sharded by decoder layer [ddp]")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    g = p.add_argument_group("validation loss during training")
+    g.add_argument("--val-split", type=float, metavar="F|N", help="hold out a fraction F (0 < F < 1) or N rows of "
+                   "--data (seeded) and report their loss during training")
+    g.add_argument("--val-data", help="validation rows of their own (a file or hub dataset, its 'validation' split; "
+                                      "same fields and template as --data) instead of --val-split")
+    g.add_argument("--val-every", type=int, metavar="N", help="validation loss after every N-th step and the last "
+                   "[about 10 points per run]; in metrics.jsonl (val_loss), the progress bar, loss.png")
     g = p.add_argument_group("evaluation before and after training")
     g.add_argument("--eval-task", choices=["none", "gsm8k", "math", "tiny-math"],
                    help="score generations before and after training [tiny-math with the built-in data, else none]")

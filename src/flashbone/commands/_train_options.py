@@ -132,6 +132,20 @@ def warmup_steps(v: dict, total: int) -> int:
     return int(steps) if steps is not None else math.ceil(ratio * total) if ratio else 0
 
 
+def check_validation(v: dict) -> None:
+    """--val-split / --val-data / --val-every: one source of held-out rows, sizes in range."""
+    split, data, every = v.get("val_split"), v.get("val_data"), v.get("val_every")
+    if split is not None and data is not None:
+        raise CLIError("--val-split and --val-data both set; give one of them")
+    if split is not None and not (0 < split < 1 or (split >= 1 and float(split).is_integer())):
+        raise CLIError(f"--val-split must be a fraction in (0, 1) or a whole number of rows, got {split:g}")
+    if every is not None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise CLIError(f"--val-every must be a positive integer, got {every!r}")
+        if split is None and data is None:
+            raise CLIError("--val-every needs held-out rows: add --val-split F|N or --val-data FILE")
+
+
 def lr_for(v: dict, names: list[str] | None = None) -> dict[str, float]:
     """--lr-for NAME=LR (repeatable): parameters whose name holds NAME train at LR.
 
@@ -167,4 +181,4 @@ def report_to(v: dict) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
-__all__ = ["BONE_FLAGS", "warmup_steps", "lr_for", "report_to", "BoneOptions", "add_method_arguments", "apply_init_adapter", "bone_options"]
+__all__ = ["check_validation", "BONE_FLAGS", "warmup_steps", "lr_for", "report_to", "BoneOptions", "add_method_arguments", "apply_init_adapter", "bone_options"]

@@ -30,7 +30,7 @@ def _dtype(v: dict, bf16: bool) -> torch.dtype:
 
 def load_base(v: dict, device: torch.device | None = None) -> dict:
     """Device, tokenizer, tokenized data, evaluation rows and the base model (no adapters yet)."""
-    from .. import baselines, chat, data, loading
+    from .. import baselines, data, loading, validation
 
     device = device or loading.pick_device(v["device"])
     bf16 = loading.use_bf16(v["precision"], device)
@@ -39,17 +39,13 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
     template = data.get_template(v["template"])
     ds = data.load_rows(v["data"], split=v["data_split"], subset=v["data_subset"],
                         max_samples=v["max_samples"], seed=v["seed"])
-    conv = chat.conversation_field(ds.column_names, v.get("messages_field")) if not v["query_field"] else None
-    if conv:  # multi-turn rows: the chat template, loss on the assistant's turns
-        rows, n_cut, own = chat.tokenize_conversations(ds, tok, conv, v["max_length"])
-        v["query_field_resolved"] = conv
-        v["response_field_resolved"] = "assistant turns, " + ("the tokenizer's chat template" if own else
-                                                               "the default chat template (docs/cli.md)")
-    else:
-        qf, rf = data.detect_fields(ds.column_names, v["query_field"], v["response_field"],
-                                    source=f"--data {v['data']}")
-        v["query_field_resolved"], v["response_field_resolved"] = qf, rf
-        rows, n_cut = data.tokenize_rows(ds, tok, template, qf, rf, v["max_length"], source=f"--data {v['data']}")
+    rows, n_cut = _tokenize(ds, v, tok, template, "--data", v["data"], resolve_fields=True)
+    val_rows = None  # held-out rows for the validation loss (validation.py)
+    if v.get("val_split") is not None:
+        rows, val_rows = validation.split_rows(rows, v["val_split"], v["seed"])
+    elif v.get("val_data"):
+        val_ds = data.load_rows(v["val_data"], split="validation", subset=v["data_subset"], seed=v["seed"])
+        val_rows, _ = _tokenize(val_ds, v, tok, template, "--val-data", v["val_data"])
     eval_ds = None
     if v["eval_task"] != "none":  # read the held-out rows now: bad eval data fails before training
         eval_ds = data.load_rows(v["eval_data"], split="test", max_samples=v["eval_samples"])
@@ -57,7 +53,27 @@ def load_base(v: dict, device: torch.device | None = None) -> dict:
                                trust_remote_code=trust)
     v["targets_resolved"] = baselines.parse_targets(v["targets"], model)
     return {"device": device, "bf16": bf16, "tokenizer": tok, "template": template, "rows": rows, "n_cut": n_cut,
-            "model": model, "eval": eval_ds}
+            "model": model, "eval": eval_ds, "val_rows": val_rows}
+
+
+def _tokenize(ds, v: dict, tok, template, flag: str, source: str, resolve_fields: bool = False):
+    """Tokenized rows and how many were cut: conversations through the chat template (loss on the
+    assistant's turns), else query/response through ``template``. ``resolve_fields``: record the
+    fields used in ``v`` (printed and saved)."""
+    from .. import chat, data
+
+    conv = chat.conversation_field(ds.column_names, v.get("messages_field")) if not v["query_field"] else None
+    if conv:  # multi-turn rows: the chat template, loss on the assistant's turns
+        rows, n_cut, own = chat.tokenize_conversations(ds, tok, conv, v["max_length"])
+        if resolve_fields:
+            v["query_field_resolved"] = conv
+            v["response_field_resolved"] = "assistant turns, " + ("the tokenizer's chat template" if own else
+                                                                   "the default chat template (docs/cli.md)")
+        return rows, n_cut
+    qf, rf = data.detect_fields(ds.column_names, v["query_field"], v["response_field"], source=f"{flag} {source}")
+    if resolve_fields:
+        v["query_field_resolved"], v["response_field_resolved"] = qf, rf
+    return data.tokenize_rows(ds, tok, template, qf, rf, v["max_length"], source=f"{flag} {source}")
 
 
 def attach_method(v: dict, ctx: dict) -> None:
@@ -193,7 +209,7 @@ def summarize(v, adapted, result, before, after, saved_to, device, bf16, wall, n
         "lora_alpha": adapted.extra.get("lora_alpha"),
         "trainable_params": adapted.n_trainable, "total_params": adapted.n_total,
         "model": v["model"], "data": v["data"], "train_rows": n_rows, "steps": result["steps"],
-        "final_loss": result["final_loss"], "tokens": result["tokens"], "train_seconds": result["train_seconds"],
+        "final_loss": result["final_loss"], "val_loss": result.get("val_loss"), "tokens": result["tokens"], "train_seconds": result["train_seconds"],
         "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
         "wall_seconds": round(wall, 1), "eval_task": v["eval_task"], "accuracy_before": before,
         "accuracy_after": after, "saved": str(saved_to),
@@ -213,6 +229,8 @@ def loss_plot(out: Path, title: str | None = None) -> None:
 
 def report(s: dict, out: Path) -> str:
     lines = [f"saved {s['saved']}  (metrics.jsonl, loss.png, config.yaml, summary.json in {out})"]
+    if s.get("val_loss") is not None:
+        lines.append(f"validation loss {s['val_loss']:.4f} after the last step (training loss {s['final_loss']:.4f})")
     if s["accuracy_after"] is not None:
         before = "n/a" if s["accuracy_before"] is None else f"{100 * s['accuracy_before']:.1f}%"
         lines.append(f"{s['eval_task']} held-out accuracy: {before} before -> {100 * s['accuracy_after']:.1f}% after "

@@ -31,7 +31,7 @@ from ..errors import CLIError
 from ..outputs import OutputFolder
 from ..variants import VARIANTS
 from ._train_args import AUTO_MICRO_BATCH_TOKENS, add_arguments
-from ._train_options import apply_init_adapter, bone_options, lr_for, report_to, warmup_steps
+from ._train_options import apply_init_adapter, bone_options, check_validation, lr_for, report_to, warmup_steps
 
 # The papers' recipe, for any model the user names.
 PAPER_RECIPE = {"lr": 2e-5, "batch_size": 4, "grad_accum": 16, "epochs": 1.0, "r_bone": 64, "r_lora": 36,
@@ -43,7 +43,8 @@ TINY_RECIPE = {"lr": 2e-3, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "r_
 FINGERPRINT = ("model", "data", "method", "r", "mini_r", "targets", "lora_alpha", "lr", "batch_size",
                "grad_accum", "epochs", "max_steps", "seed", "max_length", "template", "max_samples",
                "weight_decay", "max_grad_norm", "dropout", "modules_to_save", "exclude", "layers_to_transform",
-               "adapter_dtype", "init_adapter", "warmup_steps", "warmup_ratio", "lr_for")
+               "adapter_dtype", "init_adapter", "warmup_steps", "warmup_ratio", "lr_for",
+               "val_split", "val_data")
 NOT_SAVED = ("config", "resume", "overwrite", "stop_after", "progress")
 
 
@@ -127,6 +128,7 @@ def _resolve(args: argparse.Namespace, env=None) -> dict:
     warmup_steps(v, 1)  # checked now; the step count is known after the data loads
     lr_for(v)
     report_to(v)
+    check_validation(v)
     v["recipe"] = "tiny" if tiny else "paper"
     if v["nproc"] is not None and (not isinstance(v["nproc"], int) or v["nproc"] < 1):
         raise CLIError(f"--nproc must be a positive integer, got {v['nproc']!r}")
@@ -166,7 +168,8 @@ def _plan_out(v: dict) -> OutputFolder:
         raise CLIError(f"--out {v['out']}: an interrupted run of it is in {partial} (last checkpoint "
                        f"{interrupted.name}); continue it with --resume, or pass --overwrite to start over")
     return plan_folder(v["out"], overwrite=v["overwrite"], other_ways=", --resume to continue it",
-                       inputs={"--data": v["data"], "--model": v["model"], "--eval-data": v["eval_data"]})
+                       inputs={"--data": v["data"], "--model": v["model"], "--eval-data": v["eval_data"],
+                               "--val-data": v.get("val_data")})
 
 
 def _say_resume(v: dict, ckpt: Path, out: Path) -> bool:
@@ -247,6 +250,9 @@ def _print_config(v: dict, ctx: dict) -> None:
         + (", packed rows" if v["packing"] else "")
         + (f"; {v['nproc']} processes, {v['strategy']}, each batch {v['proc_batch'][0]} x accum "
            f"{v['proc_batch'][1]} per step" if v["nproc"] > 1 else ""),
+        *([f"validation {len(ctx['val_rows'])} rows ("
+           + (f"--val-split {v['val_split']:g} of --data" if v.get("val_split") is not None else f"--val-data {v['val_data']}")
+           + f"), loss after every {v['val_every_resolved']} steps and the last"] if ctx["val_rows"] is not None else []),
         f"out        {v['out']}",
     ]
     print("\n".join(lines), flush=True)
@@ -353,6 +359,10 @@ def _train_in(args: argparse.Namespace, v: dict, t_wall: float, env, folder, dev
                              fingerprint={k: v[k] for k in FINGERPRINT})
     v["steps"] = total_steps(len(ctx["rows"]), settings, dist.world)
     settings.warmup_steps = warmup_steps(v, v["steps"])
+    if ctx["val_rows"] is not None:
+        from ..validation import default_every
+
+        v["val_every_resolved"] = settings.val_every = v["val_every"] or default_every(v["steps"])
     _print_config(v, ctx)
     if dist.is_main:
         (out / "config.yaml").write_text(yaml.safe_dump(
@@ -366,7 +376,7 @@ def _train_in(args: argparse.Namespace, v: dict, t_wall: float, env, folder, dev
     settings.report_to = report_to(v)
     settings.run_config = {k: v[k] for k in vars(args) if k not in NOT_SAVED}
     result = Trainer(adapted.model, ctx["rows"], ctx["tokenizer"].pad_token_id, settings, out,
-                     dist=dist, wrap=wrap).run(resume=v["resume"])
+                     dist=dist, wrap=wrap, val_rows=ctx["val_rows"]).run(resume=v["resume"])
     if env:  # one figure per process
         result["peak_gpu_memory_gib"] = distributed.all_gather_objects(result.get("peak_gpu_memory_gib"), dist.world)
     if result["stopped"]:
