@@ -49,13 +49,13 @@ def test_defaults_are_the_builtin_demo(tmp_path, capsys, monkeypatch):
     p = argparse.ArgumentParser()
     train_cmd.add_arguments(p)
     v = train_cmd._resolve(p.parse_args([]))
-    assert (v["model"], v["data"], v["method"], v["recipe"]) == ("flashbone-tiny", "tiny-math", "bone", "tiny")
-    assert v["eval_task"] == "tiny-math" and v["eval_data"] == "tiny-math:test"
-    assert v["lr"] == train_cmd.TINY_RECIPE["lr"] and v["max_length"] == 512
+    assert (v.model, v.data, v.method, v.recipe) == ("flashbone-tiny", "tiny-math", "bone", "tiny")
+    assert v.eval_task == "tiny-math" and v.eval_data == "tiny-math:test"
+    assert v.lr == train_cmd.TINY_RECIPE["lr"] and v.max_length == 512
     paper = train_cmd._resolve(p.parse_args(["--model", "some/model", "--data", "x.jsonl"]))
-    assert (paper["lr"], paper["r"], paper["batch_size"] * paper["grad_accum"]) == (2e-5, 64, 64)
-    assert paper["eval_task"] == "none" and paper["recipe"] == "paper"
-    assert train_cmd._resolve(p.parse_args(["--model", "m/m", "--method", "lora"]))["r"] == 36
+    assert (paper.lr, paper.r, paper.batch_size * paper.grad_accum) == (2e-5, 64, 64)
+    assert paper.eval_task == "none" and paper.recipe == "paper"
+    assert train_cmd._resolve(p.parse_args(["--model", "m/m", "--method", "lora"])).r == 36
 
 
 @pytest.mark.slow

@@ -104,7 +104,9 @@ def test_warmup_steps_and_ratio(tmp_path, capsys):
     one_line_error(rc, err, "--warmup-steps", "--warmup-ratio")
     from flashbone.commands._train_options import warmup_steps
 
-    assert warmup_steps({"warmup_ratio": 0.1}, 25) == 3 and warmup_steps({}, 25) == 0
+    from flashbone.commands._train_state import TrainOptions
+
+    assert warmup_steps(TrainOptions(warmup_ratio=0.1), 25) == 3 and warmup_steps(TrainOptions(), 25) == 0
 
 
 def test_one_warmup_meaning_for_both_tasks(tmp_path, capsys):
@@ -174,3 +176,18 @@ def test_init_adapter_from_a_peft_miss_or_legacy_bone_folder(tmp_path, capsys, l
     assert len(end) == len(start) == 12  # 4 layers x q, v, down
     for k, t in start.items():
         torch.testing.assert_close(end[k.replace("bone_block", "miss_block")], t, rtol=0, atol=1e-6)
+
+
+def test_train_options_have_a_field_for_every_flag():
+    import argparse
+
+    from flashbone.commands._train_args import add_arguments
+    from flashbone.commands._train_state import TrainOptions
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--config")
+    add_arguments(p)
+    v = TrainOptions.from_namespace(p.parse_args(["--r", "8", "--val-split", "0.1"]))
+    assert (v.r, v.val_split, v.method) == (8, 0.1, None)
+    with pytest.raises(TypeError, match=r"no field for the flag\(s\) \['new_flag'\]"):
+        TrainOptions.from_namespace(argparse.Namespace(**vars(p.parse_args([])), new_flag=1))

@@ -15,7 +15,6 @@ import yaml
 from flashbone import cli, loading
 from flashbone.commands import _train_steps as st
 from flashbone.commands import train as train_cmd
-from flashbone.training import Dist
 
 # the papers' LLM and GLUE experiments (recipes/<kind>/...); other recipes at the top level have their own tests
 KINDS = ("math", "code", "chat", "rank", "glue")
@@ -82,14 +81,13 @@ def test_causal_recipe_builds(recipe, tmp_path, monkeypatch, stand_ins):
     spec = yaml.safe_load(recipe.read_text())
     assert spec["model"] in MODELS
     v = train_cmd._resolve(_args(recipe, tmp_path / "run"))
-    assert v["recipe"] == "paper" and v["batch_size"] * v["grad_accum"] == 64 and v["lr"] == 2e-5
+    assert v.recipe == "paper" and v.batch_size * v.grad_accum == 64 and v.lr == 2e-5
     ctx = st.load_base(v, torch.device("cpu"))
-    ctx["dist"] = Dist()
     st.attach_method(v, ctx)
-    adapted = ctx["adapted"]
-    assert adapted.method == spec["method"] and v["r"] == spec["r"] and adapted.n_trainable > 0
-    assert v["targets_resolved"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert len(ctx["rows"]) == 8
+    adapted = ctx.adapted
+    assert adapted.method == spec["method"] and v.r == spec["r"] and adapted.n_trainable > 0
+    assert v.targets_resolved == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert len(ctx.rows) == 8
 
 
 _TOKENIZER = loading.load_tokenizer(None)

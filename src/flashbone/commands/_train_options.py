@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import CLIError
+from ._train_state import TrainOptions
 
 BONE_FLAGS = ("dropout", "modules_to_save", "exclude", "layers_to_transform", "adapter_dtype", "init_adapter")
 
@@ -58,38 +59,38 @@ def _names(value) -> list[str] | None:
     return [str(s).strip() for s in items if str(s).strip()] or None
 
 
-def bone_options(v: dict) -> BoneOptions:
+def bone_options(v: TrainOptions) -> BoneOptions:
     """Parse and check the flags (before any model loads). --modules-to-save applies to every
     adapter method (PEFT's LoraConfig has the same field); the others to the Bone/Bat variants."""
     from ..baselines import PEFT_METHODS, bone_methods
 
-    bone_only = [k for k in BONE_FLAGS if k != "modules_to_save" and v.get(k) is not None]
-    if bone_only and v["method"] not in bone_methods():
+    bone_only = [k for k in BONE_FLAGS if k != "modules_to_save" and getattr(v, k) is not None]
+    if bone_only and v.method not in bone_methods():
         raise CLIError(f"--{bone_only[0].replace('_', '-')} applies to the Bone/Bat methods "
-                       f"({', '.join(bone_methods())}), not --method {v['method']}")
-    if v.get("modules_to_save") is not None and v["method"] not in (*bone_methods(), *PEFT_METHODS):
-        raise CLIError(f"--modules-to-save applies to adapter methods; --method {v['method']} already trains "
+                       f"({', '.join(bone_methods())}), not --method {v.method}")
+    if v.modules_to_save is not None and v.method not in (*bone_methods(), *PEFT_METHODS):
+        raise CLIError(f"--modules-to-save applies to adapter methods; --method {v.method} already trains "
                        "every module")
-    if v.get("dropout") is not None and not 0.0 <= v["dropout"] < 1.0:
-        raise CLIError(f"--dropout must be in [0, 1), got {v['dropout']}")
-    layers = _names(v.get("layers_to_transform"))
+    if v.dropout is not None and not 0.0 <= v.dropout < 1.0:
+        raise CLIError(f"--dropout must be in [0, 1), got {v.dropout}")
+    layers = _names(v.layers_to_transform)
     try:
         layers = [int(n) for n in layers] if layers else None
     except ValueError:
-        raise CLIError(f"--layers-to-transform takes comma-separated integers, got {v['layers_to_transform']!r}") from None
-    exclude = v.get("exclude")  # a regex when it looks like one, else names
+        raise CLIError(f"--layers-to-transform takes comma-separated integers, got {v.layers_to_transform!r}") from None
+    exclude = v.exclude  # a regex when it looks like one, else names
     if not (isinstance(exclude, str) and any(c in exclude for c in "\\^$*+?()[]{}|")):
         exclude = _names(exclude)
-    opts = BoneOptions(dropout=v.get("dropout"), modules_to_save=_names(v.get("modules_to_save")),
+    opts = BoneOptions(dropout=v.dropout, modules_to_save=_names(v.modules_to_save),
                        exclude_modules=exclude or None, layers_to_transform=layers,
-                       adapter_dtype=v.get("adapter_dtype"), init_adapter=v.get("init_adapter"))
-    if v["method"] in bone_methods() and not opts.init_adapter:  # the library's own checks, before loading
+                       adapter_dtype=v.adapter_dtype, init_adapter=v.init_adapter)
+    if v.method in bone_methods() and not opts.init_adapter:  # the library's own checks, before loading
         from ..config import BoneConfig
         from ..errors import BoneConfigError
         from ..variants import VARIANTS
 
         try:
-            BoneConfig(variant=v["method"], r=v["r"], mini_r=v.get("mini_r") if VARIANTS[v["method"]].mini_r else None,
+            BoneConfig(variant=v.method, r=v.r, mini_r=v.mini_r if VARIANTS[v.method].mini_r else None,
                        **opts.config_fields())
         except BoneConfigError as e:
             flag = next((f"--{k.replace('_', '-')}" for k in ("dropout", "adapter_dtype") if k in str(e)), "")
@@ -97,32 +98,32 @@ def bone_options(v: dict) -> BoneOptions:
     return opts
 
 
-def apply_init_adapter(v: dict) -> None:
+def apply_init_adapter(v: TrainOptions) -> None:
     """With --init-adapter: the folder's variant, r and mini_r, unless flags contradict them (one error)."""
-    if not v.get("init_adapter"):
+    if not v.init_adapter:
         return
     from .. import adapter_files
     from ..errors import AdapterFileError
 
-    folder = v["init_adapter"]
+    folder = v.init_adapter
     try:
         cfg = adapter_files.load_adapter_folder(folder).config
     except AdapterFileError as e:
         raise CLIError(f"--init-adapter {folder}: {e}") from None
     for flag, key, have in (("--method", "method", cfg.variant), ("--r", "r", cfg.r), ("--mini-r", "mini_r", cfg.mini_r)):
-        if v.get(key) is not None and v[key] != have:
+        if getattr(v, key) is not None and getattr(v, key) != have:
             raise CLIError(f"--init-adapter {folder} holds a {cfg.variant} adapter with r={cfg.r}"
                            + (f", mini_r={cfg.mini_r}" if cfg.mini_r else "")
-                           + f"; {flag} {v[key]} contradicts it (leave {flag} out to keep the adapter's)")
-    fixed = [k for k in ("targets", *BONE_FLAGS[:-1]) if v.get(k) is not None]
+                           + f"; {flag} {getattr(v, key)} contradicts it (leave {flag} out to keep the adapter's)")
+    fixed = [k for k in ("targets", *BONE_FLAGS[:-1]) if getattr(v, k) is not None]
     if fixed:
         raise CLIError(f"--init-adapter {folder} fixes the adapter's settings; leave --{fixed[0].replace('_', '-')} out")
-    v["method"], v["r"], v["mini_r"] = cfg.variant, cfg.r, cfg.mini_r
+    v.method, v.r, v.mini_r = cfg.variant, cfg.r, cfg.mini_r
 
 
-def warmup_steps(v: dict, total: int) -> int:
+def warmup_steps(v: TrainOptions, total: int) -> int:
     """--warmup-steps, or --warmup-ratio of ``total`` steps (rounded up); one of them at most."""
-    steps, ratio = v.get("warmup_steps"), v.get("warmup_ratio")
+    steps, ratio = v.warmup_steps, v.warmup_ratio
     if steps is not None and ratio is not None:
         raise CLIError("--warmup-steps and --warmup-ratio both set; give one of them")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
@@ -132,9 +133,9 @@ def warmup_steps(v: dict, total: int) -> int:
     return int(steps) if steps is not None else math.ceil(ratio * total) if ratio else 0
 
 
-def check_validation(v: dict) -> None:
+def check_validation(v: TrainOptions) -> None:
     """--val-split / --val-data / --val-every: one source of held-out rows, sizes in range."""
-    split, data, every = v.get("val_split"), v.get("val_data"), v.get("val_every")
+    split, data, every = v.val_split, v.val_data, v.val_every
     if split is not None and data is not None:
         raise CLIError("--val-split and --val-data both set; give one of them")
     if split is not None and not (0 < split < 1 or (split >= 1 and float(split).is_integer())):
@@ -146,12 +147,12 @@ def check_validation(v: dict) -> None:
             raise CLIError("--val-every needs held-out rows: add --val-split F|N or --val-data FILE")
 
 
-def lr_for(v: dict, names: list[str] | None = None) -> dict[str, float]:
+def lr_for(v: TrainOptions, names: list[str] | None = None) -> dict[str, float]:
     """--lr-for NAME=LR (repeatable): parameters whose name holds NAME train at LR.
 
     With ``names`` (the trainable parameter names), a NAME that matches none is an error."""
     out: dict[str, float] = {}
-    items = [part for chunk in v.get("lr_for") or [] for part in str(chunk).split(",") if part.strip()]
+    items = [part for chunk in v.lr_for or [] for part in str(chunk).split(",") if part.strip()]
     for item in items:  # several processes get "a=1e-3,b=1e-4" back as one flag value
         key, sep, val = str(item).partition("=")
         try:
@@ -166,9 +167,9 @@ def lr_for(v: dict, names: list[str] | None = None) -> dict[str, float]:
     return out
 
 
-def report_to(v: dict) -> tuple[str, ...]:
+def report_to(v: TrainOptions) -> tuple[str, ...]:
     """--report-to: ``tensorboard`` (default), ``wandb``, both comma-separated, or ``none``."""
-    spec = v.get("report_to") or "tensorboard"
+    spec = v.report_to or "tensorboard"
     names = tuple(dict.fromkeys(s.strip() for s in str(spec).split(",") if s.strip()))
     bad = [n for n in names if n not in ("tensorboard", "wandb", "none")]
     if bad or ("none" in names and len(names) > 1):
