@@ -108,7 +108,7 @@ class TrainOptions:
     steps: int = 0
     micro_batch_tokens_resolved: int = 0
     val_every_resolved: int | None = None
-    liger_modules: Any = None  # what fused.apply replaced in the base (liger-kernel)
+    liger_modules: int = 0  # modules fused.apply replaced in the base (liger-kernel)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "TrainOptions":
