@@ -28,12 +28,14 @@ def _loss_by_hand(model, rows, pad_id) -> float:
     return total / count
 
 
-def test_val_split_loss_is_the_held_out_rows_loss(tmp_path, capsys):
+@pytest.mark.parametrize("packing", [False, True])  # True: padding-free rows (varlen attention) on this base
+def test_val_split_loss_is_the_held_out_rows_loss(tmp_path, capsys, packing):
     from flashbone import data, load_adapter, validation
     from flashbone.loading import load_model, load_tokenizer
 
     out = tmp_path / "run"
-    rc, stdout, err = train(capsys, out, "--val-split", "0.25", "--val-every", "1", "--progress")
+    rc, stdout, err = train(capsys, out, "--val-split", "0.25", "--val-every", "1", "--progress",
+                            "--packing" if packing else "--no-packing")
     assert rc == 0, err
     assert "validation 2 rows (--val-split 0.25 of --data), loss after every 1 steps" in stdout
     assert "val_loss=" in err  # the progress bar

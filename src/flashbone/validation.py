@@ -14,6 +14,7 @@ micro-batch left reruns its first with weight 0), and the loss and token sums ar
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -53,6 +54,17 @@ def micro_batches(lengths: list[int], batch_size: int) -> list[MicroBatch]:
     return [MicroBatch(order[i: i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
+def _attention(trainer, batch: dict[str, torch.Tensor]):
+    """Padding-free packing (the trainer's ``flat`` batches: one sequence, rows delimited by
+    ``cu_seqlens``) needs the varlen attention around the forward, as training has."""
+    if not getattr(trainer, "flat", False):
+        return contextlib.nullcontext()
+    from . import varlen
+
+    cu = batch["cu_seqlens"]
+    return varlen.flat_attention(trainer.unwrapped, cu, int((cu[1:] - cu[:-1]).max()))
+
+
 @torch.no_grad()
 def validation_loss(trainer, rows, batches: list[MicroBatch]) -> float:
     """Mean target-token loss of ``rows`` under ``trainer``'s model (see the module docstring)."""
@@ -67,7 +79,8 @@ def validation_loss(trainer, rows, batches: list[MicroBatch]) -> float:
         for k in range(rounds):
             weight = 1.0 if k < len(mine) else 0.0  # a process out of rows keeps FSDP in step
             batch = trainer._collate(mine[k] if k < len(mine) else batches[0], rows)
-            loss += weight * trainer._loss_sum(batch).double()
+            with _attention(trainer, batch):
+                loss += weight * trainer._loss_sum(batch).double()
             count += weight * (batch["labels"][:, 1:] != IGNORE).sum().double()
     finally:
         trainer.model.train(was_training)
