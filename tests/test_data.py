@@ -100,3 +100,30 @@ def test_order_and_sharding_are_functions_of_seed_and_epoch():
     r0, r1 = data.micro_batches(a, 3, 0, 2), data.micro_batches(a, 3, 1, 2)
     assert r0 + r1 != mbs and sorted(sum(r0 + r1, [])) == list(range(10))
     assert torch.tensor(data.steps_per_epoch(10, 3, 2)) == 2
+
+
+def test_cut_after_code_drops_the_explanation_after_the_last_code_block():
+    from flashbone.data import cut_after_code
+
+    assert cut_after_code("Here:\n```python\nf()\n```\nThis works because f is pure.") == "Here:\n```python\nf()\n```"
+    two = "a\n```\nx\n```\nthen\n```py\ny\n```\nwhy it works\n```\nan unclosed block"
+    assert cut_after_code(two) == "a\n```\nx\n```\nthen\n```py\ny\n```"
+    assert cut_after_code("no code at all") == "no code at all"
+    assert cut_after_code("```\nonly an opening fence") == "```\nonly an opening fence"
+
+
+def test_train_cut_after_code_trains_on_the_code_without_its_explanation():
+    import datasets
+
+    from flashbone.commands._train_state import TrainOptions
+    from flashbone.commands._train_steps import _tokenize
+    from flashbone.data import get_template
+    from flashbone.loading import load_tokenizer
+
+    tok = load_tokenizer(None)
+    ds = datasets.Dataset.from_dict({"query": ["add one"], "answer": ["sum:\n```\n1 + 1\n```\nzebra zebra zebra"]})
+    for cut, has_explanation in ((True, False), (None, True)):
+        v = TrainOptions(cut_after_code=cut, max_length=512)
+        rows, _ = _tokenize(ds, v, tok, get_template("alpaca"), "--data", "x.jsonl")
+        text = tok.decode(rows[0]["input_ids"][rows[0]["n_prompt"]:])
+        assert ("1 + 1" in text) and (("zebra" in text) == has_explanation)

@@ -211,6 +211,23 @@ def truncate(ids: list[int], n_prompt: int, max_length: int, keep_first: bool) -
     return prompt + resp[:keep_resp], len(prompt)
 
 
+_FENCE = re.compile(r"^[ \t]*```", re.MULTILINE)
+
+
+def cut_after_code(text: str) -> str:
+    """``text`` up to the end of its last fenced code block: the explanation after the code
+    goes (the papers' CodeFeedback preprocessing). Text with no complete block is kept whole.
+
+        "Here:\n```python\nf()\n```\nThis works because..."  ->  "Here:\n```python\nf()\n```"
+    """
+    fences = list(_FENCE.finditer(text))
+    if len(fences) < 2:
+        return text
+    last = fences[len(fences) - 1 - (len(fences) % 2)]  # an odd count: the last fence opens an unclosed block
+    end = text.find("\n", last.end())
+    return text if end < 0 else text[:end]
+
+
 def tokenize_rows(ds, tokenizer, template: Template, query_field: str, response_field: str,
                   max_length: int, source: str = "data"):
     """Add ``input_ids`` and ``n_prompt`` to every row; returns (dataset, n_truncated)."""

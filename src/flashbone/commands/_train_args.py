@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-samples", type=int, help="use only the first N rows (tiny-math: generate N)")
     g.add_argument("--template", help="alpaca (the papers' instruction template, default), plain, or a prompt with {query}")
     g.add_argument("--max-length", type=int, help="tokens per example; prompt cut first, response never dropped [512]")
+    g.add_argument("--cut-after-code", action="store_true", default=None,
+                   help="keep each response up to the end of its last ``` code block (the papers' CodeFeedback "
+                        "preprocessing: the explanation after the code removed) [off]")
     g.add_argument("--messages-field", help="field with multi-turn conversations (role/content or ShareGPT from/value) "
                                             "[messages or conversations, when the data has one]")
     g.add_argument("--trust-remote-code", action="store_true", default=None,

@@ -36,6 +36,7 @@ class TrainOptions:
     max_samples: int | None = None
     template: str | None = None
     max_length: int | None = None
+    cut_after_code: bool | None = None
     messages_field: str | None = None
     trust_remote_code: bool | None = None
     # method

@@ -67,6 +67,9 @@ def _tokenize(ds, v: TrainOptions, tok, template, flag: str, source: str, resolv
     from .. import chat, data
 
     conv = chat.conversation_field(ds.column_names, v.messages_field) if not v.query_field else None
+    if conv and v.cut_after_code:
+        raise data.DataError(f"--cut-after-code applies to query/response rows; {flag} {source} holds conversations "
+                             f"({conv!r}): leave it out")
     if conv:  # multi-turn rows: the chat template, loss on the assistant's turns
         rows, n_cut, own = chat.tokenize_conversations(ds, tok, conv, v.max_length)
         if resolve_fields:
@@ -77,6 +80,8 @@ def _tokenize(ds, v: TrainOptions, tok, template, flag: str, source: str, resolv
     qf, rf = data.detect_fields(ds.column_names, v.query_field, v.response_field, source=f"{flag} {source}")
     if resolve_fields:
         v.query_field_resolved, v.response_field_resolved = qf, rf
+    if v.cut_after_code:  # the explanation after the last code block goes (CodeFeedback, as the papers did)
+        ds = ds.map(lambda row: {rf: data.cut_after_code(row[rf]) if isinstance(row[rf], str) else row[rf]})
     return data.tokenize_rows(ds, tok, template, qf, rf, v.max_length, source=f"{flag} {source}")
 
 

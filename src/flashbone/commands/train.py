@@ -45,7 +45,7 @@ FINGERPRINT = ("model", "data", "method", "r", "mini_r", "targets", "lora_alpha"
                "grad_accum", "epochs", "max_steps", "seed", "max_length", "template", "max_samples",
                "weight_decay", "max_grad_norm", "dropout", "modules_to_save", "exclude", "layers_to_transform",
                "adapter_dtype", "init_adapter", "warmup_steps", "warmup_ratio", "lr_for",
-               "val_split", "val_data")
+               "val_split", "val_data", "cut_after_code")
 NOT_SAVED = ("config", "resume", "overwrite", "stop_after", "progress")
 
 
