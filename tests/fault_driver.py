@@ -1,6 +1,6 @@
 """Run ``flashbone ARGV`` with one fault injected, for tests/test_fault_injection.py.
 
-    python tests/fault_driver.py '{"target": "flashbone.training:save_file", "call": 2,
+    python tests/fault_driver.py '{"target": "flashbone.checkpoints:save_file", "call": 2,
                                    "action": "kill", "match": ""}' train --out ...
 
 target:  "module:attribute" of a writer to wrap (it is replaced in that module only)

@@ -64,7 +64,7 @@ def _same(a: dict, b: dict) -> None:
 # (writer, which call, how it dies): a kill in the middle of checkpoint 3's tensors, of its
 # optimizer state, just after its files were written but before its rename, and mid-adapter
 KILLS = {
-    "checkpoint-tensors": {"target": "flashbone.training:save_file", "call": 3, "action": "kill"},
+    "checkpoint-tensors": {"target": "flashbone.checkpoints:save_file", "call": 3, "action": "kill"},
     "checkpoint-optimizer": {"target": "torch:save", "call": 3, "action": "kill"},
     "checkpoint-rename": {"target": "os:rename", "call": 3, "action": "before", "match": ".tmp-step-"},
     "adapter": {"target": "flashbone.adapter_files:save_file", "call": 1, "action": "kill"},
@@ -157,7 +157,7 @@ def test_full_disk_before_the_first_checkpoint_leaves_nothing(tmp_path, capsys, 
 
     user = _user_files(tmp_path / "user")
     before = tree_digest(tmp_path)
-    fault_driver.install({"target": "flashbone.training:save_file", "call": 1, "action": "enospc"},
+    fault_driver.install({"target": "flashbone.checkpoints:save_file", "call": 1, "action": "enospc"},
                          monkeypatch.setattr)
     rc, _, err = flashbone(capsys, "train", *RUN, "--data", user / "data.jsonl", "--out", tmp_path / "new")
     one_line_error(rc, err, "No space left on device")
