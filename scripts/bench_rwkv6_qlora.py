@@ -67,8 +67,13 @@ def measure(name: str, model: nn.Module, batch: int, ctx: int, vocab: int, steps
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     ms = statistics.median(times) * 1e3
-    row = {"method": name, "trainable": sum(p.numel() for p in params), "step_ms": round(ms, 1),
-           "tokens_per_s": round(batch * ctx / ms * 1e3), "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    row = {
+        "method": name,
+        "trainable": sum(p.numel() for p in params),
+        "step_ms": round(ms, 1),
+        "tokens_per_s": round(batch * ctx / ms * 1e3),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -100,10 +105,18 @@ def _quantize_linears_(model: nn.Module) -> None:
 
     for name, mod in list(model.named_modules()):
         if isinstance(mod, nn.Linear) and name.rpartition(".")[2] in LLAMA_PROJ:
-            q = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=False, compute_dtype=torch.bfloat16,
-                                  quant_type="nf4", compress_statistics=True, device="meta")
-            q.weight = bnb.nn.Params4bit(mod.weight.data, requires_grad=False, quant_type="nf4",
-                                         compress_statistics=True).to("cuda")  # quantised on the GPU
+            q = bnb.nn.Linear4bit(
+                mod.in_features,
+                mod.out_features,
+                bias=False,
+                compute_dtype=torch.bfloat16,
+                quant_type="nf4",
+                compress_statistics=True,
+                device="meta",
+            )
+            q.weight = bnb.nn.Params4bit(
+                mod.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True
+            ).to("cuda")  # quantised on the GPU
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent), leaf, q)
             del mod
@@ -116,8 +129,14 @@ def qlora(layers: int | None) -> None:
 
     from flashbone import quant
 
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers or 32,
-                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+    cfg = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=layers or 32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    )
     torch.manual_seed(0)
     with torch.device("cuda"), _default_dtype(torch.bfloat16):
         model = LlamaForCausalLM(cfg)
@@ -145,8 +164,16 @@ def main() -> None:
     a = p.parse_args()
     import transformers
 
-    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "transformers": transformers.__version__}), flush=True)
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            }
+        ),
+        flush=True,
+    )
     (table7 if a.what == "table7" else qlora)(a.layers)
 
 

@@ -5,6 +5,7 @@
 Uses the bench's model and wrapping (flashbone.commands.bench); 3 warm-up steps, 2 profiled steps;
 prints per method the GPU time per step and the kernels that take most of it.
 """
+
 import argparse
 import gc
 import json

@@ -10,6 +10,7 @@
 Prints one line per check with the relative differences; exits 1 if one is off by more
 than bf16 allows (2e-2).
 """
+
 import copy
 import inspect
 import sys
@@ -29,8 +30,15 @@ TOL = 2e-2
 
 def _model():
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
-                      num_key_value_heads=2, vocab_size=4000, max_position_embeddings=1024)
+    cfg = LlamaConfig(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=4000,
+        max_position_embeddings=1024,
+    )
     cfg._attn_implementation = "sdpa"
     m = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16)
     m = get_bone_model(m, BoneConfig(variant="bone", r=64, target_modules=["q_proj", "v_proj", "up_proj"]))
@@ -64,8 +72,9 @@ def _run(model, batch, flat=False, chunked=False):
             loss = chunked_loss_sum(cap.head, cap.take(), pos.cuda(), y.cuda())
         else:
             logits = model(**inputs, use_cache=False).logits
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                                     b["labels"][:, 1:].flatten(), reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(), reduction="sum"
+            )
         if flat:
             varlen.check_calls(varlen.num_layers(model))
         loss.backward()
@@ -89,8 +98,11 @@ def main() -> int:
     model = _model()
     ref_loss, ref_g = _run(model, padded)
     bad = 0
-    checks = {"varlen": _run(model, flat, flat=True), "chunked loss": _run(model, padded, chunked=True),
-              "varlen + chunked": _run(model, flat, flat=True, chunked=True)}
+    checks = {
+        "varlen": _run(model, flat, flat=True),
+        "chunked loss": _run(model, padded, chunked=True),
+        "varlen + chunked": _run(model, flat, flat=True, chunked=True),
+    }
     if fused.available():
         liger = copy.deepcopy(model)
         print("fused modules:", fused.apply(liger, "on"))

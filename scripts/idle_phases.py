@@ -9,6 +9,7 @@ Phases are cut at the first cross-entropy backward kernel (forward -> backward) 
 optimizer kernel (multi_tensor_apply / fused AdamW) of each step. Measured on the H100 machines:
 docs/kernel_notes.md.
 """
+
 import argparse
 import gc
 import json
@@ -26,8 +27,11 @@ from flashbone.commands import bench
 
 def _kernels(path: str) -> list[tuple[float, float, str]]:
     ev = json.load(open(path))["traceEvents"]
-    return sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in ev
-                  if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))
+    return sorted(
+        (e["ts"], e["ts"] + e["dur"], e["name"])
+        for e in ev
+        if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+    )
 
 
 def _phase_idle(ks, steps: int) -> dict[str, float]:
@@ -54,8 +58,10 @@ def main() -> int:
     p.add_argument("--top", type=int, default=0, help="print each method's N costliest kernels")
     a = p.parse_args()
     dev, dtype = bench.resolve(a)
-    print(f"{'method':<12}{'wall ms':>9}{'busy':>8}{'idle fwd':>10}{'bwd':>7}{'opt':>7}"
-          f"{'host fwd':>10}{'bwd':>7}{'opt':>7}")
+    print(
+        f"{'method':<12}{'wall ms':>9}{'busy':>8}{'idle fwd':>10}{'bwd':>7}{'opt':>7}"
+        f"{'host fwd':>10}{'bwd':>7}{'opt':>7}"
+    )
     for m in bench.parse_methods(a.methods):
         model, step = bench.training_step(m, a, dev, dtype)
         for _ in range(3):
@@ -92,13 +98,15 @@ def main() -> int:
             busy += max(0.0, t - max(s, end)) if end is not None else t - s
             end = t if end is None else max(end, t)
         idle = _phase_idle(ks, 2)
-        print(f"{m:<12}{wall:9.2f}{busy / 2e3:8.2f}{idle['forward']:10.2f}{idle['backward']:7.2f}"
-              f"{idle['optimizer']:7.2f}{hf:10.2f}{hb:7.2f}{ho:7.2f}")
+        print(
+            f"{m:<12}{wall:9.2f}{busy / 2e3:8.2f}{idle['forward']:10.2f}{idle['backward']:7.2f}"
+            f"{idle['optimizer']:7.2f}{hf:10.2f}{hb:7.2f}{ho:7.2f}"
+        )
         if a.top:
             per: dict[str, list[float]] = {}
             for s, t, name in ks:
                 per.setdefault(name[:90], []).append(t - s)
-            for name, ds in sorted(per.items(), key=lambda kv: -sum(kv[1]))[:a.top]:
+            for name, ds in sorted(per.items(), key=lambda kv: -sum(kv[1]))[: a.top]:
                 print(f"    {sum(ds) / 2:9.1f} us/step {len(ds) // 2:5d} calls  {name}")
         model = step = opt = None
         gc.collect()

@@ -7,27 +7,37 @@ fp16 (the interpreter truncates bf16). Needs Triton installed; no GPU.
 """
 
 import os
+
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
 from torch import nn
 from flashbone.kernels import padded
-from flashbone.kernels.functions import (BoneCuda, BoneGroupCuda, BonePaddedCuda, RowAffineCuda,
-                                        RowAffineGroupCuda, WeightSpaceCuda)
+from flashbone.kernels.functions import (
+    BoneCuda,
+    BoneGroupCuda,
+    BonePaddedCuda,
+    RowAffineCuda,
+    RowAffineGroupCuda,
+    WeightSpaceCuda,
+)
 from flashbone.ops import torch_ops as T
 
 torch.manual_seed(0)
 dt = torch.float16
 
+
 def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
+
 
 def bone_ref(x, w, bias, b, r):
     s = T.block_sum(x, r)
     return x @ w.t() + bias + s @ b
 
+
 def check_bone(t, out, inn, r, pad, twice=False):
     x = torch.randn(t, inn, dtype=dt)
-    w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn ** -0.5, requires_grad=False)
+    w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn**-0.5, requires_grad=False)
     w0 = w.detach().clone()
     bias = torch.randn(out, dtype=dt)
     b = (torch.randn(r, out) * 0.1).to(dt)
@@ -57,9 +67,10 @@ def check_bone(t, out, inn, r, pad, twice=False):
     assert max(e) < 1e-2, e
     assert torch.equal(w, w0)
 
+
 def check_row(t, out, inn, r, pad, ab):
     x = torch.randn(t, inn, dtype=dt)
-    w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn ** -0.5, requires_grad=False)
+    w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn**-0.5, requires_grad=False)
     w0 = w.detach().clone()
     bias = torch.randn(out, dtype=dt)
     nb = inn // r
@@ -92,7 +103,7 @@ def check_row(t, out, inn, r, pad, ab):
 
 def check_bat(t, out, inn, r, hadamard, master):
     x = torch.randn(t, inn, dtype=dt)
-    w = torch.randn(out, inn, dtype=dt) * inn ** -0.5
+    w = torch.randn(out, inn, dtype=dt) * inn**-0.5
     b = (torch.randn(out // r, r, r) * 0.1).to(dt)
     dy = torch.randn(t, out, dtype=dt)
     xs = x.clone().requires_grad_()
@@ -114,13 +125,14 @@ def check_bat(t, out, inn, r, hadamard, master):
     assert max(e) < 1e-2, e
     assert bs.grad.dtype == bs.dtype
 
+
 def check_group(t, outs, inn, r, unused=()):
     """q/k/v-like members on one input (BoneGroupCuda), some outputs left out of the loss."""
     x = torch.randn(t, inn, dtype=dt)
     xs, x32 = x.clone().requires_grad_(), x.float().requires_grad_()
     flat, refs, dys = [], [], []
     for i, out in enumerate(outs):
-        w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn ** -0.5, requires_grad=False)
+        w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn**-0.5, requires_grad=False)
         w0 = w.detach().clone()
         wx = padded.rehome(w, r)
         bias = torch.randn(out, dtype=dt).requires_grad_() if i == 0 else None
@@ -129,8 +141,7 @@ def check_group(t, outs, inn, r, unused=()):
         refs.append((w0, bias, b))
         dys.append(None if i in unused else torch.randn(t, out, dtype=dt))
     ys = BoneGroupCuda.apply(xs, r, *flat)
-    torch.autograd.backward([y for y, d in zip(ys, dys) if d is not None],
-                            [d for d in dys if d is not None])
+    torch.autograd.backward([y for y, d in zip(ys, dys) if d is not None], [d for d in dys if d is not None])
     errs = []
     for (w0, bias, b), y, d in zip(refs, ys, dys):
         b32 = b.detach().clone().requires_grad_()
@@ -138,16 +149,17 @@ def check_group(t, outs, inn, r, unused=()):
         yr = bone_ref(x32, w0.float(), 0 if bias is None else bias32, b32, r)
         errs.append(rel(y, yr))
         if d is not None:
-            g32 = torch.autograd.grad(yr, [b32] + ([bias32] if bias is not None else []),
-                                      d.float(), retain_graph=True)
+            g32 = torch.autograd.grad(yr, [b32] + ([bias32] if bias is not None else []), d.float(), retain_graph=True)
             errs.append(rel(b.grad, g32[0]))
             if bias is not None:
                 errs.append(rel(bias.grad, g32[1]))
         else:
             assert b.grad is None
-    loss = sum((bone_ref(x32, w0.float(), 0 if bias is None else bias.detach().float(),
-                         b.detach(), r) * d.float()).sum()
-               for (w0, bias, b), d in zip(refs, dys) if d is not None)
+    loss = sum(
+        (bone_ref(x32, w0.float(), 0 if bias is None else bias.detach().float(), b.detach(), r) * d.float()).sum()
+        for (w0, bias, b), d in zip(refs, dys)
+        if d is not None
+    )
     loss.backward()
     errs.append(rel(xs.grad, x32.grad))
     print("group", t, outs, inn, r, "unused", unused, ["%.1e" % v for v in errs])
@@ -161,7 +173,7 @@ def check_row_group(t, outs, inn, r, ab, unused=()):
     nb = inn // r
     members, dys = [], []
     for i, out in enumerate(outs):
-        w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn ** -0.5, requires_grad=False)
+        w = nn.Parameter(torch.randn(out, inn, dtype=dt) * inn**-0.5, requires_grad=False)
         wx = padded.rehome(w, r)
         bias = torch.randn(out, dtype=dt) if i == 0 else None
         a = torch.randn(nb, r, r) * 0.1
@@ -170,16 +182,16 @@ def check_row_group(t, outs, inn, r, ab, unused=()):
         dys.append(None if i in unused else torch.randn(t, out, dtype=dt))
 
     def leaves():
-        return [(a.clone().requires_grad_(), None if c is None else c.clone().requires_grad_())
-                for _, _, a, c, _ in members]
+        return [
+            (a.clone().requires_grad_(), None if c is None else c.clone().requires_grad_()) for _, _, a, c, _ in members
+        ]
 
     xg, lg = x.clone().requires_grad_(), leaves()
     flat = [v for (w, bias, _, _, wx), (a, c) in zip(members, lg) for v in (w, bias, a, c, wx)]
     ys = RowAffineGroupCuda.apply(xg, r, *flat)
     torch.autograd.backward([y for y, d in zip(ys, dys) if d is not None], [d for d in dys if d is not None])
     xs, ls = x.clone().requires_grad_(), leaves()
-    yss = [RowAffineCuda.apply(xs, w, bias, a, c, r, wx)
-           for (w, bias, _, _, wx), (a, c) in zip(members, ls)]
+    yss = [RowAffineCuda.apply(xs, w, bias, a, c, r, wx) for (w, bias, _, _, wx), (a, c) in zip(members, ls)]
     torch.autograd.backward([y for y, d in zip(yss, dys) if d is not None], [d for d in dys if d is not None])
     errs = [rel(y, ys_) for y, ys_ in zip(ys, yss)] + [rel(xg.grad, xs.grad)]
     for (ag, cg), (a_s, c_s), d in zip(lg, ls, dys):
@@ -219,16 +231,16 @@ for min_t in (K.CONFIG["row_affine_rows"]["MIN_T"], 0):
     print("row_affine_rows MIN_T", min_t)
     for pad in (False, True):
         check_bone(130, 96, 64, 16, pad)
-        check_bone(70, 64, 80, 32, pad)        # in % r != 0: a partial last block
-        check_bone(70, 48, 96, 16, pad)        # out < in: addend forward, padded backward
+        check_bone(70, 64, 80, 32, pad)  # in % r != 0: a partial last block
+        check_bone(70, 48, 96, 16, pad)  # out < in: addend forward, padded backward
         check_bone(50, 64, 64, 32, pad, twice=True)
         check_row(130, 96, 64, 16, pad, False)
         check_row(70, 64, 128, 32, pad, True)
         check_bat(70, 64, 96, 16, False, pad)
         check_bat(50, 32, 64, 16, True, pad)
-    check_group(130, [64, 32, 32], 64, 16)        # q, k, v with fewer kv heads
+    check_group(130, [64, 32, 32], 64, 16)  # q, k, v with fewer kv heads
     check_group(70, [128, 128], 64, 32, unused=(1,))  # gate/up, one output unused
-    check_group(50, [64, 64], 80, 32)              # in % r != 0
+    check_group(50, [64, 64], 80, 32)  # in % r != 0
     check_row_group(130, [64, 32, 32], 64, 16, False)
     check_row_group(70, [128, 128], 64, 32, True, unused=(0,))
     check_row_bwd_product(130, 128, 32, False)

@@ -23,10 +23,24 @@ from pathlib import Path
 
 STEPS, SKIP = 50, 5
 # Llama-2-style shapes (multi-head attention), TinyLlama's width/depth: 1.13B parameters
-BIG = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-           num_key_value_heads=32, max_position_embeddings=1024, tie_word_embeddings=False)
-SMALL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False)
+BIG = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=22,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=1024,
+    tie_word_embeddings=False,
+)
+SMALL = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+)
 
 
 def make_model(folder: Path, shape: dict, device: str) -> int:
@@ -37,8 +51,13 @@ def make_model(folder: Path, shape: dict, device: str) -> int:
     from flashbone.loading import builtin_model_path
 
     tok = AutoTokenizer.from_pretrained(builtin_model_path())
-    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, **shape)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **shape,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
@@ -62,12 +81,20 @@ def train(cmd: list[str], out: Path, env: dict, log) -> dict:
     world = summary.get("processes") or 1
     a, b = metrics[SKIP - 1], metrics[-1]
     peak = summary.get("peak_gpu_memory_gib")
-    return {"losses": [m["loss"] for m in metrics], "grad_norms": [m["grad_norm"] for m in metrics],
-            "tokens_per_s_per_gpu": round((b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"]) / world, 1),
-            "peak_gib_per_gpu": peak if isinstance(peak, list) else [peak], "world": world,
-            "strategy": summary.get("strategy"), "train_s": summary["train_seconds"], "wall_s": round(wall, 1),
-            "trainable": summary["trainable_params"], "total": summary["total_params"],
-            "device": summary["device"], "versions": summary["versions"]}
+    return {
+        "losses": [m["loss"] for m in metrics],
+        "grad_norms": [m["grad_norm"] for m in metrics],
+        "tokens_per_s_per_gpu": round((b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"]) / world, 1),
+        "peak_gib_per_gpu": peak if isinstance(peak, list) else [peak],
+        "world": world,
+        "strategy": summary.get("strategy"),
+        "train_s": summary["train_seconds"],
+        "wall_s": round(wall, 1),
+        "trainable": summary["trainable_params"],
+        "total": summary["total_params"],
+        "device": summary["device"],
+        "versions": summary["versions"],
+    }
 
 
 def main() -> None:
@@ -87,15 +114,38 @@ def main() -> None:
     res["params"] = make_model(work / "model", SMALL if a.dry_run else BIG, "cpu" if a.dry_run else "cuda")
     res["make_model_s"] = round(time.time() - t0, 1)
     # global batch 8 rows x 4 micro-batches = 32 rows (~3.5k tokens) per step; 2 GPUs: 8 x 2 each
-    common = ["--model", str(work / "model"), "--data", "tiny-math", "--max-samples", str(32 * steps),
-              "--max-length", "256", "--batch-size", "8", "--grad-accum", "4", "--max-steps", str(steps),
-              "--lr", "2e-4", "--eval-task", "none", "--no-progress", "--overwrite"]
+    common = [
+        "--model",
+        str(work / "model"),
+        "--data",
+        "tiny-math",
+        "--max-samples",
+        str(32 * steps),
+        "--max-length",
+        "256",
+        "--batch-size",
+        "8",
+        "--grad-accum",
+        "4",
+        "--max-steps",
+        str(steps),
+        "--lr",
+        "2e-4",
+        "--eval-task",
+        "none",
+        "--no-progress",
+        "--overwrite",
+    ]
     runs = {}
 
     def one_gpu(method: str, gpu: str):
         o = work / f"{method}-1gpu"
-        return train(py + ["flashbone", "train", *common, "--method", method, "--r", "64", "--out", str(o)], o,
-                     {"CUDA_VISIBLE_DEVICES": gpu}, log)
+        return train(
+            py + ["flashbone", "train", *common, "--method", method, "--r", "64", "--out", str(o)],
+            o,
+            {"CUDA_VISIBLE_DEVICES": gpu},
+            log,
+        )
 
     with ThreadPoolExecutor(2) as ex:  # the two 1-GPU runs side by side, one per GPU
         f = {m: ex.submit(one_gpu, m, g) for m, g in (("bone", "0"), ("bat", "1"))}
@@ -103,12 +153,52 @@ def main() -> None:
             runs[f"{m}/1gpu"] = f[m].result()
     for m in ("bone", "bat"):
         o = work / f"{m}-ddp"
-        runs[f"{m}/ddp"] = train(py + ["flashbone", "train", *common, "--method", m, "--r", "64", "--nproc", "2",
-                                       "--strategy", "ddp", "--out", str(o)], o, {}, log)
+        runs[f"{m}/ddp"] = train(
+            py
+            + [
+                "flashbone",
+                "train",
+                *common,
+                "--method",
+                m,
+                "--r",
+                "64",
+                "--nproc",
+                "2",
+                "--strategy",
+                "ddp",
+                "--out",
+                str(o),
+            ],
+            o,
+            {},
+            log,
+        )
         o = work / f"{m}-fsdp"
-        runs[f"{m}/fsdp"] = train(py + ["torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                                        "flashbone", "train", *common, "--method", m, "--adapter-r", "64",
-                                        "--strategy", "fsdp", "--out", str(o)], o, {}, log)
+        runs[f"{m}/fsdp"] = train(
+            py
+            + [
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "flashbone",
+                "train",
+                *common,
+                "--method",
+                m,
+                "--adapter-r",
+                "64",
+                "--strategy",
+                "fsdp",
+                "--out",
+                str(o),
+            ],
+            o,
+            {},
+            log,
+        )
         (out / "multi_gpu.json").write_text(json.dumps({**res, "runs": runs}, indent=1))
     for m in ("bone", "bat"):
         ref = runs[f"{m}/1gpu"].get("losses")
@@ -121,10 +211,18 @@ def main() -> None:
     # (b) the built-in tiny demo, 20 steps, one GPU, bf16 (evaluation before/after included)
     o = work / "tiny"
     t = time.time()
-    p = subprocess.run(py + ["flashbone", "train", "--max-steps", "20", "--out", str(o), "--overwrite", "--no-progress"]
-                       + (["--max-samples", "64", "--eval-samples", "10"] if a.dry_run else []),
-                       capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"}, timeout=200)
-    log.write(f"$ flashbone train --max-steps 20 [{time.time() - t:.1f}s rc={p.returncode}]\n{p.stdout}\n{p.stderr[-3000:]}\n")
+    p = subprocess.run(
+        py
+        + ["flashbone", "train", "--max-steps", "20", "--out", str(o), "--overwrite", "--no-progress"]
+        + (["--max-samples", "64", "--eval-samples", "10"] if a.dry_run else []),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"},
+        timeout=200,
+    )
+    log.write(
+        f"$ flashbone train --max-steps 20 [{time.time() - t:.1f}s rc={p.returncode}]\n{p.stdout}\n{p.stderr[-3000:]}\n"
+    )
     if p.returncode == 0:
         res["tiny"] = json.loads((o / "summary.json").read_text())
         (out / "tiny_metrics.jsonl").write_text((o / "metrics.jsonl").read_text())
@@ -134,17 +232,25 @@ def main() -> None:
     res["total_s"] = round(time.time() - t0, 1)
     (out / "multi_gpu.json").write_text(json.dumps(res, indent=1))
     print(f"model {res['params'] / 1e9:.3f}B params, {steps} steps, global batch 32 rows, bf16")
-    print(f"{'run':12} {'GPUs':>4} {'tok/s/GPU':>10} {'peak GiB/GPU':>14} {'max|dloss|':>11} {'max rel':>9} {'train s':>8}")
+    print(
+        f"{'run':12} {'GPUs':>4} {'tok/s/GPU':>10} {'peak GiB/GPU':>14} {'max|dloss|':>11} {'max rel':>9} {'train s':>8}"
+    )
     for k, r in runs.items():
         if "error" in r:
             print(f"{k:12} ERROR {r['error'][:150]}")
             continue
         peak = "/".join(f"{x:.2f}" for x in r["peak_gib_per_gpu"] if x is not None) or "-"
-        print(f"{k:12} {r['world']:>4} {r['tokens_per_s_per_gpu']:>10.0f} {peak:>14} "
-              f"{r.get('loss_max_abs_diff', '-'):>11} {r.get('loss_max_rel_diff', '-'):>9} {r['train_s']:>8}")
+        print(
+            f"{k:12} {r['world']:>4} {r['tokens_per_s_per_gpu']:>10.0f} {peak:>14} "
+            f"{r.get('loss_max_abs_diff', '-'):>11} {r.get('loss_max_rel_diff', '-'):>9} {r['train_s']:>8}"
+        )
     t = res["tiny"]
-    print("tiny demo:", t.get("error") or f"{t['device']} {t['precision']}, {t['steps']} steps, final loss "
-          f"{t['final_loss']:.4f}, accuracy {t['accuracy_before']} -> {t['accuracy_after']}, train {t['train_seconds']}s")
+    print(
+        "tiny demo:",
+        t.get("error")
+        or f"{t['device']} {t['precision']}, {t['steps']} steps, final loss "
+        f"{t['final_loss']:.4f}, accuracy {t['accuracy_before']} -> {t['accuracy_after']}, train {t['train_seconds']}s",
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ row-affine passes of a LLaMA layer), printed as ``FLASHBONE_KERNEL_CONFIG`` JSON
 
     python scripts/pick_config.py sweep.json --weights 4096x4096=6,4096x11008=1
 """
+
 import argparse
 import json
 import sys

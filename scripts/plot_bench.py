@@ -9,6 +9,7 @@ RESULTS_DIR/run14/, before bat-row's padded weight). The raw JSON behind the cur
 the tree; git history keeps it: ``git archive fe5cc2b docs/bench_results | tar -x`` and pass
 ``docs/bench_results``.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -43,8 +44,7 @@ def main() -> int:
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/benchmarks.png")
     run = src / "run14"
     main_rows = rows(src / "run57_68" / "run68_main.json")
-    order = ["bone", "bone-mini", "bat", "bat-row", "bat-hadamard", "bone-ab", "peft-miss",
-             "peft-lora", "full"]
+    order = ["bone", "bone-mini", "bat", "bat-row", "bat-hadamard", "bone-ab", "peft-miss", "peft-lora", "full"]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     x = range(len(order))
     t = [main_rows[m]["time_ratio"] for m in order]
@@ -59,8 +59,11 @@ def main() -> int:
 
     big = rows(run / "llama7b.json")
     names = [m for m in ["floor", "bone", "bat-row", "bat", "peft-miss", "peft-lora"] if m in big]
-    ax[1].barh(names[::-1], [big[m]["tokens_per_s"] for m in names[::-1]],
-               color=["#3b6ea5" if not m.startswith("peft") else "#999999" for m in names[::-1]])
+    ax[1].barh(
+        names[::-1],
+        [big[m]["tokens_per_s"] for m in names[::-1]],
+        color=["#3b6ea5" if not m.startswith("peft") else "#999999" for m in names[::-1]],
+    )
     ax[1].set_xlabel("tokens / s")
     ax[1].set_title("LLaMA2-7B (32 layers), grad. checkpointing, 8x512 (call 14)", fontsize=10)
 
@@ -75,8 +78,7 @@ def main() -> int:
     ax[2].set_ylim(1.0, 2.1)
     ax[2].set_title("training step against tokens per step (call 14)", fontsize=10)
     ax[2].legend(fontsize=8)
-    fig.suptitle("flashbone on one H100 (bf16, AdamW, ratios to the frozen base measured in the same run)",
-                 fontsize=11)
+    fig.suptitle("flashbone on one H100 (bf16, AdamW, ratios to the frozen base measured in the same run)", fontsize=11)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     print(out, out.stat().st_size)

@@ -64,54 +64,78 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
     instruction template and 2,000 formatted training examples, so that fine-tuning
     prompts are not spelled out letter by letter."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, min_frequency=2,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    extra = [PAPER_PROMPT.format(query=d["query"]) + d["response"] + "\n<|EOT|>"
-             for d in tinymath.generate("train", 2000, seed=1)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    extra = [
+        PAPER_PROMPT.format(query=d["query"]) + d["response"] + "\n<|EOT|>"
+        for d in tinymath.generate("train", 2000, seed=1)
+    ]
     tok.train_from_iterator(docs[:80000] + extra, trainer=trainer)
     bos = tok.token_to_id("<|endoftext|>")
     tok.post_processor = processors.TemplateProcessing(
-        single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B",
-        special_tokens=[("<|endoftext|>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", pad_token="<|pad|>",
-                                   model_max_length=512, clean_up_tokenization_spaces=False)
+        single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B", special_tokens=[("<|endoftext|>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def pack(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
     """Every document as ``<bos> text``, concatenated and cut into ``seq_len + 1`` windows."""
     ids: list[int] = []
     for i in range(0, len(docs), 10000):
-        for row in tokenizer(docs[i:i + 10000])["input_ids"]:
+        for row in tokenizer(docs[i : i + 10000])["input_ids"]:
             ids.extend(row)
     n = (len(ids) - 1) // seq_len
     t = torch.tensor(ids[: n * seq_len + 1], dtype=torch.long)
-    return torch.stack([t[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)])
+    return torch.stack([t[i * seq_len : (i + 1) * seq_len + 1] for i in range(n)])
 
 
 def pretrain(data: torch.Tensor, tokenizer, args, device, steps: int, quiet: bool = False):
     """Train a fresh model from the seed for ``steps`` steps; returns (model, loss log, seconds)."""
     torch.manual_seed(args.seed)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=3 * args.hidden,
-                      num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                      num_key_value_heads=args.hidden // 64, max_position_embeddings=1024,
-                      tie_word_embeddings=True, rope_theta=10000.0,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden,
+        intermediate_size=3 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 64,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95)
+    )
     warmup = max(1, args.steps // 20)  # the schedule always spans args.steps (also for short checks)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))),
+    )
     gen = torch.Generator().manual_seed(args.seed)
     order, pos = torch.randperm(len(data), generator=gen), 0
     data = data.to(device)
@@ -121,12 +145,11 @@ def pretrain(data: torch.Tensor, tokenizer, args, device, steps: int, quiet: boo
     for step in range(steps):
         if pos + args.batch_size > len(order):
             order, pos = torch.randperm(len(data), generator=gen), 0
-        batch = data[order[pos: pos + args.batch_size].to(device)]
+        batch = data[order[pos : pos + args.batch_size].to(device)]
         pos += args.batch_size
         with autocast:
             logits = model(input_ids=batch[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                                 batch[:, 1:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -143,10 +166,15 @@ def greedy(model, tokenizer, prompts: list[str], max_new: int, device) -> list[s
     tokenizer.padding_side = "left"
     outs = []
     for i in range(0, len(prompts), 128):
-        enc = tokenizer(prompts[i:i + 128], return_tensors="pt", padding=True).to(device)
-        gen = model.generate(**enc, max_new_tokens=max_new, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        outs += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        enc = tokenizer(prompts[i : i + 128], return_tensors="pt", padding=True).to(device)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        outs += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     tokenizer.padding_side = "right"
     return outs
 
@@ -162,8 +190,10 @@ def probe(model, tokenizer, device, seed: int) -> dict:
     for split in ("train", "test", "unseen"):
         probs = tinymath.generate_problems(split, 200, seed=seed + 99)
         got = greedy(model, tokenizer, [p.query + "\n" for p in probs], 80, device)
-        ok = [bool(m) and int(m.group(1)) == p.answer
-              for p, m in ((p, re.search(r"So the result is (-?\d+)", g)) for p, g in zip(probs, got))]
+        ok = [
+            bool(m) and int(m.group(1)) == p.answer
+            for p, m in ((p, re.search(r"So the result is (-?\d+)", g)) for p, g in zip(probs, got))
+        ]
         res[f"plain_{split}"] = round(sum(ok) / len(ok), 4)
     model.train()
     return res
@@ -184,8 +214,11 @@ def main() -> int:
     ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--check-determinism", action="store_true",
-                    help="also train twice for 30 steps and compare the weights bit for bit")
+    ap.add_argument(
+        "--check-determinism",
+        action="store_true",
+        help="also train twice for 30 steps and compare the weights bit for bit",
+    )
     args = ap.parse_args()
 
     t0 = time.time()
@@ -196,8 +229,10 @@ def main() -> int:
     docs = build_corpus(args.seed, args.problems, args.fact_docs, args.everyday_docs)
     tokenizer = train_tokenizer(docs, args.vocab_size)
     data = pack(tokenizer, docs, args.seq_len)
-    print(f"corpus: {len(docs):,} documents, {data.numel():,} tokens, vocab {len(tokenizer)}; "
-          f"{time.time() - t0:.1f}s", flush=True)
+    print(
+        f"corpus: {len(docs):,} documents, {data.numel():,} tokens, vocab {len(tokenizer)}; {time.time() - t0:.1f}s",
+        flush=True,
+    )
 
     model, log, train_s = pretrain(data, tokenizer, args, device, args.steps)
     n_params = sum(p.numel() for p in model.parameters())
@@ -205,8 +240,7 @@ def main() -> int:
         a, _, _ = pretrain(data, tokenizer, args, device, 30, quiet=True)
         b, _, _ = pretrain(data, tokenizer, args, device, 30, quiet=True)
         same = all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-        print(f"determinism check (two 30-step runs from the seed): {'identical' if same else 'DIFFERENT'}",
-              flush=True)
+        print(f"determinism check (two 30-step runs from the seed): {'identical' if same else 'DIFFERENT'}", flush=True)
     torch.use_deterministic_algorithms(False)  # generation only; the weights are final
     knows = probe(model, tokenizer, device, args.seed)
     print(f"probe: {knows}", flush=True)
@@ -222,15 +256,30 @@ def main() -> int:
     tc["tokenizer_class"] = "PreTrainedTokenizerFast"
     (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
-    info = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "lr": args.lr, "tokens_seen": args.steps * args.batch_size * args.seq_len,
-            "corpus_tokens": data.numel(), "corpus_docs": {"problems": args.problems, "fact_docs": args.fact_docs,
-                                                           "everyday_docs": args.everyday_docs},
-            "vocab_size": len(tokenizer), "hidden": args.hidden, "layers": args.layers, "params": n_params, "train_seconds": round(train_s, 1),
-            "total_seconds": round(time.time() - t0, 1), "device": torch.cuda.get_device_name(0)
-            if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-            "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-            "probe": knows, "model_sha256": digest, "loss_log": log}
+    info = {
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "lr": args.lr,
+        "tokens_seen": args.steps * args.batch_size * args.seq_len,
+        "corpus_tokens": data.numel(),
+        "corpus_docs": {"problems": args.problems, "fact_docs": args.fact_docs, "everyday_docs": args.everyday_docs},
+        "vocab_size": len(tokenizer),
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "params": n_params,
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.time() - t0, 1),
+        "device": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "probe": knows,
+        "model_sha256": digest,
+        "loss_log": log,
+    }
     (out / "pretrain_info.json").write_text(json.dumps(info, indent=1) + "\n")
     print(json.dumps({k: v for k, v in info.items() if k != "loss_log"}), flush=True)
     return 0

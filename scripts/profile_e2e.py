@@ -9,6 +9,7 @@ so `wall - busy` is the time the GPU waited on the host; and the N costliest ker
 Modes: `base` (the loop as shipped), `plain-loss` (chunked loss off), `liger` (flashbone.fused: liger-kernel's
 RMSNorm and SwiGLU in the model instance).
 """
+
 import argparse
 import gc
 import json
@@ -25,8 +26,11 @@ from flashbone.training import Dist, Trainer, TrainSettings
 
 
 def _busy_ms(prof, steps: int) -> float:
-    iv = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    iv = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
+    )
     busy, end = 0.0, None
     for s, t in iv:
         if end is None or s >= end:
@@ -40,11 +44,23 @@ def _busy_ms(prof, steps: int) -> float:
 
 def _group(name: str) -> str:
     n = name.lower()
-    for key, label in (("gemm", "gemm"), ("cutlass", "gemm"), ("sm90", "gemm"), ("nvjet", "gemm"),
-                       ("flash", "attention"), ("fmha", "attention"), ("attention", "attention"),
-                       ("adam", "optimizer"), ("multi_tensor", "optimizer"), ("nll", "loss"),
-                       ("softmax", "loss/softmax"), ("triton", "triton (adapters/liger)"),
-                       ("copy", "copies/casts"), ("elementwise", "elementwise"), ("reduce", "reductions")):
+    for key, label in (
+        ("gemm", "gemm"),
+        ("cutlass", "gemm"),
+        ("sm90", "gemm"),
+        ("nvjet", "gemm"),
+        ("flash", "attention"),
+        ("fmha", "attention"),
+        ("attention", "attention"),
+        ("adam", "optimizer"),
+        ("multi_tensor", "optimizer"),
+        ("nll", "loss"),
+        ("softmax", "loss/softmax"),
+        ("triton", "triton (adapters/liger)"),
+        ("copy", "copies/casts"),
+        ("elementwise", "elementwise"),
+        ("reduce", "reductions"),
+    ):
         if key in n:
             return label
     return "other"
@@ -56,10 +72,19 @@ def run(a, dev, method: str, variant: str, rows, order) -> dict:
     adapted = bench_e2e._model(a, dev, method, base)
     g = a.batch * a.grad_accum
     n_steps = a.warmup + a.steps + 2
-    s = TrainSettings(lr=2e-5, batch_size=a.batch, grad_accum=a.grad_accum, max_steps=n_steps, seed=0,
-                      progress=False, bf16=dev.type == "cuda", micro_batch_tokens=0 if how == "plain" else a.micro_batch_tokens,
-                      packing={"plain": False, "packed": True}.get(how), chunked_loss=False if variant == "plain-loss" else None)
-    timed = order[a.warmup * g: (a.warmup + a.steps) * g]
+    s = TrainSettings(
+        lr=2e-5,
+        batch_size=a.batch,
+        grad_accum=a.grad_accum,
+        max_steps=n_steps,
+        seed=0,
+        progress=False,
+        bf16=dev.type == "cuda",
+        micro_batch_tokens=0 if how == "plain" else a.micro_batch_tokens,
+        packing={"plain": False, "packed": True}.get(how),
+        chunked_loss=False if variant == "plain-loss" else None,
+    )
+    timed = order[a.warmup * g : (a.warmup + a.steps) * g]
     tokens = sum(len(rows.cols["input_ids"][i]) for i in timed)
     t, prof_box = {}, {}
     cuda = dev.type == "cuda"
@@ -96,9 +121,17 @@ def run(a, dev, method: str, variant: str, rows, order) -> dict:
         top.append((e.key[:100], round(ms, 3), e.count // 2))
     host = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)
     host_top = [(e.key[:80], round(e.self_cpu_time_total / 2 / 1e3, 3), e.count // 2) for e in host[: a.cpu_top]]
-    out = dict(method=method, host_top=host_top, variant=variant, wall_ms=wall, tokens_per_s=tokens / (wall * a.steps / 1e3),
-               peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0, busy_ms=_busy_ms(prof, 2),
-               groups=dict(sorted(groups.items(), key=lambda kv: -kv[1])), top=top[: a.top])
+    out = dict(
+        method=method,
+        host_top=host_top,
+        variant=variant,
+        wall_ms=wall,
+        tokens_per_s=tokens / (wall * a.steps / 1e3),
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
+        busy_ms=_busy_ms(prof, 2),
+        groups=dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        top=top[: a.top],
+    )
     del trainer, adapted, prof
     gc.collect()
     if cuda:
@@ -126,8 +159,11 @@ def main() -> int:
         for v in a.modes.split(","):
             r = run(a, dev, m, v, rows, order)
             results.append(r)
-            print(f"== {m} [{v}]: wall {r['wall_ms']:.1f} ms/step, GPU busy {r['busy_ms']:.1f} ms/step, "
-                  f"{r['tokens_per_s']:,.0f} tokens/s, peak {r['peak_gib']:.2f} GiB", flush=True)
+            print(
+                f"== {m} [{v}]: wall {r['wall_ms']:.1f} ms/step, GPU busy {r['busy_ms']:.1f} ms/step, "
+                f"{r['tokens_per_s']:,.0f} tokens/s, peak {r['peak_gib']:.2f} GiB",
+                flush=True,
+            )
             print("   groups: " + ", ".join(f"{k} {v:.1f}" for k, v in r["groups"].items()))
             for k, ms, c in r["top"]:
                 print(f"   {ms:8.2f} ms {c:5d}x  {k}")

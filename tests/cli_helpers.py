@@ -33,8 +33,10 @@ def tree_digest(root: Path) -> dict[str, str]:
     import hashlib
 
     root = Path(root)
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def one_line_error(rc: int, err: str, *words: str) -> str:

@@ -12,13 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    GenerationMixin,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput
 
@@ -26,10 +20,28 @@ from transformers.modeling_outputs import CausalLMOutput
 class RefRWKV6Config(PretrainedConfig):
     model_type = "rwkv6"
 
-    def __init__(self, hidden_size=2048, expand_k=0.5, expand_v=1.0, hidden_ratio=3.5, intermediate_size=None,
-                 num_hidden_layers=24, num_heads=4, proj_low_rank_dim=32, gate_low_rank_dim=64,
-                 hidden_act="sqrelu", norm_first=True, norm_bias=True, norm_eps=1e-5, vocab_size=32000,
-                 tie_word_embeddings=False, pad_token_id=None, bos_token_id=1, eos_token_id=2, **kw):
+    def __init__(
+        self,
+        hidden_size=2048,
+        expand_k=0.5,
+        expand_v=1.0,
+        hidden_ratio=3.5,
+        intermediate_size=None,
+        num_hidden_layers=24,
+        num_heads=4,
+        proj_low_rank_dim=32,
+        gate_low_rank_dim=64,
+        hidden_act="sqrelu",
+        norm_first=True,
+        norm_bias=True,
+        norm_eps=1e-5,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+        pad_token_id=None,
+        bos_token_id=1,
+        eos_token_id=2,
+        **kw,
+    ):
         self.hidden_size, self.expand_k, self.expand_v = hidden_size, expand_k, expand_v
         self.hidden_ratio, self.intermediate_size = hidden_ratio, intermediate_size
         self.num_hidden_layers, self.num_heads = num_hidden_layers, num_heads
@@ -37,8 +49,13 @@ class RefRWKV6Config(PretrainedConfig):
         self.hidden_act, self.norm_first, self.norm_bias, self.norm_eps = hidden_act, norm_first, norm_bias, norm_eps
         self.vocab_size = vocab_size
         kw.pop("attn_mode", None), kw.pop("fuse_norm", None), kw.pop("fuse_cross_entropy", None)
-        super().__init__(tie_word_embeddings=tie_word_embeddings, pad_token_id=pad_token_id,
-                         bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kw)
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kw,
+        )
 
 
 def _shift(x: torch.Tensor) -> torch.Tensor:
@@ -112,8 +129,13 @@ class RWKV6Attention(nn.Module):
         r, w, k = (p(x, mu, delta) for p, mu in ((self.r_proj, r), (self.w_proj, w), (self.k_proj, k)))
         v, g = self.v_proj(x, v, delta), self.g_proj(x, g, delta)
         hk, hv = self.key_dim // self.heads, self.value_dim // self.heads
-        o = wkv(r.view(B, T, -1, hk), k.view(B, T, -1, hk), v.view(B, T, -1, hv), -torch.exp(w.view(B, T, -1, hk)),
-                self.bonus)
+        o = wkv(
+            r.view(B, T, -1, hk),
+            k.view(B, T, -1, hk),
+            v.view(B, T, -1, hv),
+            -torch.exp(w.view(B, T, -1, hk)),
+            self.bonus,
+        )
         o = self.g_norm(o.reshape(B * T, -1)).view(B, T, -1) * F.silu(g)
         return self.o_proj(o)
 
@@ -199,7 +221,18 @@ def register() -> None:
 
 
 def tiny(**kw) -> RefRWKV6ForCausalLM:
-    cfg = dict(hidden_size=32, expand_k=1.0, expand_v=1.0, num_heads=2, intermediate_size=64,
-               num_hidden_layers=2, proj_low_rank_dim=4, gate_low_rank_dim=8, vocab_size=64,
-               pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = dict(
+        hidden_size=32,
+        expand_k=1.0,
+        expand_v=1.0,
+        num_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        proj_low_rank_dim=4,
+        gate_low_rank_dim=8,
+        vocab_size=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return RefRWKV6ForCausalLM(RefRWKV6Config(**{**cfg, **kw})).eval()

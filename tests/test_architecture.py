@@ -18,7 +18,6 @@ def test_imports_run_one_way(capsys):
     assert code == 0, capsys.readouterr().out
 
 
-
 def test_ruff_lint_passes():
     import shutil
     import subprocess
@@ -28,6 +27,8 @@ def test_ruff_lint_passes():
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     out = subprocess.run([ruff, "check", "src", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([ruff, "format", "--check", "src", "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, "run `ruff format src tests`:\n" + out.stdout + out.stderr
 
 
 def test_import_flashbone_leaves_transformers_for_later():
@@ -36,8 +37,10 @@ def test_import_flashbone_leaves_transformers_for_later():
     import subprocess
     import sys
 
-    code = ("import sys, flashbone; assert 'transformers' not in sys.modules, 'imported early'; "
-            "from flashbone import BoneModel, get_bone_model; import transformers; "
-            "assert issubclass(BoneModel, transformers.PreTrainedModel) and callable(get_bone_model); "
-            "assert 'load_adapter' in dir(flashbone)")
+    code = (
+        "import sys, flashbone; assert 'transformers' not in sys.modules, 'imported early'; "
+        "from flashbone import BoneModel, get_bone_model; import transformers; "
+        "assert issubclass(BoneModel, transformers.PreTrainedModel) and callable(get_bone_model); "
+        "assert 'load_adapter' in dir(flashbone)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -16,8 +16,7 @@ CASES = [
     ("mistral", tm.mistral, dict(variant="bone", r=12)),  # in % r != 0: padded last block
     ("qwen2", tm.qwen2, dict(variant="bat-row", r=8)),
     ("gpt2-conv1d", tm.gpt2, dict(variant="bone-ab", r=8)),
-    ("roberta-cls", tm.roberta_cls, dict(variant="bone-mini", r=8, mini_r=8,
-                                         modules_to_save=["classifier"])),
+    ("roberta-cls", tm.roberta_cls, dict(variant="bone-mini", r=8, mini_r=8, modules_to_save=["classifier"])),
     ("rwkv", tm.rwkv, dict(variant="bat-hadamard", r=8)),
 ]
 

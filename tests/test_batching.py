@@ -48,8 +48,11 @@ def _rel(a: dict, b: dict) -> float:
 def test_token_budget_and_packing_reach_the_plain_loops_adapter(tmp_path):
     plain = _train(tmp_path, "plain")
     assert sum(float(t.abs().sum()) for t in plain.values()) > 0  # bone starts at zero: it trained
-    for name, kw in [("one", {"micro_batch_tokens": 10**6}), ("few", {"micro_batch_tokens": 70}),
-                     ("packed", {"micro_batch_tokens": 200, "packing": True})]:
+    for name, kw in [
+        ("one", {"micro_batch_tokens": 10**6}),
+        ("few", {"micro_batch_tokens": 70}),
+        ("packed", {"micro_batch_tokens": 200, "packing": True}),
+    ]:
         assert _rel(_train(tmp_path, name, **kw), plain) <= 1e-5, name
 
 
@@ -62,8 +65,9 @@ def test_packed_rows_give_the_loss_and_gradients_of_padded_rows():
         model.zero_grad()
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         logits = model(**inputs, use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                                                 ignore_index=-100, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
+        )
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -85,8 +89,11 @@ def test_step_plans_keep_every_row_once_within_the_budget():
         for rank, plan in enumerate(plans):
             assert sorted(i for mb in plan for i in mb.rows) == sorted(i for mb in shares[rank] for i in mb)
             for mb in plan:
-                width = max(lengths[i] for i in mb.rows) if mb.bins is None else \
-                    max(sum(lengths[i] for i in b) for b in mb.bins)
+                width = (
+                    max(lengths[i] for i in mb.rows)
+                    if mb.bins is None
+                    else max(sum(lengths[i] for i in b) for b in mb.bins)
+                )
                 if budget and len(mb.bins or mb.rows) > 1:
                     assert len(mb.bins or mb.rows) * width <= budget
                 if mb.bins is not None:
@@ -98,9 +105,24 @@ def test_step_plans_keep_every_row_once_within_the_budget():
 def test_resume_is_exact_under_a_token_budget(tmp_path, capsys):
     from flashbone.cli import main
 
-    base = ["train", "--max-samples", "64", "--batch-size", "4", "--grad-accum", "2", "--max-steps", "6",
-            "--eval-task", "none", "--no-progress", "--r", "8",
-            "--micro-batch-tokens", "200"]
+    base = [
+        "train",
+        "--max-samples",
+        "64",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "6",
+        "--eval-task",
+        "none",
+        "--no-progress",
+        "--r",
+        "8",
+        "--micro-batch-tokens",
+        "200",
+    ]
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0
     assert main([*base, "--out", str(tmp_path / "parts"), "--stop-after", "3"]) == 0
     assert main(["train", "--out", str(tmp_path / "parts"), "--resume", "--no-progress"]) == 0

@@ -12,9 +12,30 @@ import pytest
 from flashbone.commands import bench
 from flashbone.cli import main
 
-TINY = ["--device", "cpu", "--layers", "1", "--hidden", "64", "--intermediate", "128",
-        "--heads", "2", "--vocab", "64", "--batch", "1", "--seq", "16", "--r", "16",
-        "--steps", "1", "--warmup", "0"]
+TINY = [
+    "--device",
+    "cpu",
+    "--layers",
+    "1",
+    "--hidden",
+    "64",
+    "--intermediate",
+    "128",
+    "--heads",
+    "2",
+    "--vocab",
+    "64",
+    "--batch",
+    "1",
+    "--seq",
+    "16",
+    "--r",
+    "16",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+]
 
 
 def test_bench_runs_every_kind_of_method_and_writes_json(tmp_path, capsys):
@@ -49,11 +70,14 @@ def test_matched_lora_rank_for_llama2_7b_width():
     assert bench.matched_lora_r(a) == 35  # 2,733,... LoRA params/layer vs bone's 2,719,744
 
 
-@pytest.mark.parametrize("bad, words", [
-    (["--methods", "floor,nope"], "unknown method 'nope'"),
-    (["--hidden", "65"], "--hidden 65 must be a multiple of --heads"),
-    (["--steps", "0"], "--steps must be positive"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (["--methods", "floor,nope"], "unknown method 'nope'"),
+        (["--hidden", "65"], "--hidden 65 must be a multiple of --heads"),
+        (["--steps", "0"], "--steps must be positive"),
+    ],
+)
 def test_bench_bad_input_is_one_line(capsys, bad, words):
     assert main(["bench", *TINY, *bad]) == 2
     err = capsys.readouterr().err.strip()

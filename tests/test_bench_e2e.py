@@ -8,9 +8,37 @@ import json
 
 from flashbone.cli import main
 
-TINY = ["--e2e", "--device", "cpu", "--layers", "1", "--hidden", "32", "--intermediate", "64", "--heads", "4",
-        "--kv-heads", "2", "--vocab", "64", "--r", "8", "--batch", "2", "--grad-accum", "2", "--min-len", "6",
-        "--max-len", "20", "--steps", "1", "--warmup", "1"]
+TINY = [
+    "--e2e",
+    "--device",
+    "cpu",
+    "--layers",
+    "1",
+    "--hidden",
+    "32",
+    "--intermediate",
+    "64",
+    "--heads",
+    "4",
+    "--kv-heads",
+    "2",
+    "--vocab",
+    "64",
+    "--r",
+    "8",
+    "--batch",
+    "2",
+    "--grad-accum",
+    "2",
+    "--min-len",
+    "6",
+    "--max-len",
+    "20",
+    "--steps",
+    "1",
+    "--warmup",
+    "1",
+]
 
 
 def test_e2e_runs_both_loops_on_the_same_rows(tmp_path, capsys):

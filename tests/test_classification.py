@@ -23,8 +23,14 @@ ANIMALS = ["cat", "dog", "bird", "fish"]
 def pair_rows(n: int, seed: int) -> list[dict]:
     """(sentence1, sentence2, label): label 1 when the second sentence says something good."""
     rng = random.Random(seed)
-    return [{"sentence1": f"the {rng.choice(ANIMALS)} sat", "sentence2": f"it was {rng.choice(GOOD if i % 2 else BAD)}",
-             "label": i % 2} for i in range(n)]
+    return [
+        {
+            "sentence1": f"the {rng.choice(ANIMALS)} sat",
+            "sentence2": f"it was {rng.choice(GOOD if i % 2 else BAD)}",
+            "label": i % 2,
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +44,20 @@ def tiny_roberta(tmp_path_factory):
     torch.manual_seed(0)
     # initializer_range 0.2: at the usual 0.02 a random 2-layer body passes almost nothing of the
     # words to the <s> token the head reads (its state varies by ~1e-3 between rows)
-    cfg = RobertaConfig(vocab_size=len(load_tokenizer(None)), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=80, type_vocab_size=1, initializer_range=0.2,
-                        pad_token_id=1, bos_token_id=0, eos_token_id=0, num_labels=2)
+    cfg = RobertaConfig(
+        vocab_size=len(load_tokenizer(None)),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=80,
+        type_vocab_size=1,
+        initializer_range=0.2,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=0,
+        num_labels=2,
+    )
     RobertaForSequenceClassification(cfg).save_pretrained(folder)
     return folder
 
@@ -80,9 +97,31 @@ def test_train_save_load_in_peft_and_merge(tmp_path, capsys, tiny_roberta):
     train = write_jsonl(tmp_path / "train.jsonl", pair_rows(128, seed=1))
     dev = write_jsonl(tmp_path / "dev.jsonl", pair_rows(48, seed=2))
     out = tmp_path / "run"
-    rc, stdout, err = flashbone(capsys, "train", "--task", "classification", "--model", tiny_roberta,
-                                "--data", train, "--eval-data", dev, "--method", "bone", "--r", "8",
-                                "--lr", "1e-2", "--epochs", "5", "--batch-size", "16", "--out", out, "--no-progress")
+    rc, stdout, err = flashbone(
+        capsys,
+        "train",
+        "--task",
+        "classification",
+        "--model",
+        tiny_roberta,
+        "--data",
+        train,
+        "--eval-data",
+        dev,
+        "--method",
+        "bone",
+        "--r",
+        "8",
+        "--lr",
+        "1e-2",
+        "--epochs",
+        "5",
+        "--batch-size",
+        "16",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     before, after = summary["metrics_before"], summary["metrics_after"]
@@ -91,13 +130,21 @@ def test_train_save_load_in_peft_and_merge(tmp_path, capsys, tiny_roberta):
     # PEFT's format: task_type SEQ_CLS, the head under PEFT's key names
     adapter = out / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["task_type"] == "SEQ_CLS" and config["peft_type"] == "MISS" and config["modules_to_save"] == ["classifier"]
+    assert (
+        config["task_type"] == "SEQ_CLS"
+        and config["peft_type"] == "MISS"
+        and config["modules_to_save"] == ["classifier"]
+    )
     keys = set(load_file(adapter / "adapter_model.safetensors"))
     assert {"base_model.model.classifier.dense.weight", "base_model.model.classifier.out_proj.weight"} <= keys
     assert cls.num_labels_of_adapter(adapter) == 2
     # PEFT loads it onto a fresh base (whose head is re-initialised at random) with our logits
-    rows = cls.tokenize(datasets.Dataset.from_list(pair_rows(16, seed=3)), load_tokenizer(str(tiny_roberta)),
-                        cls.Fields("sentence1", "sentence2", "label"), 64)
+    rows = cls.tokenize(
+        datasets.Dataset.from_list(pair_rows(16, seed=3)),
+        load_tokenizer(str(tiny_roberta)),
+        cls.Fields("sentence1", "sentence2", "label"),
+        64,
+    )
     batch = cls.collate(rows, pad_id=1)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     torch.manual_seed(123)
@@ -111,8 +158,21 @@ def test_train_save_load_in_peft_and_merge(tmp_path, capsys, tiny_roberta):
         assert not any("miss" in n or "bone" in n for n, _ in merged.named_parameters())
         torch.testing.assert_close(merged(**inputs).logits, want, rtol=1e-4, atol=1e-5)
     # flashbone eval --task classification gives the training run's dev metrics again
-    rc, stdout, err = flashbone(capsys, "eval", "--task", "classification", "--model", tiny_roberta,
-                                "--adapter", adapter, "--data", dev, "--out", tmp_path / "ev.jsonl", "--no-progress")
+    rc, stdout, err = flashbone(
+        capsys,
+        "eval",
+        "--task",
+        "classification",
+        "--model",
+        tiny_roberta,
+        "--adapter",
+        adapter,
+        "--data",
+        dev,
+        "--out",
+        tmp_path / "ev.jsonl",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert f"accuracy: {after['accuracy']:.4f}\nf1: {after['f1']:.4f}\nmcc: {after['mcc']:.4f}" in stdout
     recs = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
@@ -121,8 +181,23 @@ def test_train_save_load_in_peft_and_merge(tmp_path, capsys, tiny_roberta):
 
 def test_lora_head_in_peft_format(tmp_path, capsys, tiny_roberta):
     train = write_jsonl(tmp_path / "train.jsonl", pair_rows(32, seed=1))
-    rc, _, err = flashbone(capsys, "train", "--task", "classification", "--model", tiny_roberta, "--data", train,
-                           "--method", "lora", "--max-steps", "2", "--out", tmp_path / "run", "--no-progress")
+    rc, _, err = flashbone(
+        capsys,
+        "train",
+        "--task",
+        "classification",
+        "--model",
+        tiny_roberta,
+        "--data",
+        train,
+        "--method",
+        "lora",
+        "--max-steps",
+        "2",
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+    )
     assert rc == 0, err
     config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_CLS" and config["r"] == 8 and config["target_modules"] is not None
@@ -130,11 +205,14 @@ def test_lora_head_in_peft_format(tmp_path, capsys, tiny_roberta):
     assert "base_model.model.classifier.out_proj.weight" in keys
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--data", "x.jsonl"], "needs --model"),
-    (["--model", "m", "--data", "glue/squad"], "unknown GLUE task"),
-    (["--model", "m", "--data", "x.jsonl", "--resume"], "--resume is not supported"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "x.jsonl"], "needs --model"),
+        (["--model", "m", "--data", "glue/squad"], "unknown GLUE task"),
+        (["--model", "m", "--data", "x.jsonl", "--resume"], "--resume is not supported"),
+    ],
+)
 def test_classification_errors(capsys, tmp_path, argv, message, tiny_roberta):
     argv = [a if a != "m" else str(tiny_roberta) for a in argv]
     rc, _, err = flashbone(capsys, "train", "--task", "classification", "--out", tmp_path / "o", *argv)
@@ -143,6 +221,7 @@ def test_classification_errors(capsys, tmp_path, argv, message, tiny_roberta):
 
 def test_string_labels_are_refused(tmp_path, capsys, tiny_roberta):
     data = write_jsonl(tmp_path / "d.jsonl", [{"sentence": "a", "label": "pos"}, {"sentence": "b", "label": "neg"}])
-    rc, _, err = flashbone(capsys, "train", "--task", "classification", "--model", tiny_roberta, "--data", data,
-                           "--out", tmp_path / "o")
+    rc, _, err = flashbone(
+        capsys, "train", "--task", "classification", "--model", tiny_roberta, "--data", data, "--out", tmp_path / "o"
+    )
     assert rc == 2 and "labels must be integers" in err

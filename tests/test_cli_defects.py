@@ -22,11 +22,14 @@ def test_no_arguments_prints_help_and_fails(capsys):
     assert rc == 2 and "usage: flashbone" in err and "train" in err
 
 
-@pytest.mark.parametrize("module, argv, extra", [
-    ("datasets", ["train"], "train"),
-    ("peft", ["train", "--method", "lora", "--r", "8"], "peft"),
-    ("matplotlib", ["plot"], "train"),
-])
+@pytest.mark.parametrize(
+    "module, argv, extra",
+    [
+        ("datasets", ["train"], "train"),
+        ("peft", ["train", "--method", "lora", "--r", "8"], "peft"),
+        ("matplotlib", ["plot"], "train"),
+    ],
+)
 def test_missing_extra_names_it(module, argv, extra, tmp_path, capsys, monkeypatch):
     if argv[0] == "plot":
         rc, _, err = train(capsys, tmp_path / "run")
@@ -46,15 +49,20 @@ def test_missing_extra_names_it(module, argv, extra, tmp_path, capsys, monkeypat
 def test_bad_data_files_are_one_line_and_leave_nothing(tmp_path, capsys):
     lines = [json.dumps(r) for r in _rows(4)]
     cases = {
-        "latin1.jsonl": ("\n".join(lines[:1]) + "\n").encode() + '{"query": "Größe?", "response": "1"}\n'.encode("latin-1"),
+        "latin1.jsonl": ("\n".join(lines[:1]) + "\n").encode()
+        + '{"query": "Größe?", "response": "1"}\n'.encode("latin-1"),
         "broken.jsonl": ("\n".join(lines[:2] + ['{"query": "a", "response": ', lines[3]]) + "\n").encode(),
         "cut.jsonl": ("\n".join(lines) + "\n").encode()[:-9],
         "null.jsonl": ("\n".join(lines[:1] + ['{"query": "a", "response": null}']) + "\n").encode(),
         "blank.jsonl": ("\n".join(lines[:2] + ['{"query": "a", "response": "  "}']) + "\n").encode(),
     }
-    words = {"latin1.jsonl": ["line 2", "UTF-8"], "broken.jsonl": ["line 3", "not valid JSON"],
-             "cut.jsonl": ["line 4", "cut short"], "null.jsonl": ["row 2", "'response'", "null"],
-             "blank.jsonl": ["row 3", "'response'", "empty"]}
+    words = {
+        "latin1.jsonl": ["line 2", "UTF-8"],
+        "broken.jsonl": ["line 3", "not valid JSON"],
+        "cut.jsonl": ["line 4", "cut short"],
+        "null.jsonl": ["row 2", "'response'", "null"],
+        "blank.jsonl": ["row 3", "'response'", "empty"],
+    }
     for name, raw in cases.items():
         (tmp_path / name).write_bytes(raw)
     before = tree_digest(tmp_path)
@@ -65,8 +73,12 @@ def test_bad_data_files_are_one_line_and_leave_nothing(tmp_path, capsys):
 
 
 def test_bad_config_values_are_one_line_and_no_progress_is_accepted(tmp_path, capsys):
-    for body, words in [({"lr": "fast"}, ["'lr'", "float"]), ({"method": {"name": "bone"}}, ["'method'", "one value"]),
-                        ({"precision": "fp8"}, ["'precision'", "bf16"]), ({"no-progress": "yes"}, ["true or false"])]:
+    for body, words in [
+        ({"lr": "fast"}, ["'lr'", "float"]),
+        ({"method": {"name": "bone"}}, ["'method'", "one value"]),
+        ({"precision": "fp8"}, ["'precision'", "bf16"]),
+        ({"no-progress": "yes"}, ["true or false"]),
+    ]:
         cfg = tmp_path / "c.yaml"
         cfg.write_text(json.dumps(body))
         rc, _, err = flashbone(capsys, "train", "--config", cfg, "--out", tmp_path / "x")
@@ -116,18 +128,31 @@ def test_hub_names_with_a_slash_reach_the_hub(tmp_path, monkeypatch):
 
 
 def test_hub_dataset_offline_is_one_line(tmp_path, capsys):
-    rc, _, err = flashbone(capsys, "eval", "--task", "gsm8k", "--data", "openai/gsm8k", "--data-subset", "main",
-                           "--out", tmp_path / "e.jsonl")
+    rc, _, err = flashbone(
+        capsys,
+        "eval",
+        "--task",
+        "gsm8k",
+        "--data",
+        "openai/gsm8k",
+        "--data-subset",
+        "main",
+        "--out",
+        tmp_path / "e.jsonl",
+    )
     one_line_error(rc, err, "'openai/gsm8k'", "Hub cannot be reached")
     assert not (tmp_path / "e.jsonl").exists()
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["train", *TINY[:4], "--max-steps", "0"], ["--max-steps", "positive"]),
-    (["train", *TINY[:4], "--max-samples", "0"], ["--max-samples", "positive"]),
-    (["eval", "--max-samples", "0"], ["--max-samples", "positive"]),
-    (["train", *TINY, "--lora-alpha", "32"], ["--lora-alpha", "bone"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", *TINY[:4], "--max-steps", "0"], ["--max-steps", "positive"]),
+        (["train", *TINY[:4], "--max-samples", "0"], ["--max-samples", "positive"]),
+        (["eval", "--max-samples", "0"], ["--max-samples", "positive"]),
+        (["train", *TINY, "--lora-alpha", "32"], ["--lora-alpha", "bone"]),
+    ],
+)
 def test_zero_counts_and_misplaced_flags_are_refused(argv, words, tmp_path, capsys):
     rc, _, err = flashbone(capsys, *argv, "--out", tmp_path / "x")
     one_line_error(rc, err, *words)
@@ -142,8 +167,20 @@ def test_max_length_that_cuts_most_rows_warns(tmp_path, capsys):
 
 def test_resume_of_a_finished_run_changes_nothing_and_can_extend_it(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--max-steps", "3", "--save-every", "1", "--keep-checkpoints", "1", "--eval-task", "tiny-math",
-            "--eval-samples", "4", "--max-new-tokens", "4"]
+    args = [
+        "--max-steps",
+        "3",
+        "--save-every",
+        "1",
+        "--keep-checkpoints",
+        "1",
+        "--eval-task",
+        "tiny-math",
+        "--eval-samples",
+        "4",
+        "--max-new-tokens",
+        "4",
+    ]
     rc, _, err = train(capsys, out, *args)
     assert rc == 0, err
     before = tree_digest(out)
@@ -183,10 +220,13 @@ def test_gsm8k_answer_format_and_printed_settings(tmp_path, capsys):
     rc, _, err = flashbone(capsys, "merge", "--adapter", tmp_path / "run" / "adapter", "--out", tmp_path / "merged")
     assert rc == 0, err
     gens = {}
-    for name, flags in (("adapter", ["--adapter", tmp_path / "run" / "adapter"]),
-                        ("merged", ["--model", tmp_path / "merged"])):
-        rc, stdout, err = flashbone(capsys, "eval", *flags, "--max-samples", "3", "--no-progress",
-                                    "--out", tmp_path / f"{name}.jsonl")
+    for name, flags in (
+        ("adapter", ["--adapter", tmp_path / "run" / "adapter"]),
+        ("merged", ["--model", tmp_path / "merged"]),
+    ):
+        rc, stdout, err = flashbone(
+            capsys, "eval", *flags, "--max-samples", "3", "--no-progress", "--out", tmp_path / f"{name}.jsonl"
+        )
         assert rc == 0, err
         assert "generation greedy, max 80 new tokens, batch 100, template alpaca" in stdout, stdout
         gens[name] = [json.loads(x)["generation"] for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
@@ -197,7 +237,22 @@ def test_gsm8k_answer_format_and_printed_settings(tmp_path, capsys):
 def test_readme_test_command_prints_its_count(tmp_path):
     (tmp_path / "test_one.py").write_text("def test_one():\n    assert True\n")
     root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
-                          str(root / "pyproject.toml"), "--rootdir", str(tmp_path), str(tmp_path / "test_one.py")],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            str(root / "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_one.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "1 passed" in res.stdout, res.stdout + res.stderr

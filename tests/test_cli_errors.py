@@ -34,19 +34,22 @@ def test_bad_training_data(tmp_path, capsys):
     _one_line_error(rc, err, "broken.jsonl", "line 1 is not valid JSON")
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--method", "qlora"], ["qlora", "bone, bone-mini"]),
-    (["--r", "0"], ["--r", "positive"]),
-    (["--r", "-4", "--method", "lora"], ["--r", "positive"]),
-    (["--method", "bat", "--r", "7"], ["7"]),
-    (["--method", "lora", "--r", "4096"], ["--r 4096"]),
-    (["--targets", "nope_proj"], ["nope_proj", "q_proj"]),
-    (["--batch-size", "0"], ["--batch-size"]),
-    (["--template", "no placeholder"], ["{query}"]),
-    (["--max-memory", "0"], ["--max-memory", "positive"]),
-    (["--max-memory", "8", "--nproc", "2"], ["--max-memory", "one process"]),
-    (["--liger", "on", "--device", "cpu"], ["--liger on", "CUDA"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--method", "qlora"], ["qlora", "bone, bone-mini"]),
+        (["--r", "0"], ["--r", "positive"]),
+        (["--r", "-4", "--method", "lora"], ["--r", "positive"]),
+        (["--method", "bat", "--r", "7"], ["7"]),
+        (["--method", "lora", "--r", "4096"], ["--r 4096"]),
+        (["--targets", "nope_proj"], ["nope_proj", "q_proj"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--template", "no placeholder"], ["{query}"]),
+        (["--max-memory", "0"], ["--max-memory", "positive"]),
+        (["--max-memory", "8", "--nproc", "2"], ["--max-memory", "one process"]),
+        (["--liger", "on", "--device", "cpu"], ["--liger on", "CUDA"]),
+    ],
+)
 def test_bad_method_settings(args, words, tmp_path, capsys):
     rc, _, err = train(capsys, tmp_path / "x", *args)
     _one_line_error(rc, err, *words)
@@ -97,12 +100,15 @@ def test_other_bad_inputs(tmp_path, capsys):
     _one_line_error(rc, err, "learning-rate", "known keys")
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["train", "--adapter", "some/dir"], "--adapter"),   # was read as --adapter-r: "invalid int"
-    (["train", "--adapter", "16"], "--adapter"),         # was silently r = 16
-    (["train", "--resum"], "--resum"),
-    (["eval", "--adapt", "x"], "--adapt"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["train", "--adapter", "some/dir"], "--adapter"),  # was read as --adapter-r: "invalid int"
+        (["train", "--adapter", "16"], "--adapter"),  # was silently r = 16
+        (["train", "--resum"], "--resum"),
+        (["eval", "--adapt", "x"], "--adapt"),
+    ],
+)
 def test_flags_are_never_abbreviated(tmp_path, capsys, argv, flag):
     with pytest.raises(SystemExit) as e:
         flashbone(capsys, *argv, "--out", tmp_path / "never")

@@ -8,22 +8,54 @@ from cli_helpers import flashbone, train, write_jsonl
 def test_eval_gsm8k_and_math_files(tmp_path, capsys):
     rc, _, err = train(capsys, tmp_path / "run")
     assert rc == 0, err
-    gsm = write_jsonl(tmp_path / "gsm.jsonl", [
-        {"question": "Tom has 3 apples and buys 4 more. How many apples does Tom have?",
-         "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
-        {"question": "Mia has 1,200 stamps and gives 200 away. How many are left?", "answer": "#### 1,000"}])
+    gsm = write_jsonl(
+        tmp_path / "gsm.jsonl",
+        [
+            {
+                "question": "Tom has 3 apples and buys 4 more. How many apples does Tom have?",
+                "answer": "3 + 4 = <<3+4=7>>7\n#### 7",
+            },
+            {"question": "Mia has 1,200 stamps and gives 200 away. How many are left?", "answer": "#### 1,000"},
+        ],
+    )
     out = tmp_path / "res.jsonl"
-    rc, stdout, err = flashbone(capsys, "eval", "--adapter", tmp_path / "run" / "adapter", "--data", gsm,
-                                "--task", "gsm8k", "--max-new-tokens", "40", "--out", out, "--no-progress")
+    rc, stdout, err = flashbone(
+        capsys,
+        "eval",
+        "--adapter",
+        tmp_path / "run" / "adapter",
+        "--data",
+        gsm,
+        "--task",
+        "gsm8k",
+        "--max-new-tokens",
+        "40",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert rc == 0, err
     assert "gsm8k accuracy:" in stdout
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["gold"] for r in recs] == [7.0, 1000.0]
     assert all(set(r) == {"prompt", "generation", "extracted", "gold", "correct"} for r in recs)
     assert recs[0]["prompt"].endswith("### Response:") and "Tom has 3 apples" in recs[0]["prompt"]
-    math = write_jsonl(tmp_path / "math.jsonl", [{"problem": "What is $1/2 + 0$?", "solution": "It is $\\boxed{\\frac12}$."}])
-    rc, stdout, err = flashbone(capsys, "eval", "--data", math, "--task", "math", "--max-new-tokens", "8",
-                                "--out", tmp_path / "m.jsonl", "--no-progress")
+    math = write_jsonl(
+        tmp_path / "math.jsonl", [{"problem": "What is $1/2 + 0$?", "solution": "It is $\\boxed{\\frac12}$."}]
+    )
+    rc, stdout, err = flashbone(
+        capsys,
+        "eval",
+        "--data",
+        math,
+        "--task",
+        "math",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        tmp_path / "m.jsonl",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert json.loads((tmp_path / "m.jsonl").read_text())["gold"] == "\\frac12"
 
@@ -39,8 +71,9 @@ def test_plot_several_runs(tmp_path, capsys):
     for m in ("bone", "lora"):
         rc, _, err = train(capsys, tmp_path / m, "--method", m, "--r", "16", "--max-steps", "3")
         assert rc == 0, err
-    rc, stdout, err = flashbone(capsys, "plot", tmp_path / "bone", tmp_path / "lora", "--out", tmp_path / "p.png",
-                                "--inset-steps", "1")
+    rc, stdout, err = flashbone(
+        capsys, "plot", tmp_path / "bone", tmp_path / "lora", "--out", tmp_path / "p.png", "--inset-steps", "1"
+    )
     assert rc == 0, err
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     from flashbone.plotting import run_label
@@ -55,8 +88,20 @@ def test_eval_merged_and_unmerged_generate_the_same(tmp_path, capsys):
     gens = {}
     for flag in ("--merge", "--no-merge"):
         out = tmp_path / f"e{flag}.jsonl"
-        rc, _, err = flashbone(capsys, "eval", "--adapter", tmp_path / "run" / "adapter", flag,
-                               "--max-samples", "4", "--max-new-tokens", "24", "--out", out, "--no-progress")
+        rc, _, err = flashbone(
+            capsys,
+            "eval",
+            "--adapter",
+            tmp_path / "run" / "adapter",
+            flag,
+            "--max-samples",
+            "4",
+            "--max-new-tokens",
+            "24",
+            "--out",
+            out,
+            "--no-progress",
+        )
         assert rc == 0, err
         gens[flag] = [json.loads(x)["generation"] for x in out.read_text().splitlines()]
     assert gens["--merge"] == gens["--no-merge"] and len(gens["--merge"]) == 4

@@ -20,8 +20,15 @@ def test_generate_with_and_without_an_adapter(tmp_path, capsys):
     assert rc == 0, err
     tok = load_tokenizer(None)
     prompts, stops = format_prompts(tok, ["What is 3 + 4?", "Name a colour."], None, True)
-    expected = generate(load_adapter(load_model(None), tmp_path / "adapter"), tok, prompts, max_new_tokens=12,
-                        batch_size=2, stops=stops, progress=False)
+    expected = generate(
+        load_adapter(load_model(None), tmp_path / "adapter"),
+        tok,
+        prompts,
+        max_new_tokens=12,
+        batch_size=2,
+        stops=stops,
+        progress=False,
+    )
     assert adapted.splitlines() == [t.strip() for t in expected]
     assert plain != adapted and len(plain.splitlines()) == 2
 
@@ -29,8 +36,9 @@ def test_generate_with_and_without_an_adapter(tmp_path, capsys):
 def test_chat_template_when_the_tokenizer_has_one():
     tok = load_tokenizer(None)
     plain = format_prompts(tok, ["hi"], None, True)  # no chat template: the plain template
-    tok.chat_template = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
-                         "{% if add_generation_prompt %}<a>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    )
     assert format_prompts(tok, ["hi"], None, True) == (["<u>hi</u><a>"], [])
     assert format_prompts(tok, ["hi"], None, False) == plain
     prompts, stops = format_prompts(tok, ["hi"], "alpaca", True)  # an explicit template wins

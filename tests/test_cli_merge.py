@@ -40,11 +40,32 @@ def test_merge_matches_unmerged_adapter(method, tmp_path, capsys):
     assert "AutoModelForCausalLM.from_pretrained" in out
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
     _check_merged(adapter, tmp_path / "m")
-    rc, _, err = flashbone(capsys, "merge", "--base", "flashbone-tiny", "--adapter", adapter, "--out",
-                           tmp_path / "m", "--dtype", "bfloat16")
+    rc, _, err = flashbone(
+        capsys,
+        "merge",
+        "--base",
+        "flashbone-tiny",
+        "--adapter",
+        adapter,
+        "--out",
+        tmp_path / "m",
+        "--dtype",
+        "bfloat16",
+    )
     assert rc == 2 and "not empty" in err
-    rc, _, err = flashbone(capsys, "merge", "--base", "flashbone-tiny", "--adapter", adapter, "--out",
-                           tmp_path / "m", "--dtype", "bfloat16", "--overwrite")
+    rc, _, err = flashbone(
+        capsys,
+        "merge",
+        "--base",
+        "flashbone-tiny",
+        "--adapter",
+        adapter,
+        "--out",
+        tmp_path / "m",
+        "--dtype",
+        "bfloat16",
+        "--overwrite",
+    )
     assert rc == 0, err
     assert next(iter(load_file(str(tmp_path / "m" / "model.safetensors")).values())).dtype == torch.bfloat16
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]
@@ -65,8 +86,9 @@ def _peft_miss_folder(folder, legacy=False):
         cfg["peft_type"] = "BONE"
         (folder / "adapter_config.json").write_text(json.dumps(cfg))
         t = load_file(str(folder / "adapter_model.safetensors"))
-        save_file({k.replace("miss_block", "bone_block"): v for k, v in t.items()},
-                  str(folder / "adapter_model.safetensors"))
+        save_file(
+            {k.replace("miss_block", "bone_block"): v for k, v in t.items()}, str(folder / "adapter_model.safetensors")
+        )
     return pm
 
 
@@ -75,11 +97,13 @@ def test_merge_accepts_peft_miss_and_bone_folders(legacy, tmp_path, capsys):
     pm = _peft_miss_folder(tmp_path / "miss", legacy)
     tok = loading.load_tokenizer(None)
     expected = _logits(pm, tok)
-    rc, _, err = flashbone(capsys, "merge", "--base", "flashbone-tiny", "--adapter", tmp_path / "miss",
-                           "--out", tmp_path / "m")
+    rc, _, err = flashbone(
+        capsys, "merge", "--base", "flashbone-tiny", "--adapter", tmp_path / "miss", "--out", tmp_path / "m"
+    )
     assert rc == 0, err
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(str(tmp_path / "m")), tok), expected,
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        _logits(AutoModelForCausalLM.from_pretrained(str(tmp_path / "m")), tok), expected, atol=1e-4, rtol=0
+    )
 
 
 def test_merge_never_leaves_a_half_written_folder(tmp_path, capsys, monkeypatch):

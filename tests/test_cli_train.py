@@ -63,8 +63,9 @@ def test_finetuning_raises_heldout_accuracy(tmp_path, capsys):
     """A short version of the default run: 40 steps must lift held-out accuracy clearly (on the
     current base these settings gave 0% -> 16% on 50 problems; the full 200-step run gives 97.5%)."""
     out = tmp_path / "demo"
-    rc, stdout, err = flashbone(capsys, "train", "--max-samples", "640", "--lr", "4e-3", "--eval-samples", "50",
-                                "--out", out, "--no-progress")
+    rc, stdout, err = flashbone(
+        capsys, "train", "--max-samples", "640", "--lr", "4e-3", "--eval-samples", "50", "--out", out, "--no-progress"
+    )
     assert rc == 0, err
     s = json.loads((out / "summary.json").read_text())
     assert s["accuracy_before"] is not None and s["accuracy_after"] >= s["accuracy_before"] + 0.1, s
@@ -72,8 +73,17 @@ def test_finetuning_raises_heldout_accuracy(tmp_path, capsys):
     rows = [json.loads(x) for x in (out / "eval_after.jsonl").read_text().splitlines()]
     assert len(rows) == 50 and {"prompt", "generation", "extracted", "gold", "correct"} <= set(rows[0])
     # `flashbone eval` on the saved adapter scores the same held-out rows the same way
-    rc, stdout, err = flashbone(capsys, "eval", "--adapter", out / "adapter", "--max-samples", "50",
-                                "--out", tmp_path / "e.jsonl", "--no-progress")
+    rc, stdout, err = flashbone(
+        capsys,
+        "eval",
+        "--adapter",
+        out / "adapter",
+        "--max-samples",
+        "50",
+        "--out",
+        tmp_path / "e.jsonl",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert f"({sum(r['correct'] for r in rows)}/50)" in stdout
 
@@ -132,12 +142,25 @@ def test_refuses_non_empty_out_and_gradient_checkpointing_runs(tmp_path, capsys)
 def test_user_data_file_and_config_yaml(tmp_path, capsys):
     from cli_helpers import write_jsonl
 
-    data = write_jsonl(tmp_path / "gsm.jsonl", [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}
-                                                for i in range(8)])
+    data = write_jsonl(
+        tmp_path / "gsm.jsonl",
+        [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(8)],
+    )
     conf = tmp_path / "c.yaml"
     conf.write_text(yaml.safe_dump({"data": str(data), "method": "bone-mini", "r": 16, "mini-r": 8, "max_length": 24}))
-    rc, stdout, err = flashbone(capsys, "train", "--config", conf, "--batch-size", "4", "--max-steps", "1",
-                                "--out", tmp_path / "u", "--no-progress")
+    rc, stdout, err = flashbone(
+        capsys,
+        "train",
+        "--config",
+        conf,
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--out",
+        tmp_path / "u",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert "fields question -> answer" in stdout and "cut to --max-length 24" in stdout
     saved = yaml.safe_load((tmp_path / "u" / "config.yaml").read_text())

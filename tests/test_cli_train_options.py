@@ -16,8 +16,24 @@ def _adapter(out):
 
 def test_bone_config_flags_reach_the_adapter(tmp_path, capsys):
     out = tmp_path / "a"
-    rc, _, err = train(capsys, out, "--method", "bone", "--r", "16", "--dropout", "0.1", "--exclude", "down_proj",
-                       "--layers-to-transform", "0", "--modules-to-save", "norm", "--targets", "q,v,down")
+    rc, _, err = train(
+        capsys,
+        out,
+        "--method",
+        "bone",
+        "--r",
+        "16",
+        "--dropout",
+        "0.1",
+        "--exclude",
+        "down_proj",
+        "--layers-to-transform",
+        "0",
+        "--modules-to-save",
+        "norm",
+        "--targets",
+        "q,v,down",
+    )
     assert rc == 0, err
     cfg, tensors = _adapter(out)
     assert cfg["miss_dropout"] == 0.1 and cfg["modules_to_save"] == ["norm"]
@@ -43,12 +59,15 @@ def test_init_adapter_continues_from_a_folder(tmp_path, capsys):
         assert start[k].abs().sum() > 0  # the first run trained: the test means something
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--method", "bone"], ["bat adapter with r=16", "--method bone contradicts"]),
-    (["--r", "32"], ["--r 32 contradicts"]),
-    (["--targets", "q"], ["leave --targets out"]),
-    (["--dropout", "0.1"], ["leave --dropout out"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--method", "bone"], ["bat adapter with r=16", "--method bone contradicts"]),
+        (["--r", "32"], ["--r 32 contradicts"]),
+        (["--targets", "q"], ["leave --targets out"]),
+        (["--dropout", "0.1"], ["leave --dropout out"]),
+    ],
+)
 def test_init_adapter_contradictions_are_one_error(tmp_path, capsys, extra, words):
     from flashbone import BoneConfig, get_bone_model
     from flashbone.loading import load_model
@@ -59,15 +78,18 @@ def test_init_adapter_contradictions_are_one_error(tmp_path, capsys, extra, word
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--method", "lora", "--dropout", "0.1"], ["--dropout", "Bone/Bat"]),
-    (["--layers-to-transform", "a,b"], ["--layers-to-transform", "integers"]),
-    (["--dropout", "1.5"], ["--dropout", "[0, 1)"]),
-    (["--init-adapter", "no/such/folder"], ["--init-adapter", "no/such/folder"]),
-    (["--method", "bat", "--dropout", "0.1"], ["--dropout", "additive variants"]),
-    (["--adapter-dtype", "int8"], ["--adapter-dtype", "int8"]),
-    (["--method", "full", "--modules-to-save", "norm"], ["--modules-to-save", "full"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--method", "lora", "--dropout", "0.1"], ["--dropout", "Bone/Bat"]),
+        (["--layers-to-transform", "a,b"], ["--layers-to-transform", "integers"]),
+        (["--dropout", "1.5"], ["--dropout", "[0, 1)"]),
+        (["--init-adapter", "no/such/folder"], ["--init-adapter", "no/such/folder"]),
+        (["--method", "bat", "--dropout", "0.1"], ["--dropout", "additive variants"]),
+        (["--adapter-dtype", "int8"], ["--adapter-dtype", "int8"]),
+        (["--method", "full", "--modules-to-save", "norm"], ["--modules-to-save", "full"]),
+    ],
+)
 def test_bad_option_values(tmp_path, capsys, extra, words):
     rc, _, err = train(capsys, tmp_path / "run", *extra)
     one_line_error(rc, err, *words)
@@ -112,13 +134,36 @@ def test_warmup_steps_and_ratio(tmp_path, capsys):
 def test_one_warmup_meaning_for_both_tasks(tmp_path, capsys):
     from flashbone.classification import ClassifierSettings, warmup_of
 
-    s = ClassifierSettings(lr=1e-3, batch_size=4, grad_accum=1, epochs=1, max_steps=None, warmup_ratio=0.06,
-                           weight_decay=0, max_grad_norm=1, seed=0)
+    s = ClassifierSettings(
+        lr=1e-3,
+        batch_size=4,
+        grad_accum=1,
+        epochs=1,
+        max_steps=None,
+        warmup_ratio=0.06,
+        weight_decay=0,
+        max_grad_norm=1,
+        seed=0,
+    )
     assert warmup_of(s, 25) == 2  # ceil(0.06 x 25), as --warmup-ratio does for causal-lm and transformers does
     s.warmup_steps = 5
     assert warmup_of(s, 25) == 5
-    rc, _, err = flashbone(capsys, "train", "--task", "classification", "--model", "m", "--data", "glue/sst2",
-                           "--warmup-steps", "3", "--warmup-ratio", "0.1", "--out", tmp_path / "c")
+    rc, _, err = flashbone(
+        capsys,
+        "train",
+        "--task",
+        "classification",
+        "--model",
+        "m",
+        "--data",
+        "glue/sst2",
+        "--warmup-steps",
+        "3",
+        "--warmup-ratio",
+        "0.1",
+        "--out",
+        tmp_path / "c",
+    )
     one_line_error(rc, err, "--warmup-steps", "--warmup-ratio")
 
 

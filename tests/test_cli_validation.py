@@ -34,8 +34,9 @@ def test_val_split_loss_is_the_held_out_rows_loss(tmp_path, capsys, packing):
     from flashbone.loading import load_model, load_tokenizer
 
     out = tmp_path / "run"
-    rc, stdout, err = train(capsys, out, "--val-split", "0.25", "--val-every", "1", "--progress",
-                            "--packing" if packing else "--no-packing")
+    rc, stdout, err = train(
+        capsys, out, "--val-split", "0.25", "--val-every", "1", "--progress", "--packing" if packing else "--no-packing"
+    )
     assert rc == 0, err
     assert "validation 2 rows (--val-split 0.25 of --data), loss after every 1 steps" in stdout
     assert "val_loss=" in err  # the progress bar
@@ -46,8 +47,9 @@ def test_val_split_loss_is_the_held_out_rows_loss(tmp_path, capsys, packing):
     assert summary["train_rows"] == 6  # 8 rows, 2 held out
     # the last validation loss is the saved model's loss on exactly the held-out rows
     tok = load_tokenizer(None)
-    rows, _ = data.tokenize_rows(data.load_rows("tiny-math", max_samples=8), tok, data.get_template("alpaca"),
-                                 "query", "response", 512)
+    rows, _ = data.tokenize_rows(
+        data.load_rows("tiny-math", max_samples=8), tok, data.get_template("alpaca"), "query", "response", 512
+    )
     kept, held = validation.split_rows(rows, 0.25, seed=0)
     assert len(held) == 2 and len(kept) == 6
     assert not {tuple(x) for x in held["input_ids"]} & {tuple(x) for x in kept["input_ids"]}
@@ -56,8 +58,9 @@ def test_val_split_loss_is_the_held_out_rows_loss(tmp_path, capsys, packing):
 
 
 def test_val_data_resume_and_reports(tmp_path, capsys):
-    val = write_jsonl(tmp_path / "val.jsonl", [{"query": f"What is {i} + {i}?", "response": str(2 * i)}
-                                               for i in range(5)])
+    val = write_jsonl(
+        tmp_path / "val.jsonl", [{"query": f"What is {i} + {i}?", "response": str(2 * i)} for i in range(5)]
+    )
     whole = tmp_path / "whole"
     rc, _, err = train(capsys, whole, "--val-data", val, "--val-every", "1")
     assert rc == 0, err
@@ -81,9 +84,13 @@ def test_plot_draws_the_validation_curve(tmp_path, capsys, monkeypatch):
 
     run = tmp_path / "run"
     run.mkdir()
-    write_jsonl(run / "metrics.jsonl", [{"step": s, "loss": 3.0 - 0.1 * s, **({"val_loss": 3.1 - 0.1 * s}
-                                                                              if s % 5 == 0 else {})}
-                                        for s in range(1, 21)])
+    write_jsonl(
+        run / "metrics.jsonl",
+        [
+            {"step": s, "loss": 3.0 - 0.1 * s, **({"val_loss": 3.1 - 0.1 * s} if s % 5 == 0 else {})}
+            for s in range(1, 21)
+        ],
+    )
     drawn = []
     real = Axes.plot
     monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: drawn.append((a, k)) or real(self, *a, **k))
@@ -93,13 +100,16 @@ def test_plot_draws_the_validation_curve(tmp_path, capsys, monkeypatch):
     assert len(val) == 1 and list(val[0][0][0]) == [5, 10, 15, 20] and val[0][1]["linestyle"] == "--"
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--val-split", "0.1", "--val-data", "x.jsonl"], ["--val-split", "--val-data", "one of them"]),
-    (["--val-every", "2"], ["--val-every", "--val-split"]),
-    (["--val-split", "1.5"], ["--val-split", "fraction"]),
-    (["--val-split", "8"], ["--val-split 8", "at least one row"]),
-    (["--val-every", "0", "--val-split", "0.5"], ["--val-every", "positive"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--val-split", "0.1", "--val-data", "x.jsonl"], ["--val-split", "--val-data", "one of them"]),
+        (["--val-every", "2"], ["--val-every", "--val-split"]),
+        (["--val-split", "1.5"], ["--val-split", "fraction"]),
+        (["--val-split", "8"], ["--val-split 8", "at least one row"]),
+        (["--val-every", "0", "--val-split", "0.5"], ["--val-every", "positive"]),
+    ],
+)
 def test_bad_validation_flags(tmp_path, capsys, extra, words):
     rc, _, err = train(capsys, tmp_path / "run", *extra)
     one_line_error(rc, err, *words)
@@ -107,6 +117,18 @@ def test_bad_validation_flags(tmp_path, capsys, extra, words):
 
 
 def test_classification_refuses_val_flags(tmp_path, capsys):
-    rc, _, err = flashbone(capsys, "train", "--task", "classification", "--model", "m", "--data", "glue/sst2",
-                           "--val-split", "0.1", "--out", tmp_path / "c")
+    rc, _, err = flashbone(
+        capsys,
+        "train",
+        "--task",
+        "classification",
+        "--model",
+        "m",
+        "--data",
+        "glue/sst2",
+        "--val-split",
+        "0.1",
+        "--out",
+        tmp_path / "c",
+    )
     one_line_error(rc, err, "--val-split", "classification")

@@ -21,7 +21,8 @@ def test_paper_template():
     t = data.get_template(None)
     assert t.prompt_text("What is 2+2?") == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the "
-        "request.\n\n### Instruction:\nWhat is 2+2?\n\n### Response:")
+        "request.\n\n### Instruction:\nWhat is 2+2?\n\n### Response:"
+    )
     assert t.target_text("4") == "4\n<|EOT|>"
     assert t.stop == ["<|EOT|>"]
     assert data.get_template("Q: {query}\\nA:").prompt_text("x") == "Q: x\nA:"
@@ -54,8 +55,8 @@ def test_labels_cover_only_the_response(tmp_path):
     assert first["n_prompt"] == 1 + len("qqqqq\n")
     labels = batch["labels"][0]
     assert (labels[: first["n_prompt"]] == -100).all()
-    assert labels[first["n_prompt"]: len(first["input_ids"])].tolist() == first["input_ids"][first["n_prompt"]:]
-    assert (batch["labels"][1][len(rows[1]["input_ids"]):] == -100).all()
+    assert labels[first["n_prompt"] : len(first["input_ids"])].tolist() == first["input_ids"][first["n_prompt"] :]
+    assert (batch["labels"][1][len(rows[1]["input_ids"]) :] == -100).all()
     assert batch["attention_mask"].sum().item() == sum(len(x) for x in rows["input_ids"])
 
 
@@ -125,5 +126,5 @@ def test_train_cut_after_code_trains_on_the_code_without_its_explanation():
     for cut, has_explanation in ((True, False), (None, True)):
         v = TrainOptions(cut_after_code=cut, max_length=512)
         rows, _ = _tokenize(ds, v, tok, get_template("alpaca"), "--data", "x.jsonl")
-        text = tok.decode(rows[0]["input_ids"][rows[0]["n_prompt"]:])
+        text = tok.decode(rows[0]["input_ids"][rows[0]["n_prompt"] :])
         assert ("1 + 1" in text) and (("zebra" in text) == has_explanation)

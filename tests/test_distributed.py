@@ -17,8 +17,19 @@ from flashbone.commands import train as train_cmd
 from flashbone.distributed import DistributedError, ProcessEnv, split_batch
 
 # 4 steps of 4 rows x 2 micro-batches: 2 processes take one micro-batch each per step
-ARGS = ["--max-samples", "32", "--batch-size", "4", "--grad-accum", "2", "--max-steps", "4", "--eval-task", "none",
-        "--no-progress"]
+ARGS = [
+    "--max-samples",
+    "32",
+    "--batch-size",
+    "4",
+    "--grad-accum",
+    "2",
+    "--max-steps",
+    "4",
+    "--eval-task",
+    "none",
+    "--no-progress",
+]
 _reference: dict = {}
 
 
@@ -62,8 +73,23 @@ def _same_run(a, b, files=("adapter/adapter_model.safetensors",)) -> None:
 def test_ddp_via_nproc_follows_one_process(method, tmp_path, tmp_path_factory):
     ref = _single(method, tmp_path_factory, "--r", "16")
     out = tmp_path / "ddp"
-    stdout = _run([sys.executable, "-m", "flashbone", "train", *ARGS, "--method", method, "--r", "16",
-                   "--nproc", "2", "--out", str(out)])
+    stdout = _run(
+        [
+            sys.executable,
+            "-m",
+            "flashbone",
+            "train",
+            *ARGS,
+            "--method",
+            method,
+            "--r",
+            "16",
+            "--nproc",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert "2 processes, ddp, each batch 4 x accum 1 per step" in stdout
     assert stdout.count("saved ") == 1  # rank 0 alone prints
     _same_run(ref, out)
@@ -76,9 +102,32 @@ def test_fsdp_via_torchrun_resumes_and_follows_one_process(tmp_path, tmp_path_fa
     ref = _single("bat", tmp_path_factory, "--r", "16")
     out = tmp_path / "fsdp"
     # torchrun's own parser takes --r for an abbreviation of its flags: --adapter-r is the same flag
-    stdout = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                   "flashbone", "train", *ARGS, "--method", "bat", "--adapter-r", "16", "--strategy", "fsdp",
-                   "--save-every", "2", "--stop-after", "2", "--out", str(out)])
+    stdout = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "flashbone",
+            "train",
+            *ARGS,
+            "--method",
+            "bat",
+            "--adapter-r",
+            "16",
+            "--strategy",
+            "fsdp",
+            "--save-every",
+            "2",
+            "--stop-after",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert "stopped after step 2 of 4" in stdout
     ck = out / "checkpoints" / "step-00000002"
     assert json.loads((ck / "state.json").read_text())["world"] == 2
@@ -104,8 +153,24 @@ def test_fsdp_full_finetuning_with_sharded_evaluation(tmp_path, tmp_path_factory
     ev = ["--eval-task", "tiny-math", "--eval-samples", "6", "--max-new-tokens", "8", "--max-steps", "2"]
     ref = _single("full", tmp_path_factory, *ev)
     out = tmp_path / "full"
-    _run([sys.executable, "-m", "flashbone", "train", *ARGS, *ev, "--method", "full", "--nproc", "2",
-          "--strategy", "fsdp", "--out", str(out)])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "flashbone",
+            "train",
+            *ARGS,
+            *ev,
+            "--method",
+            "full",
+            "--nproc",
+            "2",
+            "--strategy",
+            "fsdp",
+            "--out",
+            str(out),
+        ]
+    )
     _same_run(ref, out, files=("model/model.safetensors",))
     for name in ("eval_before.jsonl", "eval_after.jsonl"):
         a = [json.loads(x)["prompt"] for x in (ref / name).read_text().splitlines()]
@@ -125,8 +190,9 @@ def test_per_process_batch_keeps_the_global_batch():
 def test_flags_refused_before_any_process_starts(tmp_path, capsys):
     rc, _, err = flashbone(capsys, "train", "--nproc", "2", "--batch-size", "3", "--out", tmp_path / "a")
     assert rc == 2 and "cannot be split evenly over 2 processes" in err
-    rc, _, err = flashbone(capsys, "train", "--nproc", "2", "--method", "lora", "--strategy", "fsdp",
-                           "--out", tmp_path / "b")
+    rc, _, err = flashbone(
+        capsys, "train", "--nproc", "2", "--method", "lora", "--strategy", "fsdp", "--out", tmp_path / "b"
+    )
     assert rc == 2 and "use --strategy ddp" in err
     rc, _, err = flashbone(capsys, "train", "--nproc", "0", "--out", tmp_path / "c")
     assert rc == 2 and "--nproc must be a positive integer" in err
@@ -141,8 +207,25 @@ def test_processes_get_the_same_flags():
     """What the launcher hands to each process parses back to the same settings."""
     p = argparse.ArgumentParser()
     train_cmd.add_arguments(p)
-    args = p.parse_args(["--method", "bat", "--r", "16", "--lr", "2e-05", "--no-progress", "--resume",
-                         "--gradient-checkpointing", "--targets", "q,v", "--out", "runs/x", "--nproc", "2"])
+    args = p.parse_args(
+        [
+            "--method",
+            "bat",
+            "--r",
+            "16",
+            "--lr",
+            "2e-05",
+            "--no-progress",
+            "--resume",
+            "--gradient-checkpointing",
+            "--targets",
+            "q,v",
+            "--out",
+            "runs/x",
+            "--nproc",
+            "2",
+        ]
+    )
     args.targets = ["q_proj", "v_proj"]  # as a YAML --config gives it
     again = p.parse_args(train_cmd._argv(args))
     assert vars(again) == {**vars(args), "targets": "q_proj,v_proj"}

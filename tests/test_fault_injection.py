@@ -21,23 +21,48 @@ from flashbone.training import latest_checkpoint
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 # 4 steps of 4 rows, a checkpoint after every step (the last 2 kept)
-RUN = ["--max-samples", "16", "--batch-size", "4", "--max-steps", "4", "--save-every", "1", "--eval-task", "none",
-       "--no-progress", "--method", "bat", "--r", "16"]
+RUN = [
+    "--max-samples",
+    "16",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "4",
+    "--save-every",
+    "1",
+    "--eval-task",
+    "none",
+    "--no-progress",
+    "--method",
+    "bat",
+    "--r",
+    "16",
+]
 
 
 def _user_files(root: Path) -> Path:
     root.mkdir()
     (root / "notes.txt").write_text("my notes\n")
-    write_jsonl(root / "data.jsonl", [{"query": f"What is {i} + 2?", "response": f"The answer is: {i + 2}"}
-                                      for i in range(16)])
+    write_jsonl(
+        root / "data.jsonl", [{"query": f"What is {i} + 2?", "response": f"The answer is: {i + 2}"} for i in range(16)]
+    )
     return root
 
 
 def _with_fault(spec: dict, *argv) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                       os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, str(DRIVER), json.dumps(spec), *map(str, argv)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    return subprocess.run(
+        [sys.executable, str(DRIVER), json.dumps(spec), *map(str, argv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _adapter(run: Path) -> dict:
@@ -49,8 +74,9 @@ def reference(tmp_path_factory):
     """The uninterrupted run's adapter, on the same data and settings."""
     root = tmp_path_factory.mktemp("ref")
     user = _user_files(root / "user")
-    rc = __import__("flashbone.cli", fromlist=["main"]).main(["train", *RUN, "--data", str(user / "data.jsonl"),
-                                                              "--out", str(root / "run")])
+    rc = __import__("flashbone.cli", fromlist=["main"]).main(
+        ["train", *RUN, "--data", str(user / "data.jsonl"), "--out", str(root / "run")]
+    )
     assert rc == 0
     return _adapter(root / "run")
 
@@ -112,21 +138,26 @@ def test_kill_while_swapping_a_run_into_place_keeps_the_old_one(tmp_path, capsys
 @pytest.mark.parametrize("call", [1, 2])
 def test_kill_during_a_merge_leaves_the_previous_merge(call, tmp_path, capsys):
     user = _user_files(tmp_path / "user")
-    rc, _, err = flashbone(capsys, "train", *RUN, "--max-steps", "1", "--data", user / "data.jsonl",
-                           "--out", tmp_path / "run")
+    rc, _, err = flashbone(
+        capsys, "train", *RUN, "--max-steps", "1", "--data", user / "data.jsonl", "--out", tmp_path / "run"
+    )
     assert rc == 0, err
     rc, _, err = flashbone(capsys, "merge", "--adapter", tmp_path / "run" / "adapter", "--out", tmp_path / "m")
     assert rc == 0, err
     before = tree_digest(tmp_path)
     # call 1: the weights file half-written; call 2: everything written, killed before the swap's first
     # rename (old folder aside; a kill between the two renames is repaired by the next call, tested above)
-    spec = ({"target": "transformers.modeling_utils:safe_save_file", "call": 1, "action": "kill"} if call == 1 else
-            {"target": "os:rename", "call": 1, "action": "before", "match": ".m.flashbone-old"})
+    spec = (
+        {"target": "transformers.modeling_utils:safe_save_file", "call": 1, "action": "kill"}
+        if call == 1
+        else {"target": "os:rename", "call": 1, "action": "before", "match": ".m.flashbone-old"}
+    )
     res = _with_fault(spec, "merge", "--adapter", tmp_path / "run" / "adapter", "--out", tmp_path / "m", "--overwrite")
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert {k: v for k, v in tree_digest(tmp_path).items() if ".m.flashbone-" not in k} == before
-    rc, _, err = flashbone(capsys, "merge", "--adapter", tmp_path / "run" / "adapter", "--out", tmp_path / "m",
-                           "--overwrite")
+    rc, _, err = flashbone(
+        capsys, "merge", "--adapter", tmp_path / "run" / "adapter", "--out", tmp_path / "m", "--overwrite"
+    )
     assert rc == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "run", "user"]
 
@@ -141,7 +172,9 @@ def test_full_disk_or_read_only_target_mid_run(fault, reference, tmp_path, capsy
     assert rc == 0, err
     before = tree_digest(tmp_path)
     # the adapter cannot be written: nothing of the new run replaces the old one
-    fault_driver.install({"target": "flashbone.adapter_files:save_file", "call": 1, "action": fault}, monkeypatch.setattr)
+    fault_driver.install(
+        {"target": "flashbone.adapter_files:save_file", "call": 1, "action": fault}, monkeypatch.setattr
+    )
     rc, _, err = flashbone(capsys, "train", *RUN, "--data", user / "data.jsonl", "--out", old, "--overwrite")
     one_line_error(rc, err, "cannot write", os.strerror(28 if fault == "enospc" else 30))
     monkeypatch.undo()
@@ -157,8 +190,9 @@ def test_full_disk_before_the_first_checkpoint_leaves_nothing(tmp_path, capsys, 
 
     user = _user_files(tmp_path / "user")
     before = tree_digest(tmp_path)
-    fault_driver.install({"target": "flashbone.checkpoints:save_file", "call": 1, "action": "enospc"},
-                         monkeypatch.setattr)
+    fault_driver.install(
+        {"target": "flashbone.checkpoints:save_file", "call": 1, "action": "enospc"}, monkeypatch.setattr
+    )
     rc, _, err = flashbone(capsys, "train", *RUN, "--data", user / "data.jsonl", "--out", tmp_path / "new")
     one_line_error(rc, err, "No space left on device")
     monkeypatch.undo()

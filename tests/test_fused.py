@@ -15,6 +15,7 @@ from tiny_models import DECODER, gpt2, llama, qwen2
 
 def _stand_in(monkeypatch):
     """liger_kernel.transformers.functional with its signatures, computed the reference way."""
+
     def liger_rms_norm(x, w, eps, offset=0.0, casting_mode="llama", in_place=True):
         assert offset == 0.0 and casting_mode == "llama"
         h = x.float()

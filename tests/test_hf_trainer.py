@@ -69,8 +69,17 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def _trainer(model, out, ds, **kw):
-    args = TrainingArguments(str(out), max_steps=4, per_device_train_batch_size=4, save_steps=2,
-                             learning_rate=1e-2, report_to=[], use_cpu=True, disable_tqdm=True, **kw)
+    args = TrainingArguments(
+        str(out),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        save_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        **kw,
+    )
     return Trainer(model=model, args=args, train_dataset=ds)
 
 
@@ -92,8 +101,7 @@ def test_trainer_checkpoints_are_adapter_folders_and_resume_exactly(tmp_path):
     full.eval()
     x = tokens()
     with torch.no_grad():
-        torch.testing.assert_close(load_adapter(copy.deepcopy(base), ckpt)(x).logits, full(x).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(load_adapter(copy.deepcopy(base), ckpt)(x).logits, full(x).logits, rtol=0, atol=0)
 
     resumed = fresh()
     _trainer(resumed, tmp_path / "a", ds).train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
@@ -107,9 +115,18 @@ def test_sft_trainer_with_gradient_checkpointing(tmp_path):
     tok = load_tokenizer("flashbone-tiny")  # tied embeddings, a real tokenizer
     model = get_bone_model(load_model("flashbone-tiny"), BoneConfig(variant="bone", r=16))
     ds = datasets.Dataset.from_dict({"text": [f"{a} + {b} = {a + b}" for a in range(6) for b in range(4)]})
-    args = trl.SFTConfig(str(tmp_path), max_steps=2, per_device_train_batch_size=4, save_steps=2,
-                         learning_rate=1e-2, report_to=[], use_cpu=True, disable_tqdm=True, bf16=False,
-                         gradient_checkpointing=True)
+    args = trl.SFTConfig(
+        str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        bf16=False,
+        gradient_checkpointing=True,
+    )
     trl.SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok).train()
     ckpt = tmp_path / "checkpoint-2"
     assert not (ckpt / "model.safetensors").exists() and (ckpt / "adapter_config.json").is_file()
@@ -117,5 +134,6 @@ def test_sft_trainer_with_gradient_checkpointing(tmp_path):
     x = torch.tensor([tok("1 + 2 = 3")["input_ids"]])
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(load_adapter(load_model("flashbone-tiny"), ckpt)(x).logits,
-                                   model.model(x).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            load_adapter(load_model("flashbone-tiny"), ckpt)(x).logits, model.model(x).logits, rtol=0, atol=0
+        )

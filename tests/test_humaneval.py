@@ -18,7 +18,8 @@ FAST = sandbox.Limits(timeout_s=2.0)
 
 def test_right_and_wrong_code():
     assert sandbox.run("def f(x):\n    return x + 1\nassert f(1) == 2\n", FAST) == sandbox.Outcome(
-        True, "passed", sandbox.run("pass", FAST).isolated_network)
+        True, "passed", sandbox.run("pass", FAST).isolated_network
+    )
     wrong = sandbox.run("assert 1 + 1 == 3, 'arithmetic'\n", FAST)
     assert not wrong.passed and wrong.result == "failed: AssertionError: arithmetic"
     assert sandbox.run("def f(:\n", FAST).result.startswith("failed: SyntaxError")
@@ -53,10 +54,12 @@ def test_network_is_out_of_reach():
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    attempts = [f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x')\n",
-                f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\n",
-                f"import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/', timeout=2)\n",
-                f"import subprocess\nsubprocess.run(['curl', 'http://127.0.0.1:{port}/'])\n"]
+    attempts = [
+        f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x')\n",
+        f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\n",
+        f"import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}/', timeout=2)\n",
+        f"import subprocess\nsubprocess.run(['curl', 'http://127.0.0.1:{port}/'])\n",
+    ]
     try:
         for code in attempts:
             out = sandbox.run(code, FAST)
@@ -70,14 +73,16 @@ def test_network_is_out_of_reach():
 def test_file_system_outside_its_folder_is_out_of_reach(tmp_path):
     keep = tmp_path / "keep.txt"
     keep.write_text("mine")
-    attempts = [f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')\n",
-                f"import os\nos.remove({str(keep)!r})\n",
-                f"import os\nos.open({str(tmp_path / 'new2.txt')!r}, os.O_CREAT | os.O_WRONLY)\n",
-                f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n",
-                f"import pathlib\npathlib.Path({str(keep)!r}).write_text('gone')\n",
-                f"print(open({str(keep)!r}).read())\nassert False\n",
-                "import ctypes\nctypes.CDLL(None).system(b'touch /tmp/flashbone-escaped')\n",
-                "import os\nos.system('touch /tmp/flashbone-escaped')\n"]
+    attempts = [
+        f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')\n",
+        f"import os\nos.remove({str(keep)!r})\n",
+        f"import os\nos.open({str(tmp_path / 'new2.txt')!r}, os.O_CREAT | os.O_WRONLY)\n",
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})\n",
+        f"import pathlib\npathlib.Path({str(keep)!r}).write_text('gone')\n",
+        f"print(open({str(keep)!r}).read())\nassert False\n",
+        "import ctypes\nctypes.CDLL(None).system(b'touch /tmp/flashbone-escaped')\n",
+        "import os\nos.system('touch /tmp/flashbone-escaped')\n",
+    ]
     for code in attempts:
         out = sandbox.run(code, FAST)
         assert not out.passed, (code, out)
@@ -98,8 +103,7 @@ def test_canonical_solutions_pass_and_wrong_ones_fail():
 
 
 def test_extract_code_as_pissa_reads_it():
-    resp = ("Here is the code:\n```python\ndef add(a, b):\n    return a + b\n\nassert add(1, 2) == 3\n```\n"
-            "It adds.")
+    resp = "Here is the code:\n```python\ndef add(a, b):\n    return a + b\n\nassert add(1, 2) == 3\n```\nIt adds."
     assert humaneval.extract_code(resp) == "def add(a, b):\n    return a + b"
     assert humaneval.extract_code('    return 1\nif __name__ == "__main__":\n    main()') == "return 1"
 
@@ -107,10 +111,14 @@ def test_extract_code_as_pissa_reads_it():
 def test_cli_scores_given_samples(tmp_path, capsys):
     problems = humaneval.read_problems()
     ids = list(problems)[:3]
-    samples = write_jsonl(tmp_path / "samples.jsonl",
-                          [{"task_id": ids[0], "completion": problems[ids[0]]["canonical_solution"]},
-                           {"task_id": ids[1], "completion": "    while True:\n        pass\n"},
-                           {"task_id": ids[2], "completion": "    import os\n    os.system('true')\n"}])
+    samples = write_jsonl(
+        tmp_path / "samples.jsonl",
+        [
+            {"task_id": ids[0], "completion": problems[ids[0]]["canonical_solution"]},
+            {"task_id": ids[1], "completion": "    while True:\n        pass\n"},
+            {"task_id": ids[2], "completion": "    import os\n    os.system('true')\n"},
+        ],
+    )
     out = tmp_path / "results.jsonl"
     rc, stdout, err = flashbone(capsys, "eval", "--task", "humaneval", "--samples", samples, "--out", out)
     assert rc == 0, err
@@ -118,8 +126,14 @@ def test_cli_scores_given_samples(tmp_path, capsys):
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["passed"] for r in recs] == [True, False, False]
     assert recs[1]["result"] == "timed out" and recs[2]["result"].startswith("failed:")
-    rc, _, err = flashbone(capsys, "eval", "--task", "humaneval", "--samples",
-                           write_jsonl(tmp_path / "bad.jsonl", [{"task_id": "Nope/1", "completion": ""}]))
+    rc, _, err = flashbone(
+        capsys,
+        "eval",
+        "--task",
+        "humaneval",
+        "--samples",
+        write_jsonl(tmp_path / "bad.jsonl", [{"task_id": "Nope/1", "completion": ""}]),
+    )
     assert rc == 2 and "not a problem" in err
 
 
@@ -128,8 +142,9 @@ def test_cli_generates_on_local_problems(tmp_path, capsys):
     problems = humaneval.read_problems()
     local = write_jsonl(tmp_path / "problems.jsonl", [problems[t] for t in list(problems)[:2]])
     out = tmp_path / "gen.jsonl"
-    rc, stdout, err = flashbone(capsys, "eval", "--task", "humaneval", "--data", local, "--max-new-tokens", "8",
-                                "--out", out, "--no-progress")
+    rc, stdout, err = flashbone(
+        capsys, "eval", "--task", "humaneval", "--data", local, "--max-new-tokens", "8", "--out", out, "--no-progress"
+    )
     assert rc == 0, err
     assert "pass@1: " in stdout
     recs = [json.loads(x) for x in out.read_text().splitlines()]

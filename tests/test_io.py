@@ -25,8 +25,7 @@ def _trained(variant, model=None, **kw):
 
 
 def _snapshot(model):
-    return ({n: type(m) for n, m in model.named_modules()},
-            {k: v.clone() for k, v in model.state_dict().items()})
+    return ({n: type(m) for n, m in model.named_modules()}, {k: v.clone() for k, v in model.state_dict().items()})
 
 
 def _unchanged(model, snap):
@@ -90,11 +89,22 @@ def test_legacy_peft_bone_folder_loads(init, tmp_path):
     model = llama()
     base = copy.deepcopy(model)
     targets = ["q_proj", "down_proj"]
-    cfg = {"peft_type": "BONE", "r": 8, "init_weights": init, "target_modules": targets,
-           "exclude_modules": None, "layers_to_transform": None, "layers_pattern": None,
-           "bias": "none", "modules_to_save": None, "task_type": "CAUSAL_LM",
-           "base_model_name_or_path": None, "revision": None, "inference_mode": True,
-           "auto_mapping": None}
+    cfg = {
+        "peft_type": "BONE",
+        "r": 8,
+        "init_weights": init,
+        "target_modules": targets,
+        "exclude_modules": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "bias": "none",
+        "modules_to_save": None,
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": None,
+        "revision": None,
+        "inference_mode": True,
+        "auto_mapping": None,
+    }
     g = torch.Generator().manual_seed(0)
     tensors, dense = {}, {}
     for name, mod in model.named_modules():
@@ -129,13 +139,17 @@ def test_modules_to_save_are_saved_and_loaded(tmp_path):
     torch.testing.assert_close(loaded(x).logits, bm(x).logits, rtol=0, atol=0)
     two_labels = roberta_cls(num_labels=2)  # the same body, a head of another shape
     snap = _snapshot(two_labels)
-    with pytest.raises(AdapterFileError, match=r"key 'base_model\.model\.classifier\.out_proj\.bias' "
-                                               r"has shape \(3,\), the model's .* has \(2,\)"):
+    with pytest.raises(
+        AdapterFileError,
+        match=r"key 'base_model\.model\.classifier\.out_proj\.bias' "
+        r"has shape \(3,\), the model's .* has \(2,\)",
+    ):
         load_adapter(two_labels, tmp_path)
     assert _unchanged(two_labels, snap)
 
 
 # -- bad folders: a clear error and the model left as it was ---------------------------------
+
 
 def _saved_folder(tmp_path, variant="bone"):
     bm, base = _trained(variant)
@@ -160,8 +174,11 @@ def test_shapes_from_another_model_name_the_first_bad_key(tmp_path):
     other = llama(intermediate_size=48)  # gate/up (48, 32), down (32, 48)
     snap = _snapshot(other)
     # down_proj (32, 48) takes the same (4, 8, 8) tensor; gate_proj (48, 32) is the first misfit
-    with pytest.raises(AdapterFileError, match=r"key 'base_model\.model\.model\.layers\.0\.mlp\.gate_proj\."
-                                               r"miss_block' has shape \(8, 8, 8\).*\(48, 32\).*needs \(6, 8, 8\)"):
+    with pytest.raises(
+        AdapterFileError,
+        match=r"key 'base_model\.model\.model\.layers\.0\.mlp\.gate_proj\."
+        r"miss_block' has shape \(8, 8, 8\).*\(48, 32\).*needs \(6, 8, 8\)",
+    ):
         load_adapter(other, tmp_path)
     assert _unchanged(other, snap)
 
@@ -174,8 +191,11 @@ def test_module_names_from_another_model(tmp_path):
     tensors["base_model.model.model.layers.7.self_attn.q_proj.miss_block"] = tensors[key].clone()
     save_file(tensors, f)
     snap = _snapshot(base)
-    with pytest.raises(AdapterFileError, match=r"key 'base_model\.model\.model\.layers\.7\.self_attn\.q_proj"
-                                               r"\.miss_block' names module .*LlamaForCausalLM does not have"):
+    with pytest.raises(
+        AdapterFileError,
+        match=r"key 'base_model\.model\.model\.layers\.7\.self_attn\.q_proj"
+        r"\.miss_block' names module .*LlamaForCausalLM does not have",
+    ):
         load_adapter(base, tmp_path)
     assert _unchanged(base, snap)
     tensors.pop("base_model.model.model.layers.7.self_attn.q_proj.miss_block")
@@ -198,7 +218,9 @@ def test_loading_onto_a_bone_model_that_cannot_take_it_changes_nothing(tmp_path)
 def test_only_safetensors_and_json_are_read(tmp_path, monkeypatch):
     base = _saved_folder(tmp_path)
     (tmp_path / "adapter_model.safetensors").rename(tmp_path / "adapter_model.bin")
-    with pytest.raises(AdapterFileError, match=r"no adapter_model\.safetensors.*adapter_model\.bin.*never loads pickle"):
+    with pytest.raises(
+        AdapterFileError, match=r"no adapter_model\.safetensors.*adapter_model\.bin.*never loads pickle"
+    ):
         load_adapter(base, tmp_path)
 
     def refuse(*a, **k):
@@ -211,14 +233,17 @@ def test_only_safetensors_and_json_are_read(tmp_path, monkeypatch):
     assert isinstance(load_adapter(llama(), tmp_path / "ok").model.model.layers[0].mlp.up_proj, BoneLayer)
 
 
-@pytest.mark.parametrize("config,message", [
-    (None, r"has no adapter_config\.json"),
-    ("{not json", r"is not valid JSON"),
-    ('{"peft_type": "LORA", "r": 8}', r"peft_type 'LORA' is not a Bone-family adapter"),
-    ('{"peft_type": "MISS", "r": 8, "init_weights": "odd"}', r"init_weights='odd' is not a MISS variant"),
-    ('{"peft_type": "MISS", "init_weights": true}', r"field 'r' is missing"),
-    ('{"peft_type": "MISS", "r": 0}', r"r must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        (None, r"has no adapter_config\.json"),
+        ("{not json", r"is not valid JSON"),
+        ('{"peft_type": "LORA", "r": 8}', r"peft_type 'LORA' is not a Bone-family adapter"),
+        ('{"peft_type": "MISS", "r": 8, "init_weights": "odd"}', r"init_weights='odd' is not a MISS variant"),
+        ('{"peft_type": "MISS", "init_weights": true}', r"field 'r' is missing"),
+        ('{"peft_type": "MISS", "r": 0}', r"r must be a positive integer"),
+    ],
+)
 def test_bad_config_files(config, message, tmp_path):
     base = _saved_folder(tmp_path)
     if config is None:

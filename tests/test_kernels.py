@@ -33,8 +33,7 @@ def _seed(case) -> int:
 
 
 def _adapter(variant, out, inn, r, dev="cpu", mini_r=None, std=0.02):
-    ad = BlockAdapter(variant, r, out, inn, mini_r or (r if variant == "bone-mini" else None),
-                      device=dev)
+    ad = BlockAdapter(variant, r, out, inn, mini_r or (r if variant == "bone-mini" else None), device=dev)
     with torch.no_grad():
         for p in ad.parameters():
             p.normal_(0, std)
@@ -60,8 +59,13 @@ def test_a_variant_registering_kernels_is_picked_up_everywhere(monkeypatch):
     monkeypatch.setattr(registry, "GPU_PATHS", dict(registry.GPU_PATHS))
     monkeypatch.setitem(_GPU_PATHS, "bat-grouped", None)  # restored (then dropped) by monkeypatch
     ran = []
-    spec = kernels.VariantKernels("bat-grouped", lambda *a: ran.append(a), min_elements_factor=2,
-                                  pads_by_default=True, group=kernels.GroupKind("g", lambda *a: a))
+    spec = kernels.VariantKernels(
+        "bat-grouped",
+        lambda *a: ran.append(a),
+        min_elements_factor=2,
+        pads_by_default=True,
+        group=kernels.GroupKind("g", lambda *a: a),
+    )
     kernels.register(spec)
     assert _GPU_PATHS["bat-grouped"] is registry.GPU_PATHS["bat-grouped"]
     assert "bat-grouped" in kernels.padded_variants()
@@ -69,8 +73,9 @@ def test_a_variant_registering_kernels_is_picked_up_everywhere(monkeypatch):
     x, w = torch.randn(5, inn, dtype=torch.float64), torch.randn(out, inn, dtype=torch.float64)
     call = _adapter("bat-grouped", out, inn, r, mini_r=2).call(torch.float64)
     assert not kernels.supported("bat-grouped", x, w, r)  # CPU: its PyTorch path, not the kernel
-    torch.testing.assert_close(_GPU_PATHS["bat-grouped"](x, w, None, call),
-                               torch_path("bat-grouped")(x, w, None, call), rtol=0, atol=0)
+    torch.testing.assert_close(
+        _GPU_PATHS["bat-grouped"](x, w, None, call), torch_path("bat-grouped")(x, w, None, call), rtol=0, atol=0
+    )
     assert not ran and kernels.layer_group(x, [(w, None, call)] * 2) is None
 
 
@@ -82,13 +87,20 @@ def test_gpu_path_falls_back_to_pytorch_off_cuda(variant):
     ad = _adapter(variant, out, inn, r)
     call = ad.call(torch.float64)
     assert not kernels.supported(variant, x, w, r)
-    torch.testing.assert_close(_GPU_PATHS[variant](x, w, None, call),
-                               torch_path(variant)(x, w, None, call), rtol=0, atol=0)
+    torch.testing.assert_close(
+        _GPU_PATHS[variant](x, w, None, call), torch_path(variant)(x, w, None, call), rtol=0, atol=0
+    )
 
 
 def _tiny_llama(dtype=torch.bfloat16, layers=2):
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=2, vocab_size=50)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=50,
+    )
     cfg._attn_implementation = "sdpa"
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -321,8 +333,7 @@ def _check_layer(variant, t, out, inn, r, dtype, tol=1e-2, pad=False):
     node = y.grad_fn  # adapted_linear views the 2-D result: the kernel's node is next
     assert "Cuda" in type(node).__name__ or "Cuda" in type(node.next_functions[0][0]).__name__
     if pad:  # re-homed with r spare columns (bone: only where out >= in), values untouched
-        assert (padded.view_of(w, r) is not None) == (variant not in ("bone", "bone-mini")
-                                                      or out >= inn)
+        assert (padded.view_of(w, r) is not None) == (variant not in ("bone", "bone-mini") or out >= inn)
         assert torch.equal(w, w0)
     y.backward(dy)
     assert torch.equal(w, w0)
@@ -331,8 +342,7 @@ def _check_layer(variant, t, out, inn, r, dtype, tol=1e-2, pad=False):
     x32 = x.detach().float().requires_grad_()
     ps = {n: p.detach().clone().requires_grad_() for n, p in ad.tensors().items()}
     with use_backend("reference"):
-        ref = adapted_linear(x32, w.float(), bias.float(),
-                             [AdapterCall(variant, r, ps, None, ad.mini_r)])
+        ref = adapted_linear(x32, w.float(), bias.float(), [AdapterCall(variant, r, ps, None, ad.mini_r)])
     ref.backward(dy.float())
     want = [ref, x32.grad] + [p.grad for p in ps.values()]
     for name, g, wv in zip(["y", "dx", *ps], got, want):
@@ -341,12 +351,19 @@ def _check_layer(variant, t, out, inn, r, dtype, tol=1e-2, pad=False):
 
 
 CASES = [  # (variant, T, out, in, r): T not a multiple of the tiles, GQA-like out < in
-    ("bone", 1000, 384, 256, 64), ("bone", 333, 128, 200, 64), ("bone-mini", 300, 256, 256, 32),
-    ("bat", 1000, 384, 256, 64), ("bat", 300, 128, 512, 32), ("bat-hadamard", 300, 256, 128, 64),
-    ("bat-row", 1000, 384, 256, 64), ("bat-row", 300, 128, 512, 16), ("bone-ab", 1000, 256, 384, 64),
+    ("bone", 1000, 384, 256, 64),
+    ("bone", 333, 128, 200, 64),
+    ("bone-mini", 300, 256, 256, 32),
+    ("bat", 1000, 384, 256, 64),
+    ("bat", 300, 128, 512, 32),
+    ("bat-hadamard", 300, 256, 128, 64),
+    ("bat-row", 1000, 384, 256, 64),
+    ("bat-row", 300, 128, 512, 16),
+    ("bone-ab", 1000, 256, 384, 64),
     ("bone-ab", 257, 128, 256, 128),
     # enough rows for the row-parallel block sum (bone fwd, bat-row bwd), in % r != 0
-    ("bone", 2500, 256, 320, 64), ("bat-row", 2500, 256, 256, 32),
+    ("bone", 2500, 256, 320, 64),
+    ("bat-row", 2500, 256, 256, 32),
 ]
 
 
@@ -360,17 +377,21 @@ def test_kernels_match_dense_reference(case, dtype):
 
 
 PADDED_CASES = [  # the variants that use W_ext = [W | X]; out >= in builds [x | x P] for bone
-    ("bone", 1000, 384, 256, 64), ("bone", 333, 128, 200, 64), ("bone", 2500, 256, 320, 64),
-    ("bone-mini", 300, 256, 256, 32), ("bone", 777, 256, 256, 128),
-    ("bat-row", 1000, 384, 256, 64), ("bat-row", 300, 128, 512, 16),
-    ("bone-ab", 1000, 256, 384, 64), ("bone-ab", 257, 128, 256, 128),
+    ("bone", 1000, 384, 256, 64),
+    ("bone", 333, 128, 200, 64),
+    ("bone", 2500, 256, 320, 64),
+    ("bone-mini", 300, 256, 256, 32),
+    ("bone", 777, 256, 256, 128),
+    ("bat-row", 1000, 384, 256, 64),
+    ("bat-row", 300, 128, 512, 16),
+    ("bone-ab", 1000, 256, 384, 64),
+    ("bone-ab", 257, 128, 256, 128),
 ]
 
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("case", PADDED_CASES,
-                         ids=lambda c: f"{c[0]}-T{c[1]}-{c[2]}x{c[3]}-r{c[4]}")
+@pytest.mark.parametrize("case", PADDED_CASES, ids=lambda c: f"{c[0]}-T{c[1]}-{c[2]}x{c[3]}-r{c[4]}")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_padded_weight_kernels_match_dense_reference(case, dtype, monkeypatch):
     monkeypatch.setattr(SETTINGS, "padded", ("bone", "bone-mini", "bat-row", "bone-ab"))
@@ -429,8 +450,7 @@ def test_tiny_llama_on_kernels_matches_pytorch_path(variant):
     for backend in ("auto", "torch"):
         torch.manual_seed(0)
         m = _tiny_llama(torch.bfloat16, layers=2).cuda()
-        cfg = BoneConfig(variant=variant, r=16, mini_r=16 if variant == "bone-mini" else None,
-                         init="random")
+        cfg = BoneConfig(variant=variant, r=16, mini_r=16 if variant == "bone-mini" else None, init="random")
         bm = get_bone_model(m, cfg)
         ids = torch.randint(0, 50, (2, 64), device="cuda")
         with use_backend(backend):
@@ -466,8 +486,7 @@ def test_sibling_groups_match_the_pytorch_path(variant, checkpointing):
         if checkpointing:
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.train()
-        cfg = BoneConfig(variant=variant, r=16, mini_r=16 if variant == "bone-mini" else None,
-                         init="random")
+        cfg = BoneConfig(variant=variant, r=16, mini_r=16 if variant == "bone-mini" else None, init="random")
         bm = get_bone_model(m, cfg)
         params = [p for p in bm.parameters() if p.requires_grad]
         ids = torch.randint(0, 50, (2, 64), device="cuda")
@@ -499,15 +518,13 @@ def test_padded_kernels_see_every_optimizer_step(variant):
     from flashbone.layer import BoneLayer
 
     torch.manual_seed(0)
-    bm = get_bone_model(_tiny_llama(torch.bfloat16, layers=2).cuda(),
-                        BoneConfig(variant=variant, r=16, init="random"))
+    bm = get_bone_model(_tiny_llama(torch.bfloat16, layers=2).cuda(), BoneConfig(variant=variant, r=16, init="random"))
     opt = torch.optim.AdamW([p for p in bm.parameters() if p.requires_grad], lr=1e-2, fused=True)
     ids = torch.randint(0, 50, (2, 64), device="cuda")
     layers = [m for m in bm.modules() if isinstance(m, BoneLayer)]
     for step in range(3):
         seen = []
-        hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].detach(), o.detach())))
-                 for m in layers]
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].detach(), o.detach()))) for m in layers]
         loss = bm(input_ids=ids, labels=ids).loss
         for h in hooks:
             h.remove()
@@ -572,6 +589,12 @@ def test_gpu_paths_find_their_autograd_functions():
     pytest.importorskip("triton")
     from flashbone.kernels import functions
 
-    for name in ("BoneCuda", "BonePaddedCuda", "RowAffineCuda", "WeightSpaceCuda", "has_extended_input",
-                 "shared_extended_input"):
+    for name in (
+        "BoneCuda",
+        "BonePaddedCuda",
+        "RowAffineCuda",
+        "WeightSpaceCuda",
+        "has_extended_input",
+        "shared_extended_input",
+    ):
         assert callable(getattr(functions, name)), name

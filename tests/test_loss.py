@@ -24,8 +24,9 @@ def _plain_and_chunked(model, batch, chunk):
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     model.zero_grad()
     logits = model(**inputs, use_cache=False).logits
-    ref = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                                            ignore_index=-100, reduction="sum")
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
+    )
     ref.backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()

@@ -28,19 +28,22 @@ def adapted(bm):
 
 
 def layer_names(n_layers, kinds):
-    mod = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
-           "o_proj": "self_attn"}
+    mod = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn"}
     return sorted(f"model.layers.{i}.{mod.get(k, 'mlp')}.{k}" for i in range(n_layers) for k in kinds)
 
 
 # -- which modules ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("targets,layers,expected_kinds,expected_layers", [
-    (["q_proj", "v_proj"], None, ["q_proj", "v_proj"], 2),
-    (r".*\.mlp\.(gate|up|down)_proj", None, ["gate_proj", "up_proj", "down_proj"], 2),
-    ("all-linear", None, PROJ, 2),
-    ("all-linear", [1], PROJ, 1),
-])
+
+@pytest.mark.parametrize(
+    "targets,layers,expected_kinds,expected_layers",
+    [
+        (["q_proj", "v_proj"], None, ["q_proj", "v_proj"], 2),
+        (r".*\.mlp\.(gate|up|down)_proj", None, ["gate_proj", "up_proj", "down_proj"], 2),
+        ("all-linear", None, PROJ, 2),
+        ("all-linear", [1], PROJ, 1),
+    ],
+)
 def test_targets(targets, layers, expected_kinds, expected_layers):
     bm = get_bone_model(llama(), BoneConfig(r=8, target_modules=targets, layers_to_transform=layers))
     expected = layer_names(2, expected_kinds)
@@ -73,8 +76,15 @@ def test_everything_else_frozen_and_report_counts():
     trainable = {n for n, p in bm.model.named_parameters() if p.requires_grad}
     assert trainable == set(get_adapter_params(bm.model))
     assert all(n.endswith(".adapters.default.B") for n in trainable) and len(trainable) == 14
-    shapes = {"q_proj": (32, 32), "k_proj": (16, 32), "v_proj": (16, 32), "o_proj": (32, 32),
-              "gate_proj": (64, 32), "up_proj": (64, 32), "down_proj": (32, 64)}
+    shapes = {
+        "q_proj": (32, 32),
+        "k_proj": (16, 32),
+        "v_proj": (16, 32),
+        "o_proj": (32, 32),
+        "gate_proj": (64, 32),
+        "up_proj": (64, 32),
+        "down_proj": (32, 64),
+    }
     expect = 2 * sum(num_params("bat-row", o, i, 8) for o, i in shapes.values())
     report = bm.trainable_report()
     assert (report.adapter, report.modules_to_save) == (expect, 0)
@@ -96,10 +106,13 @@ def test_starts_equal_to_base_then_trains():
 
 # -- all or nothing ------------------------------------------------------------------------
 
+
 def _snapshot(model):
-    return ({n: m for n, m in model.named_modules()},
-            {n: p.requires_grad for n, p in model.named_parameters()},
-            {k: v.clone() for k, v in model.state_dict().items()})
+    return (
+        {n: m for n, m in model.named_modules()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        {k: v.clone() for k, v in model.state_dict().items()},
+    )
 
 
 def test_failed_injection_leaves_model_unchanged():
@@ -129,6 +142,7 @@ def test_failed_second_adapter_leaves_first_untouched():
 
 
 # -- several adapters ------------------------------------------------------------------------
+
 
 def test_add_set_disable_delete():
     model = llama()
@@ -189,13 +203,13 @@ def test_mixed_variants_on_one_layer_match_dense_reference(order):
 
 # -- modules_to_save --------------------------------------------------------------------
 
+
 def test_modules_to_save_trains_a_copy_per_adapter():
     model = roberta_cls()
     x = tokens()
     base_logits = model(x).logits
     head_before = {k: v.clone() for k, v in model.classifier.state_dict().items()}
-    bm = get_bone_model(model, BoneConfig(r=8, target_modules=["query", "value"],
-                                          modules_to_save=["classifier"]))
+    bm = get_bone_model(model, BoneConfig(r=8, target_modules=["query", "value"], modules_to_save=["classifier"]))
     assert isinstance(bm.model.classifier, SavedModule)
     saved = bm.model.classifier
     assert all(p.requires_grad for p in saved.copies["default"].parameters())
@@ -237,6 +251,7 @@ def test_unload_gives_back_the_original_head():
 
 
 # -- dtypes ---------------------------------------------------------------------------------
+
 
 class _GemmDtypes(TorchDispatchMode):
     """The dtypes of the operands of every matrix product (forward and backward)."""

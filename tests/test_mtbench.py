@@ -14,8 +14,7 @@ from flashbone import mtbench
 
 QUESTIONS = [
     {"question_id": 81, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it about snow."]},
-    {"question_id": 111, "category": "math", "turns": ["What is 3 + 4?", "And times 2?"],
-     "reference": ["7", "14"]},
+    {"question_id": 111, "category": "math", "turns": ["What is 3 + 4?", "And times 2?"], "reference": ["7", "14"]},
 ]
 
 
@@ -37,8 +36,11 @@ class Judge:
                 judge.requests.append(body)
                 judge.headers.append(dict(self.headers))
                 second = "second" in body["messages"][0]["content"]
-                reply = {"choices": [{"message": {"role": "assistant",
-                                                  "content": f"Fine. Rating: [[{6 if second else 8}]]"}}]}
+                reply = {
+                    "choices": [
+                        {"message": {"role": "assistant", "content": f"Fine. Rating: [[{6 if second else 8}]]"}}
+                    ]
+                }
                 data = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -83,16 +85,33 @@ def test_judge_prompts_follow_fastchat():
     reqs = mtbench.judge_requests(QUESTIONS[0], mtbench.answer_record(81, "m", ["a", "b"]))
     assert [r.prompt_name for r in reqs] == ["single-v1", "single-v1-multi-turn"]
     assert reqs[0].system == "You are a helpful assistant." and reqs[0].user.endswith(
-        "[The Start of Assistant's Answer]\na\n[The End of Assistant's Answer]")
+        "[The Start of Assistant's Answer]\na\n[The End of Assistant's Answer]"
+    )
 
 
 def test_generate_answers_and_judge(tmp_path, capsys, judge, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     questions = write_jsonl(tmp_path / "question.jsonl", QUESTIONS)
     out = tmp_path / "mt"
-    rc, stdout, err = flashbone(capsys, "eval", "--task", "mt-bench", "--data", questions, "--out", out,
-                                "--max-new-tokens", "8", "--judge-url", judge.url, "--judge-model", "gpt-4o",
-                                "--model-id", "tiny-bone", "--no-progress")
+    rc, stdout, err = flashbone(
+        capsys,
+        "eval",
+        "--task",
+        "mt-bench",
+        "--data",
+        questions,
+        "--out",
+        out,
+        "--max-new-tokens",
+        "8",
+        "--judge-url",
+        judge.url,
+        "--judge-model",
+        "gpt-4o",
+        "--model-id",
+        "tiny-bone",
+        "--no-progress",
+    )
     assert rc == 0, err
     answers = [json.loads(x) for x in (out / "model_answer" / "tiny-bone.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [81, 111]
@@ -103,27 +122,61 @@ def test_generate_answers_and_judge(tmp_path, capsys, judge, monkeypatch):
     assert {r["model"] for r in judge.requests} == {"gpt-4o"} and {r["temperature"] for r in judge.requests} == {0}
     assert all(h["Authorization"] == "Bearer sk-test" for h in judge.headers)
     judgments = [json.loads(x) for x in (out / "model_judgment" / "gpt-4o_single.jsonl").read_text().splitlines()]
-    assert [(j["question_id"], j["turn"], j["score"]) for j in judgments] == [(81, 1, 8.0), (81, 2, 6.0),
-                                                                              (111, 1, 8.0), (111, 2, 6.0)]
+    assert [(j["question_id"], j["turn"], j["score"]) for j in judgments] == [
+        (81, 1, 8.0),
+        (81, 2, 6.0),
+        (111, 1, 8.0),
+        (111, 2, 6.0),
+    ]
     assert judgments[2]["judge"] == ["gpt-4o", "single-math-v1"]
     assert "score: 7.0000" in stdout and "turn 1 score: 8.0000" in stdout
 
 
 def test_offline_and_given_answers(tmp_path, capsys, judge):
     questions = write_jsonl(tmp_path / "question.jsonl", QUESTIONS)
-    answers = write_jsonl(tmp_path / "answers.jsonl", [mtbench.answer_record(q["question_id"], "given", ["x", "y"])
-                                                       for q in QUESTIONS])
-    rc, stdout, err = flashbone(capsys, "eval", "--task", "mt-bench", "--data", questions, "--samples", answers,
-                                "--out", tmp_path / "mt")
+    answers = write_jsonl(
+        tmp_path / "answers.jsonl", [mtbench.answer_record(q["question_id"], "given", ["x", "y"]) for q in QUESTIONS]
+    )
+    rc, stdout, err = flashbone(
+        capsys, "eval", "--task", "mt-bench", "--data", questions, "--samples", answers, "--out", tmp_path / "mt"
+    )
     assert rc == 0, err
     assert "judge: not run" in stdout and "--judge-url URL --judge-model NAME" in stdout and judge.requests == []
-    rc, stdout, err = flashbone(capsys, "eval", "--task", "mt-bench", "--data", questions, "--samples", answers,
-                                "--out", tmp_path / "mt", "--judge-url", judge.url, "--judge-model", "j")
+    rc, stdout, err = flashbone(
+        capsys,
+        "eval",
+        "--task",
+        "mt-bench",
+        "--data",
+        questions,
+        "--samples",
+        answers,
+        "--out",
+        tmp_path / "mt",
+        "--judge-url",
+        judge.url,
+        "--judge-model",
+        "j",
+    )
     assert rc == 0 and "score: 7.0000" in stdout and len(judge.requests) == 4
-    rc, _, err = flashbone(capsys, "eval", "--task", "mt-bench", "--data", questions, "--samples", answers,
-                           "--out", tmp_path / "mt", "--judge-url", judge.url.replace("/v1", "/nope"),
-                           "--judge-model", "j")
+    rc, _, err = flashbone(
+        capsys,
+        "eval",
+        "--task",
+        "mt-bench",
+        "--data",
+        questions,
+        "--samples",
+        answers,
+        "--out",
+        tmp_path / "mt",
+        "--judge-url",
+        judge.url.replace("/v1", "/nope"),
+        "--judge-model",
+        "j",
+    )
     assert rc == 2 and "HTTP 404" in err and "Traceback" not in err and len(judge.requests) == 4
-    rc, _, err = flashbone(capsys, "eval", "--task", "mt-bench", "--data", questions, "--out", tmp_path / "mt",
-                           "--judge-url", judge.url)
+    rc, _, err = flashbone(
+        capsys, "eval", "--task", "mt-bench", "--data", questions, "--out", tmp_path / "mt", "--judge-url", judge.url
+    )
     assert rc == 2 and "go together" in err

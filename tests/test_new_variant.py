@@ -32,10 +32,12 @@ def low_rank_delta(w, params, r):
     return params["U"] @ params["V"]
 
 
-COLUMN_SCALE = Variant("column-scale", lambda o, i, r, m: {"D": (i,)}, column_scale_delta,
-                       column_scale_undo, False, None, "a test variant")
-LOW_RANK = Variant("low-rank", lambda o, i, r, m: {"U": (o, r), "V": (r, i)}, low_rank_delta,
-                   None, False, None, "a test variant")
+COLUMN_SCALE = Variant(
+    "column-scale", lambda o, i, r, m: {"D": (i,)}, column_scale_delta, column_scale_undo, False, None, "a test variant"
+)
+LOW_RANK = Variant(
+    "low-rank", lambda o, i, r, m: {"U": (o, r), "V": (r, i)}, low_rank_delta, None, False, None, "a test variant"
+)
 
 
 @pytest.fixture
@@ -85,8 +87,13 @@ def test_dense_only_variant_on_the_kernel_side_and_a_quantized_base(variant, reg
     assert variant not in kernels.padded_variants()
     assert not kernels.supported(variant, x.half(), w.half(), 16)
     assert kernels.layer_group(x, [(w, None, call), (w, None, call)]) is None
-    for calls in ([call], [ad.call(torch.float64), BlockAdapter("bone", r, out, inn, init="random",
-                                                                 dtype=torch.float64).call(torch.float64)]):
+    for calls in (
+        [call],
+        [
+            ad.call(torch.float64),
+            BlockAdapter("bone", r, out, inn, init="random", dtype=torch.float64).call(torch.float64),
+        ],
+    ):
         xs = x.clone().requires_grad_()
         got = quantized_linear(xs, lambda t: t @ w.t(), lambda: w, None, out, calls, torch.float64)
         with use_backend("reference"):
@@ -104,7 +111,8 @@ def test_recipe_variant_trains_saves_loads_and_merges(registered, tmp_path):
     base = copy.deepcopy(model)
     bm = get_bone_model(model, BoneConfig(variant="column-scale", r=8))
     assert bm.trainable_report().adapter == sum(
-        num_params("column-scale", *layer.base_layer.weight.shape, 8) for _, layer in bm.bone_layers())
+        num_params("column-scale", *layer.base_layer.weight.shape, 8) for _, layer in bm.bone_layers()
+    )
     ids = tokens()
     opt = torch.optim.AdamW([p for p in bm.parameters() if p.requires_grad], lr=1e-2)
     bm.train()
@@ -142,8 +150,8 @@ def test_bat_grouped_pins_the_block_order_and_inverts():
     for a in range(out // r):
         for c in range(inn // r):
             k = (a * (inn // r) + c) % g
-            blk = w[a * r:(a + 1) * r, c * r:(c + 1) * r]
-            torch.testing.assert_close(d[a * r:(a + 1) * r, c * r:(c + 1) * r], blk @ b[k] + b[k])
+            blk = w[a * r : (a + 1) * r, c * r : (c + 1) * r]
+            torch.testing.assert_close(d[a * r : (a + 1) * r, c * r : (c + 1) * r], blk @ b[k] + b[k])
     small = {"B": 0.1 * b}  # I + B invertible
     torch.testing.assert_close(bat_grouped_undo(w + bat_grouped_delta(w, small, r), small, r), w)
 
@@ -153,12 +161,15 @@ def test_bat_grouped_parameter_count():
     from test_param_counts import adapter_count, llama2_7b
 
     assert num_params("bat-grouped", 4096, 11008, 64, 64) == 64 * 64 * 64
-    assert adapter_count(llama2_7b(), variant="bat-grouped", r=64, mini_r=64) == 7 * 32 * 64 ** 3
+    assert adapter_count(llama2_7b(), variant="bat-grouped", r=64, mini_r=64) == 7 * 32 * 64**3
 
 
 def test_bat_grouped_needs_g_to_divide_the_block_count():
-    with pytest.raises(BoneShapeError, match=r"q_proj: bat-grouped needs mini_r \(g\) to divide the layer's 16 blocks of 8 x 8 \(weight "
-                       r"shape \(32, 32\)\), but mini_r=3 does not; g values near it that divide 16: \[1, 2, 4, 8\]"):
+    with pytest.raises(
+        BoneShapeError,
+        match=r"q_proj: bat-grouped needs mini_r \(g\) to divide the layer's 16 blocks of 8 x 8 \(weight "
+        r"shape \(32, 32\)\), but mini_r=3 does not; g values near it that divide 16: \[1, 2, 4, 8\]",
+    ):
         get_bone_model(llama(), BoneConfig(variant="bat-grouped", r=8, mini_r=3))
 
 

@@ -114,12 +114,11 @@ def test_bat_delta_pins_block_convention():
     eye = torch.eye(r, dtype=torch.float64)
     for a in range(out // r):
         for bb in range(inn // r):
-            blk = w[a * r:(a + 1) * r, bb * r:(bb + 1) * r]
-            torch.testing.assert_close(d[a * r:(a + 1) * r, bb * r:(bb + 1) * r], (blk + eye) @ b[a])
+            blk = w[a * r : (a + 1) * r, bb * r : (bb + 1) * r]
+            torch.testing.assert_close(d[a * r : (a + 1) * r, bb * r : (bb + 1) * r], (blk + eye) @ b[a])
 
 
 # -- memory behaviour: what the fast paths build and what they keep for backward -----------
-
 
 
 class _Sizes(TorchDispatchMode):
@@ -132,8 +131,11 @@ class _Sizes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves(
-            (args, kwargs)) if isinstance(a, torch.Tensor)}
+        inputs = {
+            a.untyped_storage().data_ptr()
+            for a in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(a, torch.Tensor)
+        }
         for t in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self.numels.append(t.numel())
@@ -196,7 +198,6 @@ def test_weight_space_path_does_not_keep_w_prime(variant):
 
 
 # -- the layer-level path: BoneLayer over nn.Linear and GPT-2 Conv1D ---------------------
-
 
 
 def _layer(kind, variant, out, inn, r, mini_r=None, names=("a",)):

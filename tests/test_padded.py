@@ -62,13 +62,24 @@ def test_extended_leaves_cpu_weights_and_switched_off_alone(monkeypatch):
     assert registry.extended_weight(w, call("bat-row")) is None
 
 
-@pytest.mark.parametrize("env,want", [("0", ()), ("1", ("bone", "bone-mini", "bat-row", "bone-ab")),
-                                      ("", ("bone", "bone-mini", "bat-row", "bone-ab")),
-                                      ("bat-row, bone-ab", ("bat-row", "bone-ab"))])
+@pytest.mark.parametrize(
+    "env,want",
+    [
+        ("0", ()),
+        ("1", ("bone", "bone-mini", "bat-row", "bone-ab")),
+        ("", ("bone", "bone-mini", "bat-row", "bone-ab")),
+        ("bat-row, bone-ab", ("bat-row", "bone-ab")),
+    ],
+)
 def test_the_env_switch_names_the_padded_variants(env, want):
     code = "from flashbone import kernels; print(','.join(kernels.padded_variants()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "FLASHBONE_PADDED": env}).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "FLASHBONE_PADDED": env},
+    ).stdout.strip()
     assert tuple(v for v in out.split(",") if v) == want
 
 
@@ -116,4 +127,3 @@ def test_compact_restores_contiguous_storage_in_place():
     assert padded.compact_(m) == 1
     assert m.weight is p and p.is_contiguous() and torch.equal(p, before)
     assert padded.compact_(m) == 0
-

@@ -15,15 +15,27 @@ PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pr
 
 
 def llama2_7b():
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+    cfg = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    )
     with torch.device("meta"):
         return LlamaForCausalLM(cfg)
 
 
 def mistral_7b():
-    cfg = MistralConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                        num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
+    cfg = MistralConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+    )
     with torch.device("meta"):
         return MistralForCausalLM(cfg)
 
@@ -35,12 +47,15 @@ def adapter_count(model, **kw):
     return report.adapter
 
 
-@pytest.mark.parametrize("make,kw,expected", [
-    (llama2_7b, dict(variant="bone", r=64), 87_031_808),
-    (llama2_7b, dict(variant="bat", r=64), 87_031_808),
-    (llama2_7b, dict(variant="bat-row", r=64), 72_876_032),
-    (mistral_7b, dict(variant="bone", r=64), 88_080_384),
-])
+@pytest.mark.parametrize(
+    "make,kw,expected",
+    [
+        (llama2_7b, dict(variant="bone", r=64), 87_031_808),
+        (llama2_7b, dict(variant="bat", r=64), 87_031_808),
+        (llama2_7b, dict(variant="bat-row", r=64), 72_876_032),
+        (mistral_7b, dict(variant="bone", r=64), 88_080_384),
+    ],
+)
 def test_exact_counts(make, kw, expected):
     assert adapter_count(make(), **kw) == expected
 

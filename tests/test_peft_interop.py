@@ -39,9 +39,13 @@ def test_ours_loads_in_peft(variant, kw, tmp_path):
 def test_peft_folder_loads_here(variant, kw, tmp_path):
     model = llama()
     base = copy.deepcopy(model)
-    cfg = MissConfig(r=kw["r"], mini_r=kw.get("mini_r", 1), init_weights=PEFT_INIT[variant],
-                     miss_dropout=0.1,  # PEFT ignores it for bat; used in training only
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+    cfg = MissConfig(
+        r=kw["r"],
+        mini_r=kw.get("mini_r", 1),
+        init_weights=PEFT_INIT[variant],
+        miss_dropout=0.1,  # PEFT ignores it for bat; used in training only
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+    )
     pm = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -75,8 +79,9 @@ def test_classifier_head_both_ways(tmp_path):
     """RoBERTa classification: the head travels as modules_to_save in PEFT's key names."""
     model = roberta_cls()
     base, base2, base3 = (copy.deepcopy(model) for _ in range(3))
-    bm = get_bone_model(model, BoneConfig(r=8, target_modules=["query", "value"],
-                                          modules_to_save=["classifier"], task_type="SEQ_CLS"))
+    bm = get_bone_model(
+        model, BoneConfig(r=8, target_modules=["query", "value"], modules_to_save=["classifier"], task_type="SEQ_CLS")
+    )
     randomize_adapters(bm)
     with torch.no_grad():
         bm.model.classifier.copies["default"].dense.bias.add_(0.3)
@@ -95,7 +100,6 @@ def test_classifier_head_both_ways(tmp_path):
     ours = load_adapter(base3, tmp_path / "peft")
     assert ours.configs["default"].modules_to_save == ["classifier"]
     torch.testing.assert_close(ours(x).logits, _peft_logits(pm2, x), rtol=1e-5, atol=1e-5)
-
 
 
 @pytest.mark.parametrize("variant", ["bone", "bat"])
@@ -134,8 +138,9 @@ def test_a_flashbone_folder_in_a_peft_tool_has_a_written_way_out(tmp_path, capsy
     readme = (tmp_path / "a" / "README.md").read_text()
     assert "KeyError: 'FLASHBONE'" in readme and "bat-row" in readme
     assert "flashbone merge --base flashbone-tiny --adapter THIS_FOLDER --out MERGED" in readme
-    rc, _, err = flashbone(capsys, "merge", "--base", "flashbone-tiny", "--adapter", tmp_path / "a",
-                           "--out", tmp_path / "merged")
+    rc, _, err = flashbone(
+        capsys, "merge", "--base", "flashbone-tiny", "--adapter", tmp_path / "a", "--out", tmp_path / "merged"
+    )
     assert rc == 0, err
     x = tokens()
     merged = load_model(str(tmp_path / "merged"))

@@ -54,7 +54,9 @@ def test_variant_on_quantized_base(variant, mode, llama_folder):
     losses = []
     for _ in range(4):
         opt.zero_grad()
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape) if t.is_floating_point() else None) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(tuple(t.shape) if t.is_floating_point() else None) or t, lambda t: t
+        ):
             loss = bm(x, labels=x).loss
         loss.backward()
         opt.step()
@@ -93,8 +95,9 @@ def test_cli_quantize_train_then_merge(tmp_path, capsys):
     rc, stdout, err = train(capsys, out, "--quantize", "4bit", "--method", "bat", "--r", "16")
     assert rc == 0, err
     assert "4bit base (bitsandbytes), gradient checkpointing" in stdout
-    rc, stdout, err = flashbone(capsys, "merge", "--adapter", out / "adapter", "--out", tmp_path / "m",
-                                "--quantize", "4bit")
+    rc, stdout, err = flashbone(
+        capsys, "merge", "--adapter", out / "adapter", "--out", tmp_path / "m", "--quantize", "4bit"
+    )
     assert rc == 0, err
     assert "dequantised" in stdout and "full-precision" in stdout
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")

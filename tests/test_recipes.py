@@ -20,9 +20,11 @@ from flashbone.commands import train as train_cmd
 KINDS = ("math", "code", "chat", "rank", "glue")
 RECIPES = sorted(p for k in KINDS for p in (Path(__file__).resolve().parents[1] / "recipes" / k).glob("*.yaml"))
 # the columns each hub dataset the recipes name really has (their documented layouts)
-HUB_COLUMNS = {"meta-math/MetaMathQA": ("query", "response"),
-               "m-a-p/CodeFeedback-Filtered-Instruction": ("query", "answer"),
-               "WizardLMTeam/WizardLM_evol_instruct_70k": ("instruction", "output")}
+HUB_COLUMNS = {
+    "meta-math/MetaMathQA": ("query", "response"),
+    "m-a-p/CodeFeedback-Filtered-Instruction": ("query", "answer"),
+    "WizardLMTeam/WizardLM_evol_instruct_70k": ("instruction", "output"),
+}
 MODELS = {"meta-llama/Llama-2-7b-hf", "mistralai/Mistral-7B-v0.1", "FacebookAI/roberta-base"}
 
 
@@ -53,12 +55,32 @@ def stand_ins():
 
     vocab = len(loading.load_tokenizer(None))  # the built-in tokenizer's, which the stand-ins are run with
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256,
-                                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
-                                         max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=0))
-    roberta = RobertaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                            intermediate_size=128, max_position_embeddings=80, type_vocab_size=1,
-                            pad_token_id=1, bos_token_id=0, eos_token_id=0)
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
+    roberta = RobertaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=80,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return llama, roberta
 
 
@@ -67,12 +89,14 @@ def _rows(source: str, **_) -> datasets.Dataset:
         raise AssertionError("GLUE goes through resolve_source")
     assert source in HUB_COLUMNS, f"a recipe names unknown data {source!r}"
     q, r = HUB_COLUMNS[source]
-    return datasets.Dataset.from_list([{q: f"What is {i} + {i}?", r: f"{i} + {i} = {2 * i}\nThe answer is: {2 * i}"}
-                                       for i in range(8)])
+    return datasets.Dataset.from_list(
+        [{q: f"What is {i} + {i}?", r: f"{i} + {i} = {2 * i}\nThe answer is: {2 * i}"} for i in range(8)]
+    )
 
 
-@pytest.mark.parametrize("recipe", [p for p in RECIPES if "/glue/" not in str(p)],
-                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "recipe", [p for p in RECIPES if "/glue/" not in str(p)], ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
 def test_causal_recipe_builds(recipe, tmp_path, monkeypatch, stand_ins):
     llama, _ = stand_ins
     monkeypatch.setattr(loading, "load_tokenizer", lambda name, **kw: _TOKENIZER)
@@ -100,12 +124,14 @@ def test_glue_seeds_differ_only_in_seed_and_out():
             a = yaml.safe_load(p.read_text())
             b = yaml.safe_load(p.with_name(p.name[: -len("seed1.yaml")] + "seed0.yaml").read_text())
             assert a["seed"] == int(p.stem[-1]) and b["seed"] == 0
-            assert {k: v for k, v in a.items() if k not in ("seed", "out")} == \
-                   {k: v for k, v in b.items() if k not in ("seed", "out")}
+            assert {k: v for k, v in a.items() if k not in ("seed", "out")} == {
+                k: v for k, v in b.items() if k not in ("seed", "out")
+            }
 
 
-@pytest.mark.parametrize("recipe", [p for p in RECIPES if "/glue/" in str(p) and p.stem.endswith("seed0")],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "recipe", [p for p in RECIPES if "/glue/" in str(p) and p.stem.endswith("seed0")], ids=lambda p: p.stem
+)
 def test_glue_recipe_builds(recipe, tmp_path, monkeypatch, stand_ins, capsys):
     """The whole `flashbone train --config` run, its training loop replaced by a check of the
     settings it was given (the model and GLUE data replaced by tiny stand-ins)."""
@@ -126,8 +152,17 @@ def test_glue_recipe_builds(recipe, tmp_path, monkeypatch, stand_ins, capsys):
 
     def rows(source, split="train", subset=None, **_):
         assert (source, subset) == ("nyu-mll/glue", task.name) and split in ("train", task.dev_split)
-        return datasets.Dataset.from_list([{task.text: f"text {i}", **({task.pair: "pair"} if task.pair else {}),
-                                            "label": i % task.num_labels, "idx": i} for i in range(6)])
+        return datasets.Dataset.from_list(
+            [
+                {
+                    task.text: f"text {i}",
+                    **({task.pair: "pair"} if task.pair else {}),
+                    "label": i % task.num_labels,
+                    "idx": i,
+                }
+                for i in range(6)
+            ]
+        )
 
     def fake_train(model, train_rows, pad_id, settings, out_dir):
         seen["settings"] = settings
@@ -143,6 +178,12 @@ def test_glue_recipe_builds(recipe, tmp_path, monkeypatch, stand_ins, capsys):
     assert rc == 0, err
     s = seen["settings"]
     assert (s.lr, s.batch_size, s.epochs, s.seed, s.warmup_ratio, s.weight_decay) == (
-        spec["lr"], spec["batch-size"], spec["epochs"], spec["seed"], 0.06, 0.1)
+        spec["lr"],
+        spec["batch-size"],
+        spec["epochs"],
+        spec["seed"],
+        0.06,
+        0.1,
+    )
     assert f"{spec['method']} r={spec['r']} on query,value + head classifier" in out
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()

@@ -14,22 +14,23 @@ import torch
 from cli_helpers import flashbone, write_jsonl
 from transformers import AutoModelForCausalLM
 
-from flashbone import (
-    BoneConfig,
-    BoneLayer,
-    get_bone_model,
-    load_adapter,
-    loading,
-    rwkv6,
-)
+from flashbone import BoneConfig, BoneLayer, get_bone_model, load_adapter, loading, rwkv6
 from flashbone.baselines import parse_targets
 from flashbone.errors import TargetError
 from flashbone.loading import ModelLoadError
 
 ref.register()  # model_type rwkv6 -> the reference, unless fla registered its own (GPU machines)
 
-EIGHT = ["attn.r_proj.linear", "attn.k_proj.linear", "attn.v_proj.linear", "attn.g_proj.linear",
-         "attn.o_proj", "ffn.key.linear", "ffn.value", "ffn.receptance.linear"]
+EIGHT = [
+    "attn.r_proj.linear",
+    "attn.k_proj.linear",
+    "attn.v_proj.linear",
+    "attn.g_proj.linear",
+    "attn.o_proj",
+    "ffn.key.linear",
+    "ffn.value",
+    "ffn.receptance.linear",
+]
 
 
 def _leaf_names(bm):
@@ -39,10 +40,11 @@ def _leaf_names(bm):
 def test_paper_names_map_to_fla_modules():
     m = ref.tiny()
     assert parse_targets(None, m) == EIGHT  # RWKV-PEFT's parts {"att", "ffn"}: all eight
-    assert parse_targets("att.receptance,att.key,att.value,att.gate,att.output,ffn.key,ffn.value,ffn.receptance",
-                         m) == EIGHT
-    assert parse_targets("key,value", m) == ["attn.k_proj.linear", "ffn.key.linear", "attn.v_proj.linear",
-                                             "ffn.value"]
+    assert (
+        parse_targets("att.receptance,att.key,att.value,att.gate,att.output,ffn.key,ffn.value,ffn.receptance", m)
+        == EIGHT
+    )
+    assert parse_targets("key,value", m) == ["attn.k_proj.linear", "ffn.key.linear", "attn.v_proj.linear", "ffn.value"]
     assert parse_targets("gate,output", m) == ["attn.g_proj.linear", "attn.o_proj"]
     bm = get_bone_model(m, BoneConfig(variant="bone", r=8, target_modules=parse_targets(None, m)))
     assert _leaf_names(bm) == sorted(EIGHT) and len(list(bm.bone_layers())) == 16
@@ -57,16 +59,25 @@ def test_weight_read_directly_is_never_a_target():
         get_bone_model(ref.tiny(), BoneConfig(variant="bone", r=4, target_modules=["attn.x_proj.2"]))
 
 
-@pytest.mark.parametrize("kw", [dict(variant="bat-row", r=8), dict(variant="bone", r=8), dict(variant="bat", r=8)],
-                         ids=lambda kw: kw["variant"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(variant="bat-row", r=8), dict(variant="bone", r=8), dict(variant="bat", r=8)],
+    ids=lambda kw: kw["variant"],
+)
 def test_inject_train_save_load_merge(kw, tmp_path):
     torch.manual_seed(0)
     model = ref.tiny()
     base = copy.deepcopy(model)
     x = torch.randint(3, 64, (4, 12))
-    bm = get_bone_model(model, BoneConfig(target_modules=parse_targets("att.receptance,att.key,att.value,att.gate,"
-                                                                        "att.output,ffn.key,ffn.value,ffn.receptance",
-                                                                        model), **kw))
+    bm = get_bone_model(
+        model,
+        BoneConfig(
+            target_modules=parse_targets(
+                "att.receptance,att.key,att.value,att.gate,att.output,ffn.key,ffn.value,ffn.receptance", model
+            ),
+            **kw,
+        ),
+    )
     before = bm(x, labels=x).loss.item()
     opt = torch.optim.AdamW([p for p in bm.parameters() if p.requires_grad], lr=3e-2)
     bm.train()
@@ -91,6 +102,7 @@ def _model_classes():
     classes = [pytest.param((ref.RefRWKV6Config, ref.RefRWKV6ForCausalLM), id="reference")]
     try:
         from fla.models import RWKV6Config, RWKV6ForCausalLM
+
         classes.append(pytest.param((RWKV6Config, RWKV6ForCausalLM), id="fla"))
     except ImportError:
         pass
@@ -104,13 +116,16 @@ def _meta(classes, size):
 
 
 @pytest.mark.parametrize("classes", _model_classes())
-@pytest.mark.parametrize("size,variant,expected", [
-    ("1.6B", "bone", 33_030_144),   # paper: 33.0M
-    ("3B", "bone", 55_050_240),     # paper: 55.1M
-    ("7B", "bone", 88_080_384),     # paper: 88.1M
-    ("3B", "bat", 55_050_240),      # paper (Table 5): 55.1M
-    ("3B", "bat-row", 55_050_240),  # paper (Table 5): 55.1M; RWKV6 is symmetric: sum(in) = sum(out)
-])
+@pytest.mark.parametrize(
+    "size,variant,expected",
+    [
+        ("1.6B", "bone", 33_030_144),  # paper: 33.0M
+        ("3B", "bone", 55_050_240),  # paper: 55.1M
+        ("7B", "bone", 88_080_384),  # paper: 88.1M
+        ("3B", "bat", 55_050_240),  # paper (Table 5): 55.1M
+        ("3B", "bat-row", 55_050_240),  # paper (Table 5): 55.1M; RWKV6 is symmetric: sum(in) = sum(out)
+    ],
+)
 def test_paper_counts(classes, size, variant, expected):
     m = _meta(classes, size)
     bm = get_bone_model(m, BoneConfig(variant=variant, r=64, target_modules=rwkv6.default_targets()))
@@ -121,16 +136,19 @@ def test_paper_counts(classes, size, variant, expected):
 def test_lora_r32_matches_the_papers_count(size, expected):
     # the papers' LoRA/PiSSA rows have Bone's count: LoRA r=32 has r*(in+out) = 64*out per square layer
     peft = pytest.importorskip("peft")
-    pm = peft.get_peft_model(_meta(_model_classes()[0].values[0], size),
-                             peft.LoraConfig(r=32, lora_alpha=64, target_modules=rwkv6.default_targets()))
+    pm = peft.get_peft_model(
+        _meta(_model_classes()[0].values[0], size),
+        peft.LoraConfig(r=32, lora_alpha=64, target_modules=rwkv6.default_targets()),
+    )
     assert sum(p.numel() for p in pm.parameters() if p.requires_grad) == expected
 
 
 # -- loading and the CLI
 def _tiny_folder(tmp_path):
     tok = loading.load_tokenizer(None)
-    m = ref.tiny(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                 eos_token_id=tok.eos_token_id)
+    m = ref.tiny(
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
+    )
     folder = tmp_path / "rwkv6-tiny"
     m.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -141,9 +159,31 @@ def test_cli_trains_and_merges_an_rwkv6_folder(tmp_path, capsys):
     folder = _tiny_folder(tmp_path)
     data = write_jsonl(tmp_path / "d.jsonl", [{"query": f"{i} plus {i}?", "response": str(2 * i)} for i in range(8)])
     out = tmp_path / "run"
-    rc, stdout, err = flashbone(capsys, "train", "--model", folder, "--data", data, "--method", "bat-row", "--r", "8",
-                                "--lr", "1e-2", "--batch-size", "4", "--grad-accum", "1", "--max-steps", "3", "--eval-task", "none",
-                                "--no-progress", "--out", out)
+    rc, stdout, err = flashbone(
+        capsys,
+        "train",
+        "--model",
+        folder,
+        "--data",
+        data,
+        "--method",
+        "bat-row",
+        "--r",
+        "8",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "1",
+        "--max-steps",
+        "3",
+        "--eval-task",
+        "none",
+        "--no-progress",
+        "--out",
+        out,
+    )
     assert rc == 0, err
     assert "method     bat-row r=8 on " + ",".join(EIGHT) in stdout
     losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -160,12 +200,13 @@ def test_rwkv6_without_fla_names_the_install(tmp_path, monkeypatch):
     folder = _tiny_folder(tmp_path)
     monkeypatch.setattr(loading, "_known_to_transformers", lambda t: False)
     monkeypatch.setattr(rwkv6, "register", lambda: False)
-    with pytest.raises(ModelLoadError, match=r'flashbone\[rwkv\]'):
+    with pytest.raises(ModelLoadError, match=r"flashbone\[rwkv\]"):
         loading.load_model(str(folder))
 
 
-@pytest.mark.parametrize("recipe", sorted(__import__("pathlib").Path(__file__).parents[1].glob("recipes/rwkv6-*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "recipe", sorted(__import__("pathlib").Path(__file__).parents[1].glob("recipes/rwkv6-*.yaml")), ids=lambda p: p.name
+)
 def test_rwkv6_recipes_are_valid_train_configs(recipe):
     import argparse
 

@@ -5,31 +5,37 @@ import pytest
 from flashbone import scoring
 
 
-@pytest.mark.parametrize("generation, expected", [
-    ("The answer is: -3", -3),
-    ("The answer is: 42 apples. Then 17 more were found.", 42),   # the first number
-    ("so 6 * 7 = 42\nThe answer is: 42\n", 42),
-    ("The answer is: +7.", 7),
-    ("First The answer is: 5. Wait. The answer is: 6", 6),       # the last answer counts
-    # PiSSA's/MetaMath's quirks, kept so that accuracies compare with the papers'
-    ("The answer is: 12,345,678", 12345),     # the regex takes one separator
-    ("He pays 1000.5.\nThe answer is: $1,000.50", 1000),
-    ("The answer is: 3/4", 1),                # fraction evaluated, then rounded
-    ("The answer is: \\frac{1}{2}", 1),      # LaTeX is not read: the first number is 1
-    ("The answer is: 2.5", 2),                # round() (to even)
-    ("The answer is: 3.6", 4),
-    ("The answer is: 3/0", 3),                # a zero denominator gives the numerator
-])
+@pytest.mark.parametrize(
+    "generation, expected",
+    [
+        ("The answer is: -3", -3),
+        ("The answer is: 42 apples. Then 17 more were found.", 42),  # the first number
+        ("so 6 * 7 = 42\nThe answer is: 42\n", 42),
+        ("The answer is: +7.", 7),
+        ("First The answer is: 5. Wait. The answer is: 6", 6),  # the last answer counts
+        # PiSSA's/MetaMath's quirks, kept so that accuracies compare with the papers'
+        ("The answer is: 12,345,678", 12345),  # the regex takes one separator
+        ("He pays 1000.5.\nThe answer is: $1,000.50", 1000),
+        ("The answer is: 3/4", 1),  # fraction evaluated, then rounded
+        ("The answer is: \\frac{1}{2}", 1),  # LaTeX is not read: the first number is 1
+        ("The answer is: 2.5", 2),  # round() (to even)
+        ("The answer is: 3.6", 4),
+        ("The answer is: 3/0", 3),  # a zero denominator gives the numerator
+    ],
+)
 def test_extract_number_follows_the_protocol(generation, expected):
     assert scoring.extract_number(generation) == expected
 
 
-@pytest.mark.parametrize("generation", [
-    "So the total is 42.",           # no answer line: MetaMath's protocol scores it wrong
-    "The answer is 42",              # no colon: not the protocol's marker
-    "The answer is: none of them",   # marker without a number
-    "",
-])
+@pytest.mark.parametrize(
+    "generation",
+    [
+        "So the total is 42.",  # no answer line: MetaMath's protocol scores it wrong
+        "The answer is 42",  # no colon: not the protocol's marker
+        "The answer is: none of them",  # marker without a number
+        "",
+    ],
+)
 def test_extract_number_no_answer(generation):
     assert scoring.extract_number(generation) is None
 
@@ -64,36 +70,46 @@ def test_cut_at_stop():
     assert scoring.cut_at_stop("no stop here", ["<|EOT|>"]) == "no stop here"
 
 
-@pytest.mark.parametrize("a, b", [
-    ("\\frac{1}{2}", "0.5"),
-    ("\\frac12", "\\frac{1}{2}"),
-    ("\\dfrac{3}{4}", "3/4"),
-    ("\\left( 1, 2 \\right)", "(1,2)"),
-    ("90^\\circ", "90"),
-    ("\\$5", "5"),
-    ("x = 3", "3"),
-    ("\\sqrt2", "\\sqrt{2}"),
-    ("10\\%", "10"),
-    (".5", "0.5"),
-    ("5 \\text{ cm}", "5"),
-    ("\\tfrac{1}{3}", "\\frac{1}{3}"),
-    ("\\sqrt", "\\sqrt"),            # _fix_sqrt raises on a bare \\sqrt: raw equality
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("\\frac{1}{2}", "0.5"),
+        ("\\frac12", "\\frac{1}{2}"),
+        ("\\dfrac{3}{4}", "3/4"),
+        ("\\left( 1, 2 \\right)", "(1,2)"),
+        ("90^\\circ", "90"),
+        ("\\$5", "5"),
+        ("x = 3", "3"),
+        ("\\sqrt2", "\\sqrt{2}"),
+        ("10\\%", "10"),
+        (".5", "0.5"),
+        ("5 \\text{ cm}", "5"),
+        ("\\tfrac{1}{3}", "\\frac{1}{3}"),
+        ("\\sqrt", "\\sqrt"),  # _fix_sqrt raises on a bare \\sqrt: raw equality
+    ],
+)
 def test_math_equivalent(a, b):
     assert scoring.math_equal(a, b)
 
 
-@pytest.mark.parametrize("a, b", [
-    ("\\frac{1}{3}", "\\frac{1}{2}"), ("2", "3"), ("x^2", "x^3"), (None, "1"),
-    # the issue's cases: Hendrycks' strip_string does not do these, so neither do we
-    ("$\\frac{1}{2}$", "\\frac{1}{2}"),   # a bare $ is not stripped (only \\$)
-    ("5\\text{cm}", "5"),                 # units are cut only after "\\text{ " with the space
-    ("ab = 3", "3"),                       # the left side "ab " is 3 characters before spaces go
-    ("\\sqrt 2", "\\sqrt{2}"),            # the space is what gets braced: \\sqrt{}2
-    ("10%", "10"),                         # PiSSA's script removes \\% only
-    ("x/2", "\\frac{x}{2}"),               # non-integer a/b: raw comparison
-    ("0.75", "\\frac34"), ("\\sqrt8", "2\\sqrt2"),   # not equivalent under the protocol
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("\\frac{1}{3}", "\\frac{1}{2}"),
+        ("2", "3"),
+        ("x^2", "x^3"),
+        (None, "1"),
+        # the issue's cases: Hendrycks' strip_string does not do these, so neither do we
+        ("$\\frac{1}{2}$", "\\frac{1}{2}"),  # a bare $ is not stripped (only \\$)
+        ("5\\text{cm}", "5"),  # units are cut only after "\\text{ " with the space
+        ("ab = 3", "3"),  # the left side "ab " is 3 characters before spaces go
+        ("\\sqrt 2", "\\sqrt{2}"),  # the space is what gets braced: \\sqrt{}2
+        ("10%", "10"),  # PiSSA's script removes \\% only
+        ("x/2", "\\frac{x}{2}"),  # non-integer a/b: raw comparison
+        ("0.75", "\\frac34"),
+        ("\\sqrt8", "2\\sqrt2"),  # not equivalent under the protocol
+    ],
+)
 def test_math_not_equivalent(a, b):
     assert not scoring.math_equal(a, b)
 
@@ -107,15 +123,18 @@ def test_strip_string_rules_in_order():
         scoring.strip_string("a \\text{ b} c \\text{ d}")
 
 
-@pytest.mark.parametrize("task, generation, gold, ok", [
-    ("math", "The answer is: 0.75", "\\frac34", True),
-    ("math", "The answer is: \\sqrt8.", "2\\sqrt2", True),
-    ("math", "The answer is: \\frac{1}{3}", "\\frac12", False),
-    ("gsm8k", "The answer is: 1,000,000 dollars.", 1000000.0, True),
-    ("gsm8k", "The answer is: 1000001", 1000000.0, False),
-    ("gsm8k", "The answer is: 72 apples.", 72.0, True),
-    ("gsm8k", "no marker 72", 72.0, False),
-])
+@pytest.mark.parametrize(
+    "task, generation, gold, ok",
+    [
+        ("math", "The answer is: 0.75", "\\frac34", True),
+        ("math", "The answer is: \\sqrt8.", "2\\sqrt2", True),
+        ("math", "The answer is: \\frac{1}{3}", "\\frac12", False),
+        ("gsm8k", "The answer is: 1,000,000 dollars.", 1000000.0, True),
+        ("gsm8k", "The answer is: 1000001", 1000000.0, False),
+        ("gsm8k", "The answer is: 72 apples.", 72.0, True),
+        ("gsm8k", "no marker 72", 72.0, False),
+    ],
+)
 def test_math_verify_scorer(task, generation, gold, ok):
     assert scoring.score(task, generation, gold, scorer="math-verify")[1] is ok
 

@@ -13,22 +13,40 @@ def test_defaults_without_variables():
 
 
 def test_every_variable_reaches_its_field():
-    s = Settings.from_env({"FLASHBONE_BACKEND": "torch", "FLASHBONE_KERNELS": "0",
-                           "FLASHBONE_KERNEL_MIN_ELEMENTS": "1024", "FLASHBONE_PADDED": "bat-row, bone",
-                           "FLASHBONE_GROUPS": "0", "FLASHBONE_REPLAY": "0", "FLASHBONE_REPLAY_FUSED": "0",
-                           "FLASHBONE_KERNEL_CONFIG": '{"weight_grad": {"num_warps": 4}}'})
-    assert s == Settings(backend="torch", kernels=False, kernel_min_elements=1024, padded=("bat-row", "bone"),
-                         groups=False, replay=False, replay_fused=False,
-                         kernel_config={"weight_grad": {"num_warps": 4}})
+    s = Settings.from_env(
+        {
+            "FLASHBONE_BACKEND": "torch",
+            "FLASHBONE_KERNELS": "0",
+            "FLASHBONE_KERNEL_MIN_ELEMENTS": "1024",
+            "FLASHBONE_PADDED": "bat-row, bone",
+            "FLASHBONE_GROUPS": "0",
+            "FLASHBONE_REPLAY": "0",
+            "FLASHBONE_REPLAY_FUSED": "0",
+            "FLASHBONE_KERNEL_CONFIG": '{"weight_grad": {"num_warps": 4}}',
+        }
+    )
+    assert s == Settings(
+        backend="torch",
+        kernels=False,
+        kernel_min_elements=1024,
+        padded=("bat-row", "bone"),
+        groups=False,
+        replay=False,
+        replay_fused=False,
+        kernel_config={"weight_grad": {"num_warps": 4}},
+    )
     assert Settings.from_env({"FLASHBONE_PADDED": "0"}).padded == ()
     assert Settings.from_env({"FLASHBONE_PADDED": "1"}).padded is None
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"FLASHBONE_KERNEL_MIN_ELEMENTS": "lots"}, r"FLASHBONE_KERNEL_MIN_ELEMENTS='lots': expected an integer"),
-    ({"FLASHBONE_KERNEL_CONFIG": "{nope"}, r"FLASHBONE_KERNEL_CONFIG is not valid JSON"),
-    ({"FLASHBONE_KERNEL_CONFIG": "[1]"}, r"FLASHBONE_KERNEL_CONFIG: expected"),
-])
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"FLASHBONE_KERNEL_MIN_ELEMENTS": "lots"}, r"FLASHBONE_KERNEL_MIN_ELEMENTS='lots': expected an integer"),
+        ({"FLASHBONE_KERNEL_CONFIG": "{nope"}, r"FLASHBONE_KERNEL_CONFIG is not valid JSON"),
+        ({"FLASHBONE_KERNEL_CONFIG": "[1]"}, r"FLASHBONE_KERNEL_CONFIG: expected"),
+    ],
+)
 def test_malformed_variables_name_themselves(env, message):
     with pytest.raises(BoneConfigError, match=message):
         Settings.from_env(env)

@@ -11,7 +11,7 @@ from flashbone.commands._study_plan import Cell, load_config
 def _config(tmp_path, lrs="[2e-3]", extra=""):
     path = tmp_path / "study.yaml"
     path.write_text(f"""
-out: {tmp_path / 'study'}
+out: {tmp_path / "study"}
 train: {{max-samples: 8, max-steps: 2, batch-size: 4}}
 seeds: [0]
 eval: {{test: [tiny-math:test], samples: 2, max-new-tokens: 8, batch-size: 2}}
@@ -45,12 +45,15 @@ def test_two_cell_grid_reports_and_resumes(tmp_path, capsys):
     assert "sweep: 2 cells, 1 already finished, 1 to run" in out
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("  - {method: bone, r: 8, lr: 1e-3}", "listed twice"),
-    ("  - {method: nope, lr: 1e-3}", "needs method"),
-    ("  - {method: lora, r: 4, lr: fast}", "lr must be a positive number"),
-    ("bogus: 1", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("  - {method: bone, r: 8, lr: 1e-3}", "listed twice"),
+        ("  - {method: nope, lr: 1e-3}", "needs method"),
+        ("  - {method: lora, r: 4, lr: fast}", "lr must be a positive number"),
+        ("bogus: 1", "unknown key"),
+    ],
+)
 def test_bad_config_is_one_line(tmp_path, capsys, extra, message):
     rc, _, err = flashbone(capsys, "study", _config(tmp_path, extra=extra))
     assert rc == 2 and message in err and "Traceback" not in err
@@ -63,6 +66,11 @@ def test_rank_sweep_plan_uses_the_picked_lr(tmp_path):
     cfg = load_config(str(_config(tmp_path, extra="rank_sweep:\n  - {method: bone, r: [8, 16, 32]}")))
     cfg.seeds = [0, 1]
     cells = plan_seeds(cfg, {"bone": 2e-3}) + plan_ranks(cfg, {"bone": 2e-3})
-    assert {c.id for c in cells} == {"bone-r16-lr0.002-s1", "bone-r8-lr0.002-s0", "bone-r8-lr0.002-s1",
-                                      "bone-r32-lr0.002-s0", "bone-r32-lr0.002-s1"}
+    assert {c.id for c in cells} == {
+        "bone-r16-lr0.002-s1",
+        "bone-r8-lr0.002-s0",
+        "bone-r8-lr0.002-s1",
+        "bone-r32-lr0.002-s0",
+        "bone-r32-lr0.002-s1",
+    }
     assert Cell.from_id("bat-row-r32-lr1e-05-s2") == Cell("bat-row", 32, 1e-5, 2)

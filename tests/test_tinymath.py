@@ -75,8 +75,12 @@ def test_unseen_split_uses_wording_never_trained():
 
 def test_grammar_expansion_marks_held_out_parts():
     got = tinygrammar.expand("[|Then ]{p} [buys|*receives] {b} more.")
-    assert got == [("{p} buys {b} more.", False), ("{p} receives {b} more.", True),
-                   ("Then {p} buys {b} more.", False), ("Then {p} receives {b} more.", True)]
+    assert got == [
+        ("{p} buys {b} more.", False),
+        ("{p} receives {b} more.", True),
+        ("Then {p} buys {b} more.", False),
+        ("Then {p} receives {b} more.", True),
+    ]
     assert all(held for _, held in tinygrammar.expand("*{N} began with [{a}|some] {items}."))
 
 

@@ -23,8 +23,9 @@ def _loss_and_grads(model, batch, flat: bool):
         logits = model(**inputs, use_cache=False).logits
         if flat:
             varlen.check_calls(varlen.num_layers(model))
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                                                 ignore_index=-100, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
+        )
         loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -48,8 +49,9 @@ def test_one_flat_sequence_gives_the_padded_rows_loss_and_gradients(make):
 
 def test_models_outside_the_list_keep_masked_packing():
     assert not varlen.supported(gpt2())
-    assert not varlen.supported(mistral().__class__(mistral().config.__class__(
-        **{**mistral().config.to_dict(), "sliding_window": 8})))
+    assert not varlen.supported(
+        mistral().__class__(mistral().config.__class__(**{**mistral().config.to_dict(), "sliding_window": 8}))
+    )
 
 
 def test_a_layer_that_skipped_the_varlen_attention_is_an_error():

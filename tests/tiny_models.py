@@ -21,9 +21,18 @@ from transformers import (
 )
 
 VOCAB = 64
-DECODER = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-               pad_token_id=0, bos_token_id=1, eos_token_id=2)
+DECODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 
 def llama(**kw) -> LlamaForCausalLM:
@@ -41,23 +50,39 @@ def qwen2() -> Qwen2ForCausalLM:
 
 def gpt2() -> GPT2LMHeadModel:
     """GPT-2 adapts transformers' Conv1D layers (weights stored as (in, out))."""
-    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                     bos_token_id=1, eos_token_id=2)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=1, eos_token_id=2)
     return GPT2LMHeadModel(cfg).eval()
 
 
 def roberta_cls(num_labels: int = 3) -> RobertaForSequenceClassification:
-    cfg = RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=40,
-                        num_labels=num_labels, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = RobertaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        num_labels=num_labels,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return RobertaForSequenceClassification(cfg).eval()
 
 
 def rwkv() -> RwkvForCausalLM:
     # rescale_every=0: RWKV otherwise rescales some weights in place when switching to eval
-    cfg = RwkvConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                     attention_hidden_size=32, intermediate_size=64, context_length=32,
-                     rescale_every=0, bos_token_id=1, eos_token_id=2)
+    cfg = RwkvConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        attention_hidden_size=32,
+        intermediate_size=64,
+        context_length=32,
+        rescale_every=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return RwkvForCausalLM(cfg).eval()
 
 

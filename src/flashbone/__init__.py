@@ -17,14 +17,7 @@ from typing import TYPE_CHECKING
 from .version import __version__
 
 from .config import BoneConfig
-from .errors import (
-    AdapterFileError,
-    BoneConfigError,
-    BoneError,
-    BoneShapeError,
-    MergeError,
-    TargetError,
-)
+from .errors import AdapterFileError, BoneConfigError, BoneError, BoneShapeError, MergeError, TargetError
 from .layer import AdapterModule, BlockAdapter, BoneLayer
 from .variants import VARIANTS, Variant, get_variant, num_params
 
@@ -48,6 +41,7 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_FROM_MODEL})
+
 
 __all__ = [
     "__version__",

@@ -44,7 +44,9 @@ README_NAME = "README.md"  # written in FLASHBONE folders only (PEFT writes its 
 # Tensor key suffix per trainable tensor: PEFT's ``miss_block`` for B, ``miss_<name>`` for any
 # other (``miss_A`` for bone-ab's A, and whatever a newly registered variant names its tensors).
 _PARAM_KEYS = {"B": "miss_block"}
-KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>miss_[A-Za-z0-9]+|bone_block)(?:\.[A-Za-z0-9_\-]+)?$")
+KEY_RE = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>miss_[A-Za-z0-9]+|bone_block)(?:\.[A-Za-z0-9_\-]+)?$"
+)
 
 
 def _param_key(name: str) -> str:
@@ -91,12 +93,23 @@ def config_to_json(config: BoneConfig, modules: list[str], peft_loadable: bool =
         "modules_to_save": config.modules_to_save,
     }
     if peft_loadable and get_variant(config.variant).peft_init_weights is not None:
-        return {"peft_type": "MISS", "auto_mapping": None, **common,
-                "miss_dropout": config.dropout, "mini_r": config.mini_r or 1,
-                "init_weights": get_variant(config.variant).peft_init_weights}
-    return {"peft_type": PEFT_TYPE, "flashbone_version": __version__, **common,
-            "variant": config.variant, "mini_r": config.mini_r, "dropout": config.dropout,
-            "adapter_dtype": config.adapter_dtype}
+        return {
+            "peft_type": "MISS",
+            "auto_mapping": None,
+            **common,
+            "miss_dropout": config.dropout,
+            "mini_r": config.mini_r or 1,
+            "init_weights": get_variant(config.variant).peft_init_weights,
+        }
+    return {
+        "peft_type": PEFT_TYPE,
+        "flashbone_version": __version__,
+        **common,
+        "variant": config.variant,
+        "mini_r": config.mini_r,
+        "dropout": config.dropout,
+        "adapter_dtype": config.adapter_dtype,
+    }
 
 
 def config_from_json(d: dict[str, Any], where: str) -> tuple[BoneConfig, str]:
@@ -113,22 +126,29 @@ def config_from_json(d: dict[str, Any], where: str) -> tuple[BoneConfig, str]:
                 )
             # PEFT accepts miss_dropout with bat and ignores it there: so do we
             dropout = 0.0 if variant == "bat" else d.get("miss_dropout", 0.0) or 0.0
-            cfg = BoneConfig(variant=variant, r=int(d["r"]),
-                             mini_r=d.get("mini_r") if variant == "bone-mini" else None,
-                             target_modules=d.get("target_modules") or "all-linear",
-                             modules_to_save=d.get("modules_to_save"),
-                             dropout=float(dropout),
-                             base_model_name_or_path=d.get("base_model_name_or_path"),
-                             task_type=d.get("task_type"))
+            cfg = BoneConfig(
+                variant=variant,
+                r=int(d["r"]),
+                mini_r=d.get("mini_r") if variant == "bone-mini" else None,
+                target_modules=d.get("target_modules") or "all-linear",
+                modules_to_save=d.get("modules_to_save"),
+                dropout=float(dropout),
+                base_model_name_or_path=d.get("base_model_name_or_path"),
+                task_type=d.get("task_type"),
+            )
             return cfg, peft_type
         if peft_type == PEFT_TYPE:
-            cfg = BoneConfig(variant=d["variant"], r=int(d["r"]), mini_r=d.get("mini_r"),
-                             target_modules=d.get("target_modules") or "all-linear",
-                             modules_to_save=d.get("modules_to_save"),
-                             dropout=float(d.get("dropout", 0.0)),
-                             adapter_dtype=d.get("adapter_dtype", "float32"),
-                             base_model_name_or_path=d.get("base_model_name_or_path"),
-                             task_type=d.get("task_type"))
+            cfg = BoneConfig(
+                variant=d["variant"],
+                r=int(d["r"]),
+                mini_r=d.get("mini_r"),
+                target_modules=d.get("target_modules") or "all-linear",
+                modules_to_save=d.get("modules_to_save"),
+                dropout=float(d.get("dropout", 0.0)),
+                adapter_dtype=d.get("adapter_dtype", "float32"),
+                base_model_name_or_path=d.get("base_model_name_or_path"),
+                task_type=d.get("task_type"),
+            )
             return cfg, peft_type
     except KeyError as e:
         raise AdapterFileError(f"{where}: field {e.args[0]!r} is missing") from None
@@ -160,9 +180,14 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_adapter_folder(folder: str | os.PathLike, config: BoneConfig,
-                        tensors: dict[str, dict[str, Tensor]],
-                        saved: dict[str, Tensor] | None = None, *, peft_loadable: bool = True) -> Path:
+def save_adapter_folder(
+    folder: str | os.PathLike,
+    config: BoneConfig,
+    tensors: dict[str, dict[str, Tensor]],
+    saved: dict[str, Tensor] | None = None,
+    *,
+    peft_loadable: bool = True,
+) -> Path:
     """Write one adapter (config + tensors) to ``folder``, each file atomically.
 
     ``peft_loadable=False`` (adapters on GPT-2 ``Conv1D`` layers) writes our own peft_type.
@@ -188,8 +213,11 @@ def save_adapter_folder(folder: str | os.PathLike, config: BoneConfig,
 
 def readme_text(config: BoneConfig, peft_loadable: bool = True) -> str:
     """README.md of a ``FLASHBONE`` folder: why PEFT cannot load it, and the ways through."""
-    why = (f"PEFT's MiSS has no `{config.variant}` variant" if peft_loadable else
-           "the adapted layers are GPT-2 `Conv1D`, which PEFT's MiSS does not adapt")
+    why = (
+        f"PEFT's MiSS has no `{config.variant}` variant"
+        if peft_loadable
+        else "the adapted layers are GPT-2 `Conv1D`, which PEFT's MiSS does not adapt"
+    )
     base = config.base_model_name_or_path or "BASE"
     return f"""---
 library_name: flashbone
@@ -237,8 +265,7 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise AdapterFileError(
-            f"{path} is not a readable safetensors file ({e}); it may be truncated or "
-            "corrupt: save the adapter again"
+            f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupt: save the adapter again"
         ) from None
 
 
@@ -250,8 +277,11 @@ def load_adapter_folder(path: str | os.PathLike) -> AdapterFile:
         raise AdapterFileError(f"{folder} has no {CONFIG_NAME}; is it an adapter folder?")
     if not w_path.is_file():
         pickles = [p.name for p in folder.glob("*.bin")]
-        hint = (f" It holds {pickles}: flashbone never loads pickle files; convert them with "
-                "peft/safetensors first." if pickles else "")
+        hint = (
+            f" It holds {pickles}: flashbone never loads pickle files; convert them with peft/safetensors first."
+            if pickles
+            else ""
+        )
         raise AdapterFileError(f"{folder} has no {WEIGHTS_NAME}.{hint}")
     try:
         raw = json.loads(cfg_path.read_text())
@@ -292,9 +322,13 @@ def lora_tensors(b_full: Tensor, in_features: int) -> tuple[Tensor, Tensor]:
     return a, b_full.t().contiguous()
 
 
-def save_lora_folder(folder: str | os.PathLike, config: BoneConfig,
-                     factors: dict[str, tuple[Tensor, Tensor]], fan_in_fan_out: bool,
-                     saved: dict[str, Tensor] | None = None) -> Path:
+def save_lora_folder(
+    folder: str | os.PathLike,
+    config: BoneConfig,
+    factors: dict[str, tuple[Tensor, Tensor]],
+    fan_in_fan_out: bool,
+    saved: dict[str, Tensor] | None = None,
+) -> Path:
     """Write a PEFT ``LORA`` folder (``lora_alpha = r``, so scaling is exactly 1)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -305,12 +339,22 @@ def save_lora_folder(folder: str | os.PathLike, config: BoneConfig,
     for name, t in (saved or {}).items():
         flat[f"{PREFIX}{name}"] = t.detach().cpu().contiguous()
     cfg = {
-        "peft_type": "LORA", "task_type": config.task_type,
-        "base_model_name_or_path": config.base_model_name_or_path, "revision": None,
-        "inference_mode": True, "r": config.r, "lora_alpha": config.r, "lora_dropout": 0.0,
-        "target_modules": sorted(factors), "fan_in_fan_out": fan_in_fan_out, "bias": "none",
-        "use_rslora": False, "use_dora": False, "init_lora_weights": True,
-        "modules_to_save": config.modules_to_save, "layers_to_transform": None,
+        "peft_type": "LORA",
+        "task_type": config.task_type,
+        "base_model_name_or_path": config.base_model_name_or_path,
+        "revision": None,
+        "inference_mode": True,
+        "r": config.r,
+        "lora_alpha": config.r,
+        "lora_dropout": 0.0,
+        "target_modules": sorted(factors),
+        "fan_in_fan_out": fan_in_fan_out,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "modules_to_save": config.modules_to_save,
+        "layers_to_transform": None,
         "layers_pattern": None,
     }
     _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(flat, p, metadata={"format": "pt"}))
@@ -347,9 +391,7 @@ def check_fits(model: nn.Module, file: AdapterFile, config: BoneConfig, where: s
                 "does not have; was this adapter trained on another base model?"
             ) from None
         if not (isinstance(mod, BoneLayer) or is_supported(mod)):
-            raise AdapterFileError(
-                f"{where}: key {key!r} names {module!r}, a {type(mod).__name__}, not a linear layer"
-            )
+            raise AdapterFileError(f"{where}: key {key!r} names {module!r}, a {type(mod).__name__}, not a linear layer")
         out_f, in_f = features(mod)
         expected = v.shapes(out_f, in_f, config.r, config.mini_r)
         for pname, t in params.items():
@@ -362,7 +404,7 @@ def check_fits(model: nn.Module, file: AdapterFile, config: BoneConfig, where: s
     saved = modules_to_save_names(model, config) if config.modules_to_save else []
     for key, t in sorted(file.saved.items()):
         owner = next((s for s in saved if key.startswith(s + ".")), None)
-        target = _saved_state(model, owner).get(key[len(owner) + 1:]) if owner else None
+        target = _saved_state(model, owner).get(key[len(owner) + 1 :]) if owner else None
         if target is None:
             raise AdapterFileError(
                 f"{where}: key {PREFIX + key!r} is neither an adapter tensor nor a parameter "

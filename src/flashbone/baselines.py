@@ -41,6 +41,7 @@ def methods() -> tuple[str, ...]:
     """What ``--method`` accepts: the registered variants, the PEFT baselines and ``full``."""
     return bone_methods() + PEFT_METHODS + ("full",)
 
+
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -89,15 +90,27 @@ def parse_targets(spec: str | list | None, model: nn.Module) -> list[str] | str:
     missing = [n for n in out if n not in leaves and not any(m.endswith("." + n) for m, _ in model.named_modules())]
     if missing:
         linear = sorted({name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise BoneConfigError(f"--targets: {missing} name no module of this model; its linear layers are "
-                              f"named {linear}")
+        raise BoneConfigError(
+            f"--targets: {missing} name no module of this model; its linear layers are named {linear}"
+        )
     return out
 
 
-def build(model: nn.Module, method: str, r: int, targets: list[str] | str, *, lora_alpha: float | None,
-          mini_r: int | None, base_name: str, work_dir: Path | None = None, task_type: str = "CAUSAL_LM",
-          modules_to_save: list[str] | None = None, bone_fields: dict | None = None,
-          init_adapter: str | Path | None = None) -> Adapted:
+def build(
+    model: nn.Module,
+    method: str,
+    r: int,
+    targets: list[str] | str,
+    *,
+    lora_alpha: float | None,
+    mini_r: int | None,
+    base_name: str,
+    work_dir: Path | None = None,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+    bone_fields: dict | None = None,
+    init_adapter: str | Path | None = None,
+) -> Adapted:
     """Wrap ``model`` for training with ``method``; the caller seeds the RNG first.
     ``task_type`` (``CAUSAL_LM``, ``SEQ_CLS``) is written to the adapter's config;
     ``modules_to_save`` (e.g. a classification head) train in full and save with the adapter.
@@ -116,16 +129,23 @@ def build(model: nn.Module, method: str, r: int, targets: list[str] | str, *, lo
     if method in VARIANTS:
         if init_adapter:
             bm = load_adapter(model, init_adapter, is_trainable=True)
-            bm.configs["default"] = bm.configs["default"].replace(base_model_name_or_path=base_name,
-                                                                  task_type=task_type)
+            bm.configs["default"] = bm.configs["default"].replace(
+                base_model_name_or_path=base_name, task_type=task_type
+            )
             bm.train()
             return Adapted(bm, method, lambda folder: bm.save_adapter(folder), model)
         fields = dict(bone_fields or {})
         if modules_to_save:  # the caller's (a classification head) and the user's
             fields["modules_to_save"] = list(dict.fromkeys([*modules_to_save, *(fields.get("modules_to_save") or [])]))
-        cfg = BoneConfig(variant=method, r=r, mini_r=mini_r if VARIANTS[method].mini_r else None,
-                         target_modules=targets, base_model_name_or_path=base_name, task_type=task_type,
-                         **fields)
+        cfg = BoneConfig(
+            variant=method,
+            r=r,
+            mini_r=mini_r if VARIANTS[method].mini_r else None,
+            target_modules=targets,
+            base_model_name_or_path=base_name,
+            task_type=task_type,
+            **fields,
+        )
         bm = get_bone_model(model, cfg)
         return Adapted(bm, method, lambda folder: bm.save_adapter(folder), model)
     return _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir, task_type, modules_to_save)
@@ -142,18 +162,30 @@ def _peft_quiet():
         yield
 
 
-def _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir, task_type="CAUSAL_LM",
-                modules_to_save=None) -> Adapted:
+def _build_peft(
+    model, method, r, targets, lora_alpha, base_name, work_dir, task_type="CAUSAL_LM", modules_to_save=None
+) -> Adapted:
     from peft import LoraConfig, get_peft_model
 
     init = {"pissa": "pissa", "olora": "olora"}.get(method, True)
     alpha = lora_alpha if lora_alpha is not None else (2 * r if method in ("lora", "dora") else r)
-    if any(m.weight.shape[0] < r or m.weight.shape[1] < r for n, m in model.named_modules()
-           if isinstance(m, nn.Linear) and (targets == "all-linear" or n.rpartition(".")[2] in targets)):
+    if any(
+        m.weight.shape[0] < r or m.weight.shape[1] < r
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and (targets == "all-linear" or n.rpartition(".")[2] in targets)
+    ):
         raise BoneConfigError(f"--r {r} is larger than a side of an adapted weight; pick a smaller --r")
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none",
-                     task_type=task_type, init_lora_weights=init, use_dora=method == "dora",
-                     modules_to_save=modules_to_save)
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        task_type=task_type,
+        init_lora_weights=init,
+        use_dora=method == "dora",
+        modules_to_save=modules_to_save,
+    )
     with _peft_quiet():
         pm = get_peft_model(model, cfg)
     # peft looks base_model_name_or_path up (locally, else on the Hub) when it saves: give it the
@@ -176,8 +208,9 @@ def _build_peft(model, method, r, targets, lora_alpha, base_name, work_dir, task
             pm.save_pretrained(str(folder), save_embedding_layers=False)
         else:
             with _peft_quiet():
-                pm.save_pretrained(str(folder), path_initial_model_for_weight_conversion=str(init_dir),
-                                   save_embedding_layers=False)
+                pm.save_pretrained(
+                    str(folder), path_initial_model_for_weight_conversion=str(init_dir), save_embedding_layers=False
+                )
             shutil.rmtree(init_dir.parent, ignore_errors=True)
         cfg_file = Path(folder) / "adapter_config.json"
         saved = json.loads(cfg_file.read_text())
@@ -221,8 +254,9 @@ def attach_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     """``model`` with the adapter of ``folder`` applied (flashbone or PEFT), ready for inference."""
     kind = adapter_kind(folder)
     if kind == "model":
-        raise AdapterFileError(f"--adapter {folder}: holds a whole model (config.json), not an adapter; "
-                               "pass it as --model instead")
+        raise AdapterFileError(
+            f"--adapter {folder}: holds a whole model (config.json), not an adapter; pass it as --model instead"
+        )
     if kind == "bone":
         return load_adapter(model, folder)
     from peft import PeftModel
@@ -232,8 +266,9 @@ def attach_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
             return PeftModel.from_pretrained(model, str(folder))
     except Exception as e:  # corrupt file, other base model, unknown peft type...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise AdapterFileError(f"--adapter {folder}: PEFT could not load it onto this model "
-                               f"({type(e).__name__}: {msg[:300]})") from None
+        raise AdapterFileError(
+            f"--adapter {folder}: PEFT could not load it onto this model ({type(e).__name__}: {msg[:300]})"
+        ) from None
 
 
 def merge_into_base(model: nn.Module) -> nn.Module:
@@ -246,5 +281,15 @@ def merge_into_base(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["methods", "bone_methods", "PEFT_METHODS", "Adapted", "build", "default_targets", "parse_targets",
-           "adapter_kind", "attach_adapter", "merge_into_base"]
+__all__ = [
+    "methods",
+    "bone_methods",
+    "PEFT_METHODS",
+    "Adapted",
+    "build",
+    "default_targets",
+    "parse_targets",
+    "adapter_kind",
+    "attach_adapter",
+    "merge_into_base",
+]

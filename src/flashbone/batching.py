@@ -83,7 +83,7 @@ def _split_largest(groups: list[list], count: int) -> list[list] | None:
         g = groups[k]
         if len(g) < 2:
             return None
-        groups[k: k + 1] = [g[: len(g) // 2], g[len(g) // 2:]]
+        groups[k : k + 1] = [g[: len(g) // 2], g[len(g) // 2 :]]
     return groups
 
 
@@ -106,11 +106,12 @@ def plan_share(share: list[int], lengths: list[int], budget: int, packing: bool)
     capacity = max(lengths[i] for i in share)
     bins = pack_bins(share, lengths, capacity)
     per = max(1, budget // capacity)
-    return [MicroBatch([i for b in bins[k: k + per] for i in b], bins[k: k + per]) for k in range(0, len(bins), per)]
+    return [MicroBatch([i for b in bins[k : k + per] for i in b], bins[k : k + per]) for k in range(0, len(bins), per)]
 
 
-def plan_step(shares: list[list[list[int]]], lengths: list[int], budget: int, packing: bool,
-              rank: int) -> list[MicroBatch]:
+def plan_step(
+    shares: list[list[list[int]]], lengths: list[int], budget: int, packing: bool, rank: int
+) -> list[MicroBatch]:
     """This process's micro-batches. ``shares[p]``: the plain micro-batches (row indices) of
     process ``p`` in this step; ``budget`` 0 keeps them as they are."""
     if budget <= 0 and not packing:
@@ -139,12 +140,12 @@ def collate_packed(rows: list[dict], bins: list[list[int]], pad_id: int) -> dict
         for i in b:
             t = torch.tensor(rows[i]["input_ids"], dtype=torch.long)
             n, p = len(t), max(rows[i]["n_prompt"], 1)
-            ids[k, at: at + n] = t
+            ids[k, at : at + n] = t
             if rows[i].get("labels") is not None:  # conversations: their own mask, never the first token
-                labels[k, at + 1: at + n] = torch.tensor(rows[i]["labels"][1:n], dtype=torch.long)
+                labels[k, at + 1 : at + n] = torch.tensor(rows[i]["labels"][1:n], dtype=torch.long)
             else:
-                labels[k, at + p: at + n] = t[p:]
-            pos[k, at: at + n] = torch.arange(n)
+                labels[k, at + p : at + n] = t[p:]
+            pos[k, at : at + n] = torch.arange(n)
             at += n
         pos[k, at:] = torch.arange(width - at)
     return {"input_ids": ids, "labels": labels, "position_ids": pos}

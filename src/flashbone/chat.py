@@ -24,8 +24,17 @@ from .data import EOT, IGNORE, PAPER_PROMPT, DataError
 
 CONVERSATION_FIELDS = ("messages", "conversations")
 # ShareGPT speaker names -> roles
-ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-         "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant"}
+ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+}
 _PREAMBLE = PAPER_PROMPT.split("\n\n### Instruction:")[0]
 DEFAULT_CHAT_TEMPLATE = (  # literal text only inside {{ }}: "-" trims the template's own whitespace
     "{%- for m in messages -%}"
@@ -61,8 +70,10 @@ def normalise(turns: Any, row: int = 0) -> list[dict[str, str]]:
         text = t.get("content", t.get("value"))
         role = ROLES.get(str(speaker).lower())
         if role is None or text is None:
-            raise DataError(f"row {row}: a turn has role {speaker!r} and content {str(text)[:40]!r}; "
-                            f"roles are {sorted(ROLES)} (role/content or from/value)")
+            raise DataError(
+                f"row {row}: a turn has role {speaker!r} and content {str(text)[:40]!r}; "
+                f"roles are {sorted(ROLES)} (role/content or from/value)"
+            )
         out.append({"role": role, "content": str(text)})
     if not any(t["role"] == "assistant" for t in out):
         raise DataError(f"row {row}: the conversation has no assistant turn to learn from")
@@ -87,7 +98,7 @@ def prompt_text(tokenizer, turns: list[dict]) -> str:
     text = render(tokenizer, turns, generation_prompt=True)
     bos = tokenizer.bos_token
     if bos and leading_special_ids(tokenizer) and text.startswith(bos):
-        text = text[len(bos):]
+        text = text[len(bos) :]
     return text
 
 
@@ -102,8 +113,10 @@ def assistant_spans(tokenizer, turns: list[dict], row: int = 0) -> tuple[str, li
         start = render(tokenizer, turns[:i], generation_prompt=True) if i else ""
         end = render(tokenizer, turns[: i + 1])
         if not text.startswith(start) or not text.startswith(end) or len(end) < len(start):
-            raise DataError(f"row {row}: the chat template does not render a conversation's turns as prefixes of "
-                            "the whole; its assistant turns cannot be located")
+            raise DataError(
+                f"row {row}: the chat template does not render a conversation's turns as prefixes of "
+                "the whole; its assistant turns cannot be located"
+            )
         spans.append((len(start), len(end)))
     return text, spans
 
@@ -113,7 +126,7 @@ def leading_special_ids(tokenizer) -> list[int]:
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     for k in range(len(full) - len(plain) + 1):
-        if full[k: k + len(plain)] == plain:
+        if full[k : k + len(plain)] == plain:
             return list(full[:k])
     return []
 
@@ -127,8 +140,7 @@ def tokenize_conversation(tokenizer, turns: list[dict], max_length: int, row: in
     lead = leading_special_ids(tokenizer)
     if lead and ids[: len(lead)] != lead:  # what tokenizer(text) would put first (<bos>), unless rendered
         ids, offsets = lead + ids, [(0, 0)] * len(lead) + offsets
-    labels = [tok if any(a <= s < b for a, b in spans) and e > s else IGNORE
-              for tok, (s, e) in zip(ids, offsets)]
+    labels = [tok if any(a <= s < b for a, b in spans) and e > s else IGNORE for tok, (s, e) in zip(ids, offsets)]
     cut = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
     first = next((k for k, y in enumerate(labels) if y != IGNORE), len(labels))
@@ -152,6 +164,18 @@ def tokenize_conversations(ds, tokenizer, field: str, max_length: int):
     return datasets.Dataset.from_list(rows), n_cut, own
 
 
-__all__ = ["CONVERSATION_FIELDS", "DEFAULT_CHAT_TEMPLATE", "DEFAULT_STOP", "ROLES", "conversation_field",
-           "normalise", "ensure_template", "leading_special_ids", "prompt_text", "render", "assistant_spans", "tokenize_conversation",
-           "tokenize_conversations"]
+__all__ = [
+    "CONVERSATION_FIELDS",
+    "DEFAULT_CHAT_TEMPLATE",
+    "DEFAULT_STOP",
+    "ROLES",
+    "conversation_field",
+    "normalise",
+    "ensure_template",
+    "leading_special_ids",
+    "prompt_text",
+    "render",
+    "assistant_spans",
+    "tokenize_conversation",
+    "tokenize_conversations",
+]

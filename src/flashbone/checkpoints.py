@@ -37,8 +37,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: Path, step: int, params: dict[str, torch.Tensor], trainer: dict, state: dict,
-                    keep: int) -> Path:
+def save_checkpoint(
+    root: Path, step: int, params: dict[str, torch.Tensor], trainer: dict, state: dict, keep: int
+) -> Path:
     """Write ``root/step-NNNNNNNN`` atomically (temp folder, fsync, rename) and keep the last ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -68,8 +69,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint (temp folders of an interrupted save are ignored)."""
     if not root.is_dir():
         return None
-    done = sorted(p for p in root.iterdir() if _CKPT_RE.match(p.name)
-                  and all((p / f).is_file() for f in ("trainable.safetensors", "trainer.pt", "state.json")))
+    done = sorted(
+        p
+        for p in root.iterdir()
+        if _CKPT_RE.match(p.name)
+        and all((p / f).is_file() for f in ("trainable.safetensors", "trainer.pt", "state.json"))
+    )
     return done[-1] if done else None
 
 
@@ -79,8 +84,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         trainer = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
         state = json.loads((path / "state.json").read_text())
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to "
-                              "resume from the one before") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to resume from the one before"
+        ) from None
     return tensors, trainer, state
 
 
@@ -89,23 +95,31 @@ def check_resume(root: Path, fingerprint: dict, world: int = 1) -> Path:
     (or another number of processes)."""
     path = latest_checkpoint(root)
     if path is None:
-        raise CheckpointError(f"--resume: no complete checkpoint under {root}; run without --resume to start "
-                              "(and with --save-every N to write some)")
+        raise CheckpointError(
+            f"--resume: no complete checkpoint under {root}; run without --resume to start "
+            "(and with --save-every N to write some)"
+        )
     try:
         state = json.loads((path / "state.json").read_text())
         saved = state.get("fingerprint", {})
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({e}); delete it to resume from the one before") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({e}); delete it to resume from the one before"
+        ) from None
     finished = int(state.get("step", 0)) >= int(state.get("total_steps") or 0) > 0
     for k, v in fingerprint.items():
         if saved.get(k) != v:
             if k == "max_steps" and finished and isinstance(v, int) and v > int(state["step"]):
                 continue  # a finished run extended with a larger --max-steps
-            raise CheckpointError(f"--resume: {path} was written with {k}={saved.get(k)!r}, this run has "
-                                  f"{k}={v!r}; resume with the same settings")
+            raise CheckpointError(
+                f"--resume: {path} was written with {k}={saved.get(k)!r}, this run has "
+                f"{k}={v!r}; resume with the same settings"
+            )
     if state.get("world", 1) != world:  # each process's share of a step depends on it
-        raise CheckpointError(f"--resume: {path} was written by a run of {state.get('world', 1)} process(es), this "
-                              f"one has {world}; resume with --nproc {state.get('world', 1)}")
+        raise CheckpointError(
+            f"--resume: {path} was written by a run of {state.get('world', 1)} process(es), this "
+            f"one has {world}; resume with --nproc {state.get('world', 1)}"
+        )
     return path
 
 

@@ -42,19 +42,28 @@ class GlueTask:
     dev_split: str = "validation"
 
 
-GLUE_TASKS = {t.name: t for t in (
-    GlueTask("cola", "sentence", None, 2, "mcc"),
-    GlueTask("sst2", "sentence", None, 2, "accuracy"),
-    GlueTask("mrpc", "sentence1", "sentence2", 2, "accuracy"),  # F1 printed too
-    GlueTask("qqp", "question1", "question2", 2, "accuracy"),
-    GlueTask("mnli", "premise", "hypothesis", 3, "accuracy", "validation_matched"),
-    GlueTask("qnli", "question", "sentence", 2, "accuracy"),
-    GlueTask("rte", "sentence1", "sentence2", 2, "accuracy"),
-    GlueTask("wnli", "sentence1", "sentence2", 2, "accuracy"),
-)}
+GLUE_TASKS = {
+    t.name: t
+    for t in (
+        GlueTask("cola", "sentence", None, 2, "mcc"),
+        GlueTask("sst2", "sentence", None, 2, "accuracy"),
+        GlueTask("mrpc", "sentence1", "sentence2", 2, "accuracy"),  # F1 printed too
+        GlueTask("qqp", "question1", "question2", 2, "accuracy"),
+        GlueTask("mnli", "premise", "hypothesis", 3, "accuracy", "validation_matched"),
+        GlueTask("qnli", "question", "sentence", 2, "accuracy"),
+        GlueTask("rte", "sentence1", "sentence2", 2, "accuracy"),
+        GlueTask("wnli", "sentence1", "sentence2", 2, "accuracy"),
+    )
+}
 # (text, pair) field names recognised without flags: GLUE's layouts, then a plain "text"
-KNOWN_FIELDS = [("premise", "hypothesis"), ("sentence1", "sentence2"), ("question1", "question2"),
-                ("question", "sentence"), ("sentence", None), ("text", None)]
+KNOWN_FIELDS = [
+    ("premise", "hypothesis"),
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("sentence", None),
+    ("text", None),
+]
 HEAD_NAMES = ("classifier", "score")  # the heads of AutoModelForSequenceClassification models
 
 
@@ -74,8 +83,9 @@ def resolve_source(data: str, subset: str | None = None, split: str | None = Non
     if data.lower().startswith("glue/"):
         name = data.split("/", 1)[1].lower().replace("-", "")
         if name not in GLUE_TASKS:
-            raise DataError(f"--data {data}: unknown GLUE task; choose one of "
-                            f"{', '.join('glue/' + t for t in GLUE_TASKS)}")
+            raise DataError(
+                f"--data {data}: unknown GLUE task; choose one of {', '.join('glue/' + t for t in GLUE_TASKS)}"
+            )
         task = GLUE_TASKS[name]
         return Source(GLUE_HUB, name, split or "train", task.dev_split, task)
     return Source(data, subset, split or "train", "validation")
@@ -88,8 +98,14 @@ class Fields:
     label: str
 
 
-def detect_fields(columns: Sequence[str], text: str | None, pair: str | None, label: str | None,
-                  glue: GlueTask | None = None, source: str = "data") -> Fields:
+def detect_fields(
+    columns: Sequence[str],
+    text: str | None,
+    pair: str | None,
+    label: str | None,
+    glue: GlueTask | None = None,
+    source: str = "data",
+) -> Fields:
     """The text, text-pair and label columns: the flags, else the GLUE task's, else a known layout."""
     cols = list(columns)
     if text is None:
@@ -102,8 +118,10 @@ def detect_fields(columns: Sequence[str], text: str | None, pair: str | None, la
                     break
     label = label or "label"
     if text is None:
-        raise DataError(f"{source}: cannot tell which field holds the text; it has fields {cols}; pass "
-                        f"--text-field (and --text-pair-field for pairs)")
+        raise DataError(
+            f"{source}: cannot tell which field holds the text; it has fields {cols}; pass "
+            f"--text-field (and --text-pair-field for pairs)"
+        )
     for flag, f in (("--text-field", text), ("--text-pair-field", pair), ("--label-field", label)):
         if f is not None and f not in cols:
             raise DataError(f"{source}: has no field {f!r} ({flag}); its fields are {cols}")
@@ -116,8 +134,10 @@ def labels_of(ds, field: str, source: str) -> list[int]:
     bad = [i for i, v in enumerate(values) if isinstance(v, bool) or not isinstance(v, int) or v < 0]
     if bad:
         i = bad[0]
-        raise DataError(f"{source}: row {i} has label {values[i]!r}; labels must be integers 0..N-1 "
-                        f"(GLUE's test splits have no labels: use the dev split)")
+        raise DataError(
+            f"{source}: row {i} has label {values[i]!r}; labels must be integers 0..N-1 "
+            f"(GLUE's test splits have no labels: use the dev split)"
+        )
     return list(values)
 
 
@@ -140,13 +160,17 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     for i, r in enumerate(rows):
         ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"], dtype=torch.long)
         mask[i, : len(r["input_ids"])] = 1
-    return {"input_ids": ids, "attention_mask": mask,
-            "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+    }
 
 
 # -- model -------------------------------------------------------------------------------------
-def load_classifier(name: str, num_labels: int, dtype: torch.dtype = torch.float32, device="cpu", *,
-                    trust_remote_code: bool = False):
+def load_classifier(
+    name: str, num_labels: int, dtype: torch.dtype = torch.float32, device="cpu", *, trust_remote_code: bool = False
+):
     """``AutoModelForSequenceClassification`` with a fresh head of ``num_labels`` outputs."""
     from transformers import AutoModelForSequenceClassification
 
@@ -155,12 +179,14 @@ def load_classifier(name: str, num_labels: int, dtype: torch.dtype = torch.float
     path = resolve(name)
     try:
         with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype,
-                                                                       trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, dtype=dtype, trust_remote_code=trust_remote_code
+            )
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"--model {name}: could not load it as a sequence classifier "
-                             f"({type(e).__name__}: {first[:200]})") from None
+        raise ModelLoadError(
+            f"--model {name}: could not load it as a sequence classifier ({type(e).__name__}: {first[:200]})"
+        ) from None
     return model.to(device)
 
 
@@ -243,15 +269,17 @@ def train(model: torch.nn.Module, rows: list[dict], pad_id: int, s: ClassifierSe
     out_dir.mkdir(parents=True, exist_ok=True)
     t0, tokens, loss_v, order, order_epoch = time.time(), 0, None, [], -1
     model.train()
-    with open(out_dir / "metrics.jsonl", "w") as metrics, \
-            tqdm(total=total, desc="train", disable=not s.progress, dynamic_ncols=True) as bar:
+    with (
+        open(out_dir / "metrics.jsonl", "w") as metrics,
+        tqdm(total=total, desc="train", disable=not s.progress, dynamic_ncols=True) as bar,
+    ):
         for step in range(total):
             batches = []
             for k in range(s.grad_accum):
                 epoch, i = divmod(step * s.grad_accum + k, per_epoch)
                 if epoch != order_epoch:
                     order, order_epoch = epoch_order(len(rows), s.seed, epoch), epoch
-                idx = order[i * s.batch_size: (i + 1) * s.batch_size]
+                idx = order[i * s.batch_size : (i + 1) * s.batch_size]
                 batches.append({k2: v.to(device) for k2, v in collate([rows[j] for j in idx], pad_id).items()})
             n_rows = sum(len(b["labels"]) for b in batches)
             loss_sum = 0.0
@@ -270,9 +298,15 @@ def train(model: torch.nn.Module, rows: list[dict], pad_id: int, s: ClassifierSe
             loss_v = loss_sum / n_rows
             if not math.isfinite(loss_v):
                 raise DataError(f"the loss became {loss_v} at step {step + 1}; lower --lr")
-            rec = {"step": step + 1, "loss": round(loss_v, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
-                   "tokens": tokens, "elapsed_s": round(time.time() - t0, 3),
-                   "epoch": round((step + 1) * s.grad_accum / per_epoch, 4)}
+            rec = {
+                "step": step + 1,
+                "loss": round(loss_v, 6),
+                "lr": lr,
+                "grad_norm": round(float(grad_norm), 6),
+                "tokens": tokens,
+                "elapsed_s": round(time.time() - t0, 3),
+                "epoch": round((step + 1) * s.grad_accum / per_epoch, 4),
+            }
             metrics.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
@@ -303,13 +337,23 @@ def metrics(golds: Sequence[int], preds: Sequence[int], num_labels: int) -> Metr
     except ImportError:
         raise DataError('classification metrics need scikit-learn: pip install "flashbone[nlu]"') from None
     average = "binary" if num_labels == 2 else "macro"
-    return Metrics(float(accuracy_score(golds, preds)), float(f1_score(golds, preds, average=average, zero_division=0)),
-                   float(matthews_corrcoef(golds, preds)), len(golds))
+    return Metrics(
+        float(accuracy_score(golds, preds)),
+        float(f1_score(golds, preds, average=average, zero_division=0)),
+        float(matthews_corrcoef(golds, preds)),
+        len(golds),
+    )
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, rows: list[dict], pad_id: int, batch_size: int = 64,
-            bf16: bool = False, progress: bool = False) -> list[int]:
+def predict(
+    model: torch.nn.Module,
+    rows: list[dict],
+    pad_id: int,
+    batch_size: int = 64,
+    bf16: bool = False,
+    progress: bool = False,
+) -> list[int]:
     """The argmax class of every row (in order)."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -318,17 +362,26 @@ def predict(model: torch.nn.Module, rows: list[dict], pad_id: int, batch_size: i
     preds: list[int] = []
     try:
         for i in tqdm(range(0, len(rows), batch_size), desc="eval", disable=not progress, leave=False):
-            b = collate(rows[i: i + batch_size], pad_id)
+            b = collate(rows[i : i + batch_size], pad_id)
             with amp:
-                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+                logits = model(
+                    input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)
+                ).logits
             preds += logits.argmax(-1).tolist()
     finally:
         model.train(was_training)
     return preds
 
 
-def evaluate(model, rows: list[dict], pad_id: int, num_labels: int, batch_size: int = 64,
-             bf16: bool = False, progress: bool = False) -> tuple[Metrics, list[dict]]:
+def evaluate(
+    model,
+    rows: list[dict],
+    pad_id: int,
+    num_labels: int,
+    batch_size: int = 64,
+    bf16: bool = False,
+    progress: bool = False,
+) -> tuple[Metrics, list[dict]]:
     """Metrics on ``rows`` and one record per row (label, prediction, correct)."""
     preds = predict(model, rows, pad_id, batch_size, bf16, progress)
     golds = [r["label"] for r in rows]

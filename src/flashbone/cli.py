@@ -62,12 +62,14 @@ def _config_value(action: argparse.Action, key: str, value, path: str):
         except (TypeError, ValueError):
             kind = getattr(action.type, "__name__", "value")
             raise CLIError(f"--config {path}: key {key!r} must be a {kind}, got {value!r}") from None
-    elif isinstance(value, dict) or isinstance(value, list) and not all(
-            isinstance(x, (str, int, float)) for x in value):  # a YAML list of names (--targets) is fine
+    elif (
+        isinstance(value, dict) or isinstance(value, list) and not all(isinstance(x, (str, int, float)) for x in value)
+    ):  # a YAML list of names (--targets) is fine
         raise CLIError(f"--config {path}: key {key!r} takes one value like {flag} does, got {value!r}")
     if action.choices is not None and value not in action.choices:
-        raise CLIError(f"--config {path}: key {key!r} must be one of {', '.join(map(str, action.choices))}, "
-                       f"got {value!r}")
+        raise CLIError(
+            f"--config {path}: key {key!r} must be one of {', '.join(map(str, action.choices))}, got {value!r}"
+        )
     return value
 
 
@@ -81,8 +83,12 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str | None) -> None
     defaults = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
-        if dest not in actions and dest.startswith("no_") and dest[3:] in actions \
-                and isinstance(actions[dest[3:]], argparse.BooleanOptionalAction):
+        if (
+            dest not in actions
+            and dest.startswith("no_")
+            and dest[3:] in actions
+            and isinstance(actions[dest[3:]], argparse.BooleanOptionalAction)
+        ):
             dest, value = dest[3:], (not value if isinstance(value, bool) else value)
         if dest not in actions:
             known = sorted(d.replace("_", "-") for d in actions)
@@ -104,8 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # optional parts of flashbone: the module a command may miss -> the extra that installs it
-EXTRAS = {"datasets": "train", "matplotlib": "train", "tensorboard": "train", "accelerate": "train", "peft": "peft",
-          "bitsandbytes": "quant", "fla": "rwkv"}
+EXTRAS = {
+    "datasets": "train",
+    "matplotlib": "train",
+    "tensorboard": "train",
+    "accelerate": "train",
+    "peft": "peft",
+    "bitsandbytes": "quant",
+    "fla": "rwkv",
+}
 # an output that cannot be written: a one-line error, not a traceback
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG}
 
@@ -114,7 +127,7 @@ def _missing_extra(e: ModuleNotFoundError) -> str | None:
     top = (e.name or "").split(".")[0]
     if top not in EXTRAS:
         return None
-    return f"this needs the optional package {top!r}: pip install \"flashbone[{EXTRAS[top]}]\""
+    return f'this needs the optional package {top!r}: pip install "flashbone[{EXTRAS[top]}]"'
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,8 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     try:
         module = importlib.import_module(COMMANDS[name][0])
-        parser = argparse.ArgumentParser(prog=f"flashbone {name}", description=module.__doc__, allow_abbrev=False,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = argparse.ArgumentParser(
+            prog=f"flashbone {name}",
+            description=module.__doc__,
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of flag values")
         module.add_arguments(parser)
         pre, _ = parser.parse_known_args(rest)
@@ -153,9 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
         where = f" {e.filename}" if e.filename else ""
-        print(f"flashbone {name}: error: cannot {'write' if full else 'access'}{where}: {e.strerror or e}; what was "
-              f"there before is unchanged: {'free space or ' if full else ''}choose another location",
-              file=sys.stderr)
+        print(
+            f"flashbone {name}: error: cannot {'write' if full else 'access'}{where}: {e.strerror or e}; what was "
+            f"there before is unchanged: {'free space or ' if full else ''}choose another location",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"flashbone {name}: interrupted", file=sys.stderr)

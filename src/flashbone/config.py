@@ -84,9 +84,7 @@ class BoneConfig:
         if self.init not in INITS:
             raise BoneConfigError(f"init must be one of {INITS}, got {self.init!r}")
         if self.adapter_dtype not in ADAPTER_DTYPES:
-            raise BoneConfigError(
-                f"adapter_dtype must be one of {ADAPTER_DTYPES}, got {self.adapter_dtype!r}"
-            )
+            raise BoneConfigError(f"adapter_dtype must be one of {ADAPTER_DTYPES}, got {self.adapter_dtype!r}")
         if isinstance(self.layers_to_transform, int) and not isinstance(self.layers_to_transform, bool):
             self.layers_to_transform = [self.layers_to_transform]
         if isinstance(self.target_modules, (set, tuple)):
@@ -111,9 +109,7 @@ class BoneConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise BoneConfigError(
-                f"unknown BoneConfig field(s) {unknown}; known fields: {sorted(names)}"
-            )
+            raise BoneConfigError(f"unknown BoneConfig field(s) {unknown}; known fields: {sorted(names)}")
         return cls(**d)
 
     def replace(self, **changes: Any) -> "BoneConfig":

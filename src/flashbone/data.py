@@ -1,13 +1,13 @@
 """Instruction data: load, format with a template, tokenize with loss on the response only.
 
-    source (tiny-math | file.jsonl/.json/.parquet/.csv | hub dataset)  --datasets-->  rows
-    row {query, response}  --template-->  prompt = "Below is an instruction ... ### Response:"
-                                           target = "{response}\\n<|EOT|>"
-    tokenize(prompt), tokenize(prompt + target)   (as PiSSA/MetaMath do; the prompt's tokens
-                                                   are the first n_prompt tokens of the whole)
-    labels = -100 on the prompt, the target's ids on the response          (loss on response only)
-    too long: drop prompt tokens from the left first (keeping <bos>), the response is cut on the
-              right only when it alone exceeds max_length - max_length//2: never dropped whole.
+source (tiny-math | file.jsonl/.json/.parquet/.csv | hub dataset)  --datasets-->  rows
+row {query, response}  --template-->  prompt = "Below is an instruction ... ### Response:"
+                                       target = "{response}\\n<|EOT|>"
+tokenize(prompt), tokenize(prompt + target)   (as PiSSA/MetaMath do; the prompt's tokens
+                                               are the first n_prompt tokens of the whole)
+labels = -100 on the prompt, the target's ids on the response          (loss on response only)
+too long: drop prompt tokens from the left first (keeping <bos>), the response is cut on the
+          right only when it alone exceeds max_length - max_length//2: never dropped whole.
 """
 
 from __future__ import annotations
@@ -24,14 +24,21 @@ import torch
 
 from .errors import BoneError
 
-PAPER_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately "
-                "completes the request.\n\n### Instruction:\n{query}\n\n### Response:")
+PAPER_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{query}\n\n### Response:"
+)
 PAPER_TARGET = "{response}\n<|EOT|>"
 EOT = "<|EOT|>"
 IGNORE = -100
 # (query, response) field names recognised without flags: MetaMathQA, GSM8K, Alpaca-like, MATH
-KNOWN_FIELDS = [("query", "response"), ("question", "answer"), ("instruction", "output"),
-                ("problem", "solution"), ("query", "answer")]  # last: CodeFeedback-Filtered-Instruction
+KNOWN_FIELDS = [
+    ("query", "response"),
+    ("question", "answer"),
+    ("instruction", "output"),
+    ("problem", "solution"),
+    ("query", "answer"),
+]  # last: CodeFeedback-Filtered-Instruction
 FILE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BUILTIN_DATA = "tiny-math"
 # what a Hub dataset name looks like: "gsm8k", "openai/gsm8k", "meta-math/MetaMathQA"
@@ -76,16 +83,21 @@ def get_template(spec: str | None) -> Template:
     if spec in TEMPLATES:
         return TEMPLATES[spec]
     if "{query}" not in spec:
-        raise DataError(f"--template {spec!r}: use a name ({', '.join(TEMPLATES)}) or a prompt "
-                        "that contains {query}")
+        raise DataError(f"--template {spec!r}: use a name ({', '.join(TEMPLATES)}) or a prompt that contains {{query}}")
     # only \n, \t and \\ typed on a command line are unescaped; other text (non-ASCII too) is kept
     prompt = re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], spec)
     return Template("custom", prompt, PAPER_TARGET)
 
 
 # -- loading ------------------------------------------------------------------------------------
-def load_rows(source: str, split: str = "train", subset: str | None = None,
-              max_samples: int | None = None, seed: int = 0, tinymath_train_size: int = 4000):
+def load_rows(
+    source: str,
+    split: str = "train",
+    subset: str | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    tinymath_train_size: int = 4000,
+):
     """A :class:`datasets.Dataset` from the built-in ``tiny-math`` (``tiny-math:test`` for the
     held-out split), a local file, or a Hugging Face Hub dataset name."""
     import datasets
@@ -121,11 +133,15 @@ def _load_hub(name: str, subset: str | None, split: str):
     except Exception as e:  # offline, unknown name, bad split...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         offline = isinstance(e, (ConnectionError, TimeoutError)) or any(
-            w in msg.lower() for w in ("offline", "connect", "reach"))
+            w in msg.lower() for w in ("offline", "connect", "reach")
+        )
         env = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
-        why = (f"the Hugging Face Hub cannot be reached{env}: run once with network access to cache "
-               "it, or pass a local .jsonl/.json/.parquet/.csv file" if offline else
-               f"it could not be loaded from the Hugging Face Hub ({type(e).__name__}: {msg})")
+        why = (
+            f"the Hugging Face Hub cannot be reached{env}: run once with network access to cache "
+            "it, or pass a local .jsonl/.json/.parquet/.csv file"
+            if offline
+            else f"it could not be loaded from the Hugging Face Hub ({type(e).__name__}: {msg})"
+        )
         raise DataError(f"--data {name!r} is not a local file and {why}") from None
 
 
@@ -137,15 +153,19 @@ def _check_text(path: Path, kind: str) -> None:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"--data {path}: line {n} is not UTF-8 text (byte {raw[e.start]:#04x} at column "
-                                f"{e.start + 1}); save the file as UTF-8") from None
+                raise DataError(
+                    f"--data {path}: line {n} is not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                    f"{e.start + 1}); save the file as UTF-8"
+                ) from None
             if kind == "jsonl" and line.strip():
                 try:
                     json.loads(line)
                 except json.JSONDecodeError as e:
                     cut = " (the file may be cut short)" if not raw.endswith(b"\n") else ""
-                    raise DataError(f"--data {path}: line {n} is not valid JSON ({e.msg}, column {e.colno})"
-                                    f"{cut}; fix or remove that line") from None
+                    raise DataError(
+                        f"--data {path}: line {n} is not valid JSON ({e.msg}, column {e.colno})"
+                        f"{cut}; fix or remove that line"
+                    ) from None
 
 
 def _load_file(path: Path):
@@ -175,8 +195,13 @@ def _load_file(path: Path):
         datasets.logging.set_verbosity(level)
 
 
-def detect_fields(columns: Sequence[str], query_field: str | None, response_field: str | None,
-                  source: str = "data", need_response: bool = True) -> tuple[str, str | None]:
+def detect_fields(
+    columns: Sequence[str],
+    query_field: str | None,
+    response_field: str | None,
+    source: str = "data",
+    need_response: bool = True,
+) -> tuple[str, str | None]:
     """The (query, response) column names: the flags, else a known pair (MetaMathQA, GSM8K...)."""
     cols = list(columns)
     if query_field is None or (need_response and response_field is None):
@@ -187,8 +212,10 @@ def detect_fields(columns: Sequence[str], query_field: str | None, response_fiel
                 break
     for flag, f in (("--query-field", query_field), ("--response-field", response_field)):
         if f is None and (flag == "--query-field" or need_response):
-            raise DataError(f"{source}: cannot tell which field holds the {flag[2:-6]}; it has fields "
-                            f"{cols}; pass {flag} (known pairs: {KNOWN_FIELDS})")
+            raise DataError(
+                f"{source}: cannot tell which field holds the {flag[2:-6]}; it has fields "
+                f"{cols}; pass {flag} (known pairs: {KNOWN_FIELDS})"
+            )
         if f is not None and f not in cols:
             raise DataError(f"{source}: has no field {f!r} (given by {flag}); its fields are {cols}")
     return query_field, response_field
@@ -206,7 +233,7 @@ def truncate(ids: list[int], n_prompt: int, max_length: int, keep_first: bool) -
     keep_resp = min(len(resp), max(max_length - len(prompt), max_length - max_length // 2))
     keep_prompt = max_length - keep_resp
     head = prompt[:1] if (keep_first and prompt and keep_prompt > 0) else []
-    tail = prompt[len(prompt) - (keep_prompt - len(head)):] if keep_prompt - len(head) > 0 else []
+    tail = prompt[len(prompt) - (keep_prompt - len(head)) :] if keep_prompt - len(head) > 0 else []
     prompt = head + tail
     return prompt + resp[:keep_resp], len(prompt)
 
@@ -228,8 +255,9 @@ def cut_after_code(text: str) -> str:
     return text if end < 0 else text[:end]
 
 
-def tokenize_rows(ds, tokenizer, template: Template, query_field: str, response_field: str,
-                  max_length: int, source: str = "data"):
+def tokenize_rows(
+    ds, tokenizer, template: Template, query_field: str, response_field: str, max_length: int, source: str = "data"
+):
     """Add ``input_ids`` and ``n_prompt`` to every row; returns (dataset, n_truncated)."""
     if max_length < 2:
         raise DataError(f"--max-length must be at least 2, got {max_length}")
@@ -252,8 +280,10 @@ def tokenize_rows(ds, tokenizer, template: Template, query_field: str, response_
         for field_name, value in ((query_field, q), (response_field, r)):
             if value is None or not str(value).strip():
                 what = "null" if value is None else "empty"
-                raise DataError(f"{source}: row {i} (from 1, as a .jsonl file's lines): field {field_name!r} "
-                                f"is {what}; fill it in or remove the row")
+                raise DataError(
+                    f"{source}: row {i} (from 1, as a .jsonl file's lines): field {field_name!r} "
+                    f"is {what}; fill it in or remove the row"
+                )
     out = ds.map(fn, batched=True, batch_size=1000, remove_columns=ds.column_names)
     n_cut = int(sum(out["truncated"]))
     out = out.remove_columns(["truncated"]).filter(lambda r: len(r["input_ids"]) > r["n_prompt"])
@@ -276,7 +306,7 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         if r.get("labels") is not None:  # conversations: -100 outside the assistant's turns
             labels[i, : len(t)] = torch.tensor(r["labels"], dtype=torch.long)
         else:
-            labels[i, r["n_prompt"]: len(t)] = t[r["n_prompt"]:]
+            labels[i, r["n_prompt"] : len(t)] = t[r["n_prompt"] :]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -290,7 +320,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def micro_batches(order: list[int], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """Consecutive micro-batches of ``order``; with ``world > 1`` rank ``r`` takes every
     ``world``-th one (global micro-batch ``k*world + r``), so the global batch is unchanged."""
-    mbs = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    mbs = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return mbs[rank::world]
 
 
@@ -298,6 +328,21 @@ def steps_per_epoch(n_rows: int, batch_size: int, grad_accum: int, world: int = 
     return max(1, math.ceil(math.ceil(n_rows / batch_size) / (grad_accum * world)))
 
 
-__all__ = ["PAPER_PROMPT", "PAPER_TARGET", "EOT", "Template", "TEMPLATES", "get_template", "load_rows",
-           "detect_fields", "tokenize_rows", "truncate", "collate", "epoch_order", "micro_batches",
-           "steps_per_epoch", "DataError", "BUILTIN_DATA"]
+__all__ = [
+    "PAPER_PROMPT",
+    "PAPER_TARGET",
+    "EOT",
+    "Template",
+    "TEMPLATES",
+    "get_template",
+    "load_rows",
+    "detect_fields",
+    "tokenize_rows",
+    "truncate",
+    "collate",
+    "epoch_order",
+    "micro_batches",
+    "steps_per_epoch",
+    "DataError",
+    "BUILTIN_DATA",
+]

@@ -1,17 +1,17 @@
 """Several processes: launch, process group, DDP / FSDP2 wrapping, full tensors for rank 0.
 
-    flashbone train --nproc N ...                        torch.distributed.run (torchrun's own
-    torchrun --nproc_per_node N -m flashbone train ...   code) starts N x `python -m flashbone train`
-    each process: RANK, LOCAL_RANK, WORLD_SIZE from the environment
-        init_process_group: nccl on CUDA (device cuda:LOCAL_RANK), gloo on CPU
-        global batch B x A (as asked) = per-process micro-batch b x accumulation a x N  (split_batch)
-        ddp:  DistributedDataParallel(model)               every process holds the whole model
-        fsdp: fully_shard(each decoder layer), then fully_shard(root)
-              a decoder layer's unit holds its base weights AND its adapters, so a weight-reading
-              adapter (bat, bone-ab...) sees the whole W of its layer, gathered, in forward
-              bf16: MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32); fp32 shards stay
-    rank 0 writes: tensors gathered to full ones first (DTensor.full_tensor, a collective that
-    every process calls), so checkpoints and adapters look exactly like a one-process run's.
+flashbone train --nproc N ...                        torch.distributed.run (torchrun's own
+torchrun --nproc_per_node N -m flashbone train ...   code) starts N x `python -m flashbone train`
+each process: RANK, LOCAL_RANK, WORLD_SIZE from the environment
+    init_process_group: nccl on CUDA (device cuda:LOCAL_RANK), gloo on CPU
+    global batch B x A (as asked) = per-process micro-batch b x accumulation a x N  (split_batch)
+    ddp:  DistributedDataParallel(model)               every process holds the whole model
+    fsdp: fully_shard(each decoder layer), then fully_shard(root)
+          a decoder layer's unit holds its base weights AND its adapters, so a weight-reading
+          adapter (bat, bone-ab...) sees the whole W of its layer, gathered, in forward
+          bf16: MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32); fp32 shards stay
+rank 0 writes: tensors gathered to full ones first (DTensor.full_tensor, a collective that
+every process calls), so checkpoints and adapters look exactly like a one-process run's.
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def launch(nproc: int, argv: list[str], command: str = "train") -> None:
         run(args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
-        raise DistributedError(f"the process of rank {rank} failed (exit code {failure.exitcode}), so the others "
-                               "were stopped; its error is printed above") from None
+        raise DistributedError(
+            f"the process of rank {rank} failed (exit code {failure.exitcode}), so the others "
+            "were stopped; its error is printed above"
+        ) from None
 
 
 def init(env: ProcessEnv, device: torch.device) -> torch.device:
@@ -76,13 +78,16 @@ def init(env: ProcessEnv, device: torch.device) -> torch.device:
 
     if device.type == "cuda":
         if env.local_rank >= torch.cuda.device_count():
-            raise DistributedError(f"local rank {env.local_rank} has no GPU: this machine has "
-                                   f"{torch.cuda.device_count()}; start at most that many processes per machine")
+            raise DistributedError(
+                f"local rank {env.local_rank} has no GPU: this machine has "
+                f"{torch.cuda.device_count()}; start at most that many processes per machine"
+            )
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     return device
 
 
@@ -105,7 +110,8 @@ def split_batch(batch_size: int, grad_accum: int, world: int) -> tuple[int, int]
     if batch_size % rest:
         raise DistributedError(
             f"--batch-size {batch_size} x --grad-accum {grad_accum} = {batch_size * grad_accum} rows per step "
-            f"cannot be split evenly over {world} processes; make --grad-accum (or --batch-size) a multiple of {world}")
+            f"cannot be split evenly over {world} processes; make --grad-accum (or --batch-size) a multiple of {world}"
+        )
     return batch_size // rest, grad_accum // g
 
 
@@ -118,8 +124,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
         lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
         layers = list(max(lists, key=len)) if lists else []
     if not layers:
-        raise DistributedError(f"--strategy fsdp: found no decoder layers in {type(model).__name__} to shard; "
-                               "use --strategy ddp")
+        raise DistributedError(
+            f"--strategy fsdp: found no decoder layers in {type(model).__name__} to shard; use --strategy ddp"
+        )
     return layers
 
 
@@ -141,7 +148,9 @@ def wrapper(strategy: str, device: torch.device, bf16: bool, hf_model: nn.Module
         raise DistributedError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
 
     def shard(m: nn.Module) -> nn.Module:
         compact_(m)
@@ -180,8 +189,10 @@ def full_optimizer_state(sd: dict, keep: bool) -> dict:
     """``optimizer.state_dict()`` with every sharded state tensor gathered (the one-process format)."""
     state = {}
     for i in sorted(sd["state"]):
-        st = {k: full_tensor(v).cpu() if torch.is_tensor(v) and (keep or is_sharded(v)) else v
-              for k, v in sd["state"][i].items()}
+        st = {
+            k: full_tensor(v).cpu() if torch.is_tensor(v) and (keep or is_sharded(v)) else v
+            for k, v in sd["state"][i].items()
+        }
         if keep:
             state[i] = st
     return {"state": state, "param_groups": sd["param_groups"]} if keep else {}
@@ -234,6 +245,23 @@ def all_gather_objects(obj, world: int) -> list:
     return out
 
 
-__all__ = ["STRATEGIES", "DistributedError", "ProcessEnv", "process_env", "launch", "init", "finish", "split_batch",
-           "decoder_layers", "wrapper", "is_sharded", "full_tensor", "gather_full", "full_optimizer_state",
-           "place_like", "shard_optimizer_state", "full_parameters", "all_gather_objects"]
+__all__ = [
+    "STRATEGIES",
+    "DistributedError",
+    "ProcessEnv",
+    "process_env",
+    "launch",
+    "init",
+    "finish",
+    "split_batch",
+    "decoder_layers",
+    "wrapper",
+    "is_sharded",
+    "full_tensor",
+    "gather_full",
+    "full_optimizer_state",
+    "place_like",
+    "shard_optimizer_state",
+    "full_parameters",
+    "all_gather_objects",
+]

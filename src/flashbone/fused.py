@@ -79,8 +79,9 @@ def apply(model: nn.Module, mode: str = "auto", device: torch.device | None = No
     if mode == "off" or (mode == "auto" and (device.type != "cuda" or not available())):
         return 0
     if device.type != "cuda":
-        raise BoneConfigError(f"--liger on: liger-kernel's kernels run on CUDA, the model is on {device.type}; "
-                              "use --liger auto or off")
+        raise BoneConfigError(
+            f"--liger on: liger-kernel's kernels run on CUDA, the model is on {device.type}; use --liger auto or off"
+        )
     if not available():
         raise BoneConfigError(f"--liger on: liger-kernel is not installed; {INSTALL}")
     found = patchable(model)

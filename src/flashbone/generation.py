@@ -1,8 +1,8 @@
 """Batched greedy generation and scoring of a whole evaluation set.
 
-    rows --template--> prompts --sort by length, left-pad, batch--> model.generate (greedy,
-    stop at "<|EOT|>" or eos) --decode new tokens, cut at stop--> generations
-    --scoring.score(task)--> {prompt, generation, extracted, gold, correct}
+rows --template--> prompts --sort by length, left-pad, batch--> model.generate (greedy,
+stop at "<|EOT|>" or eos) --decode new tokens, cut at stop--> generations
+--scoring.score(task)--> {prompt, generation, extracted, gold, correct}
 """
 
 from __future__ import annotations
@@ -19,8 +19,18 @@ from .data import DataError, Template
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int,
-             stops: list[str], bf16: bool = False, progress: bool = True, desc: str = "generate") -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    stops: list[str],
+    bf16: bool = False,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
     """Greedy completions of ``prompts`` (in their order), each cut at the first stop string."""
     from transformers import GenerationConfig
 
@@ -32,20 +42,25 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     eos = tokenizer.eos_token_id
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=eos, bos_token_id=tokenizer.bos_token_id,
-                               stop_strings=[s for s in stops if s] or None)
+    gen_cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+        bos_token_id=tokenizer.bos_token_id,
+        stop_strings=[s for s in stops if s] or None,
+    )
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together
     out: list[str] = [""] * len(prompts)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     try:
         bar = tqdm(total=len(prompts), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
         for i in range(0, len(order), batch_size):
-            idx = order[i: i + batch_size]
+            idx = order[i : i + batch_size]
             enc = tokenizer([prompts[j] for j in idx], return_tensors="pt", padding=True).to(device)
             with amp:
                 ids = model.generate(**enc, generation_config=gen_cfg, tokenizer=tokenizer)
-            texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for j, t in zip(idx, texts):
                 out[j] = scoring.cut_at_stop(t, stops)
             bar.update(len(idx))
@@ -69,10 +84,22 @@ def gold_of(row: dict, task: str, answer_field: str | None) -> object:
     return scoring.gsm8k_gold(value) if value is not None else None
 
 
-def evaluate(model, tokenizer, rows: list[dict], *, task: str, template: Template, query_field: str,
-             answer_field: str | None = None, max_new_tokens: int = 512, batch_size: int = 16,
-             bf16: bool = False, progress: bool = True, desc: str = "eval",
-             scorer: str = "protocol") -> tuple[float, list[dict]]:
+def evaluate(
+    model,
+    tokenizer,
+    rows: list[dict],
+    *,
+    task: str,
+    template: Template,
+    query_field: str,
+    answer_field: str | None = None,
+    max_new_tokens: int = 512,
+    batch_size: int = 16,
+    bf16: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+    scorer: str = "protocol",
+) -> tuple[float, list[dict]]:
     """Accuracy on ``rows`` and one record per row (prompt, generation, extracted, gold, correct);
     ``scorer``: ``protocol`` (the papers' scripts) or ``math-verify`` (see :mod:`flashbone.scoring`)."""
     scoring.check_scorer(scorer)
@@ -81,11 +108,22 @@ def evaluate(model, tokenizer, rows: list[dict], *, task: str, template: Templat
     golds = [gold_of(r, task, answer_field) for r in rows]
     missing = [i for i, g in enumerate(golds) if g is None]
     if missing:
-        raise DataError(f"row {missing[0]}: no reference answer for task {task} (fields {sorted(rows[missing[0]])}); "
-                        "pass --answer-field")
+        raise DataError(
+            f"row {missing[0]}: no reference answer for task {task} (fields {sorted(rows[missing[0]])}); "
+            "pass --answer-field"
+        )
     prompts = [template.prompt_text(r[query_field]) for r in rows]
-    gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    stops=template.stop, bf16=bf16, progress=progress, desc=desc)
+    gens = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stops=template.stop,
+        bf16=bf16,
+        progress=progress,
+        desc=desc,
+    )
     records = []
     for p, g, gold in zip(prompts, gens, golds):
         pred, ok = scoring.score(task, g, gold, scorer)

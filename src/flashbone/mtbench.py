@@ -1,16 +1,16 @@
 """MT-Bench, as FastChat's ``llm_judge`` runs it: two-turn answers, single-answer grading by a judge.
 
-    question.jsonl  {"question_id", "category", "turns": [q1, q2], "reference": [r1, r2] (some)}
-    answers         {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [a1, a2]}],
-                     "tstamp"}                                      (FastChat's model_answer/<id>.jsonl)
-    judge prompts   FastChat's single-v1 / single-math-v1 (turn 1) and their -multi-turn forms
-                    (turn 2); the math forms, with the reference answer, for math/reasoning/coding
-    request         POST <judge-url>/chat/completions {model, messages: [system, user],
-                    temperature 0, max_tokens 2048}, key from OPENAI_API_KEY
-    rating          the first "[[x]]" of the reply (else "[x]"), -1 when there is none
-    judgments       {"question_id", "model", "judge": [judge, prompt name], "user_prompt", "judgment",
-                     "score", "turn", "tstamp"}                     (FastChat's model_judgment/<judge>_single.jsonl)
-    score           mean rating over rated judgments (-1 left out), per turn and both turns
+question.jsonl  {"question_id", "category", "turns": [q1, q2], "reference": [r1, r2] (some)}
+answers         {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [a1, a2]}],
+                 "tstamp"}                                      (FastChat's model_answer/<id>.jsonl)
+judge prompts   FastChat's single-v1 / single-math-v1 (turn 1) and their -multi-turn forms
+                (turn 2); the math forms, with the reference answer, for math/reasoning/coding
+request         POST <judge-url>/chat/completions {model, messages: [system, user],
+                temperature 0, max_tokens 2048}, key from OPENAI_API_KEY
+rating          the first "[[x]]" of the reply (else "[x]"), -1 when there is none
+judgments       {"question_id", "model", "judge": [judge, prompt name], "user_prompt", "judgment",
+                 "score", "turn", "tstamp"}                     (FastChat's model_judgment/<judge>_single.jsonl)
+score           mean rating over rated judgments (-1 left out), per turn and both turns
 """
 
 from __future__ import annotations
@@ -35,11 +35,15 @@ _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
 # FastChat's judge prompts (fastchat/llm_judge/data/judge_prompts.jsonl, Apache-2.0), the single-grading four.
-_RATE = ("After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly "
-         "following this format: \"[[rating]]\", for example: \"Rating: [[5]]\".")
-_CONV = ("<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n### Assistant A:\n"
-         "{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
-         "<|The End of Assistant A's Conversation with User|>")
+_RATE = (
+    "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly "
+    'following this format: "[[rating]]", for example: "Rating: [[5]]".'
+)
+_CONV = (
+    "<|The Start of Assistant A's Conversation with User|>\n\n### User:\n{question_1}\n\n### Assistant A:\n"
+    "{answer_1}\n\n### User:\n{question_2}\n\n### Assistant A:\n{answer_2}\n\n"
+    "<|The End of Assistant A's Conversation with User|>"
+)
 JUDGE_PROMPTS = {
     "single-v1": {
         "system_prompt": "You are a helpful assistant.",
@@ -47,7 +51,8 @@ JUDGE_PROMPTS = {
         "provided by an AI assistant to the user question displayed below. Your evaluation should consider factors "
         "such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin "
         "your evaluation by providing a short explanation. Be as objective as possible. " + _RATE + "\n\n[Question]\n"
-        "{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"},
+        "{question}\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]",
+    },
     "single-math-v1": {
         "system_prompt": "You are a helpful assistant.",
         "prompt_template": "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response "
@@ -56,14 +61,16 @@ JUDGE_PROMPTS = {
         "evaluation by comparing the assistant's answer with the reference answer. Identify and correct any "
         "mistakes. Be as objective as possible. " + _RATE + "\n\n[Question]\n{question}\n\n[The Start of Reference "
         "Answer]\n{ref_answer_1}\n[The End of Reference Answer]\n\n[The Start of Assistant's Answer]\n{answer}\n"
-        "[The End of Assistant's Answer]"},
+        "[The End of Assistant's Answer]",
+    },
     "single-v1-multi-turn": {
         "system_prompt": "Please act as an impartial judge and evaluate the quality of the response provided by an AI "
         "assistant to the user question displayed below. Your evaluation should consider factors such as the "
         "helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. You evaluation "
         "should focus on the assistant's answer to the second user question. Begin your evaluation by providing a "
         "short explanation. Be as objective as possible. " + _RATE + "\n\n",
-        "prompt_template": _CONV},
+        "prompt_template": _CONV,
+    },
     "single-math-v1-multi-turn": {
         "system_prompt": "Please act as an impartial judge and evaluate the quality of the response provided by an AI "
         "assistant to the user question. Your evaluation should consider correctness and helpfulness. You will be "
@@ -72,7 +79,8 @@ JUDGE_PROMPTS = {
         "answer. Identify and correct any mistakes. Be as objective as possible. " + _RATE + "\n\n",
         "prompt_template": "<|The Start of Reference Answer|>\n\n### User:\n{question_1}\n\n### Reference answer:\n"
         "{ref_answer_1}\n\n### User:\n{question_2}\n\n### Reference answer:\n{ref_answer_2}\n\n<|The End of "
-        "Reference Answer|>\n\n\n" + _CONV},
+        "Reference Answer|>\n\n\n" + _CONV,
+    },
 }
 
 
@@ -102,8 +110,9 @@ def read_questions(path: str | Path) -> list[dict]:
     rows = _jsonl(path, "--data")
     for i, q in enumerate(rows):
         if "question_id" not in q or not isinstance(q.get("turns"), list) or not q["turns"]:
-            raise DataError(f"--data {path}: line {i + 1} needs question_id and a list of turns (FastChat's "
-                            "question.jsonl)")
+            raise DataError(
+                f"--data {path}: line {i + 1} needs question_id and a list of turns (FastChat's question.jsonl)"
+            )
     return rows
 
 
@@ -126,8 +135,13 @@ def read_answers(path: str | Path, questions: list[dict]) -> list[dict]:
 
 def answer_record(question_id, model_id: str, turns: list[str]) -> dict:
     """One line of FastChat's answer file."""
-    return {"question_id": question_id, "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
-            "choices": [{"index": 0, "turns": turns}], "tstamp": time.time()}
+    return {
+        "question_id": question_id,
+        "answer_id": uuid.uuid4().hex[:22],
+        "model_id": model_id,
+        "choices": [{"index": 0, "turns": turns}],
+        "tstamp": time.time(),
+    }
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -153,14 +167,29 @@ def judge_requests(question: dict, answer: dict) -> list[JudgeRequest]:
     out = []
     name = "single-math-v1" if math else "single-v1"
     kw = {"ref_answer_1": ref[0]} if math else {}
-    out.append(JudgeRequest(question["question_id"], 1, name, JUDGE_PROMPTS[name]["system_prompt"],
-                            JUDGE_PROMPTS[name]["prompt_template"].format(question=q[0], answer=a[0], **kw)))
+    out.append(
+        JudgeRequest(
+            question["question_id"],
+            1,
+            name,
+            JUDGE_PROMPTS[name]["system_prompt"],
+            JUDGE_PROMPTS[name]["prompt_template"].format(question=q[0], answer=a[0], **kw),
+        )
+    )
     if len(q) > 1:
         name += "-multi-turn"
         kw = {"ref_answer_1": ref[0], "ref_answer_2": ref[1]} if math else {}
-        out.append(JudgeRequest(question["question_id"], 2, name, JUDGE_PROMPTS[name]["system_prompt"],
-                                JUDGE_PROMPTS[name]["prompt_template"].format(
-                                    question_1=q[0], question_2=q[1], answer_1=a[0], answer_2=a[1], **kw)))
+        out.append(
+            JudgeRequest(
+                question["question_id"],
+                2,
+                name,
+                JUDGE_PROMPTS[name]["system_prompt"],
+                JUDGE_PROMPTS[name]["prompt_template"].format(
+                    question_1=q[0], question_2=q[1], answer_1=a[0], answer_2=a[1], **kw
+                ),
+            )
+        )
     return out
 
 
@@ -177,9 +206,14 @@ def chat_completions_url(url: str) -> str:
 
 def ask_judge(url: str, model: str, req: JudgeRequest, *, timeout_s: float = 120.0, retries: int = 3) -> str:
     """The judge's reply to one request, from an OpenAI-compatible ``/chat/completions``."""
-    body = json.dumps({"model": model, "messages": [{"role": "system", "content": req.system},
-                                                    {"role": "user", "content": req.user}],
-                       "temperature": JUDGE_TEMPERATURE, "max_tokens": JUDGE_MAX_TOKENS}).encode()
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "system", "content": req.system}, {"role": "user", "content": req.user}],
+            "temperature": JUDGE_TEMPERATURE,
+            "max_tokens": JUDGE_MAX_TOKENS,
+        }
+    ).encode()
     headers = {"Content-Type": "application/json"}
     if os.environ.get("OPENAI_API_KEY"):
         headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
@@ -198,9 +232,10 @@ def ask_judge(url: str, model: str, req: JudgeRequest, *, timeout_s: float = 120
             last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
         except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
             last = f"an unexpected reply ({type(e).__name__}: {e})"
-        time.sleep(min(2.0 ** attempt, 8.0))
-    raise JudgeError(f"--judge-url {url}: the judge did not answer ({last}); check the URL, --judge-model "
-                     f"{model} and OPENAI_API_KEY")
+        time.sleep(min(2.0**attempt, 8.0))
+    raise JudgeError(
+        f"--judge-url {url}: the judge did not answer ({last}); check the URL, --judge-model {model} and OPENAI_API_KEY"
+    )
 
 
 def judge_all(questions: list[dict], answers: list[dict], url: str, model: str, model_id: str) -> list[dict]:
@@ -209,9 +244,18 @@ def judge_all(questions: list[dict], answers: list[dict], url: str, model: str, 
     for q, a in zip(questions, answers):
         for req in judge_requests(q, a):
             judgment = ask_judge(url, model, req)
-            out.append({"question_id": req.question_id, "model": model_id, "judge": [model, req.prompt_name],
-                        "user_prompt": req.user, "judgment": judgment, "score": parse_rating(judgment),
-                        "turn": req.turn, "tstamp": time.time()})
+            out.append(
+                {
+                    "question_id": req.question_id,
+                    "model": model_id,
+                    "judge": [model, req.prompt_name],
+                    "user_prompt": req.user,
+                    "judgment": judgment,
+                    "score": parse_rating(judgment),
+                    "turn": req.turn,
+                    "tstamp": time.time(),
+                }
+            )
     return out
 
 
@@ -231,10 +275,29 @@ def scores(judgments: list[dict]) -> Scores:
     def avg(rows):
         return mean(j["score"] for j in rows) if rows else None
 
-    return Scores(avg(rated), avg([j for j in rated if j["turn"] == 1]), avg([j for j in rated if j["turn"] == 2]),
-                  len(rated), len(judgments) - len(rated))
+    return Scores(
+        avg(rated),
+        avg([j for j in rated if j["turn"] == 1]),
+        avg([j for j in rated if j["turn"] == 2]),
+        len(rated),
+        len(judgments) - len(rated),
+    )
 
 
-__all__ = ["JUDGE_PROMPTS", "NEED_REF_CATS", "JudgeError", "JudgeRequest", "Scores", "answer_record", "ask_judge",
-           "chat_completions_url", "judge_all", "judge_requests", "parse_rating", "read_answers", "read_questions",
-           "scores", "write_jsonl"]
+__all__ = [
+    "JUDGE_PROMPTS",
+    "NEED_REF_CATS",
+    "JudgeError",
+    "JudgeRequest",
+    "Scores",
+    "answer_record",
+    "ask_judge",
+    "chat_completions_url",
+    "judge_all",
+    "judge_requests",
+    "parse_rating",
+    "read_answers",
+    "read_questions",
+    "scores",
+    "write_jsonl",
+]

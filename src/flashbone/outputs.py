@@ -1,15 +1,15 @@
 """Where the commands write, and what they never touch (one set of rules for every command).
 
-    folder outputs (train --out, merge --out):
-        built in the hidden sibling PARENT/.NAME.flashbone-partial, which holds the marker
-        file .flashbone-run; renamed to NAME only when complete. An existing NAME is first
-        renamed to .NAME.flashbone-old and removed only after the new NAME is in place.
-    --overwrite replaces only a folder that holds the marker (one flashbone wrote); never a
-        regular file, the current folder or a folder above it, a home folder, the filesystem
-        root, or a folder that is or holds an input (data, model, adapter).
-    file outputs (eval --out, plot --out): written to PARENT/.NAME.tmp-PID, then renamed over
-        NAME (an input file is never an output).
-    Every location is checked before any long work: an unwritable one is one error line.
+folder outputs (train --out, merge --out):
+    built in the hidden sibling PARENT/.NAME.flashbone-partial, which holds the marker
+    file .flashbone-run; renamed to NAME only when complete. An existing NAME is first
+    renamed to .NAME.flashbone-old and removed only after the new NAME is in place.
+--overwrite replaces only a folder that holds the marker (one flashbone wrote); never a
+    regular file, the current folder or a folder above it, a home folder, the filesystem
+    root, or a folder that is or holds an input (data, model, adapter).
+file outputs (eval --out, plot --out): written to PARENT/.NAME.tmp-PID, then renamed over
+    NAME (an input file is never an output).
+Every location is checked before any long work: an unwritable one is one error line.
 """
 
 from __future__ import annotations
@@ -108,8 +108,9 @@ def check_writable(path: Path, flag: str = "--out") -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e}); "
-                          "choose a folder you can write to") from None
+        raise OutputError(
+            f"{flag} {path}: cannot write in {parent} ({e.strerror or e}); choose a folder you can write to"
+        ) from None
 
 
 def recover(final: Path) -> None:
@@ -125,8 +126,14 @@ def recover(final: Path) -> None:
         shutil.rmtree(o, ignore_errors=True)
 
 
-def plan_folder(out: str | os.PathLike, *, overwrite: bool, inputs: dict[str, str | os.PathLike | None],
-                flag: str = "--out", other_ways: str = "") -> OutputFolder:
+def plan_folder(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool,
+    inputs: dict[str, str | os.PathLike | None],
+    flag: str = "--out",
+    other_ways: str = "",
+) -> OutputFolder:
     """Check a folder output before any work and say where it will be built.
 
     Refused with one line: a file; a protected location; a non-empty folder without
@@ -135,8 +142,7 @@ def plan_folder(out: str | os.PathLike, *, overwrite: bool, inputs: dict[str, st
     shown = str(out)
     reason = protected_reason(final, inputs)
     if reason:
-        raise OutputError(f"{flag} {shown} {reason}; flashbone never writes over it: name a new folder, "
-                          "e.g. runs/x")
+        raise OutputError(f"{flag} {shown} {reason}; flashbone never writes over it: name a new folder, e.g. runs/x")
     if final.parent.is_dir():
         recover(final)
     if final.exists() or final.is_symlink():
@@ -144,11 +150,15 @@ def plan_folder(out: str | os.PathLike, *, overwrite: bool, inputs: dict[str, st
             raise OutputError(f"{flag} {shown} is a file; flashbone never replaces a file: name a folder")
         if any(final.iterdir()):
             if not overwrite:
-                raise OutputError(f"{flag} {shown} is not empty; pass --overwrite to replace a folder flashbone "
-                                  f"wrote{other_ways}, or name a new folder")
+                raise OutputError(
+                    f"{flag} {shown} is not empty; pass --overwrite to replace a folder flashbone "
+                    f"wrote{other_ways}, or name a new folder"
+                )
             if not is_flashbone_folder(final):
-                raise OutputError(f"{flag} {shown} holds files flashbone did not write (no {MARKER} in it); "
-                                  "--overwrite replaces only flashbone's own folders: name a new folder")
+                raise OutputError(
+                    f"{flag} {shown} holds files flashbone did not write (no {MARKER} in it); "
+                    "--overwrite replaces only flashbone's own folders: name a new folder"
+                )
     check_writable(final, flag)
     return OutputFolder(final=final, work=partial_of(final))
 
@@ -218,8 +228,13 @@ def write_folder(folder: OutputFolder, command: str, write: Callable[[Path], Non
     return finish(folder)
 
 
-def check_file(out: str | os.PathLike, *, inputs: dict[str, str | os.PathLike | None],
-               flag: str = "--out", example: str = "results.jsonl") -> Path:
+def check_file(
+    out: str | os.PathLike,
+    *,
+    inputs: dict[str, str | os.PathLike | None],
+    flag: str = "--out",
+    example: str = "results.jsonl",
+) -> Path:
     """Check a single-file output before any work: not a folder, not an input, writable."""
     path = Path(out).expanduser().absolute()
     if path.is_dir():
@@ -246,6 +261,20 @@ def write_file(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-__all__ = ["MARKER", "OutputError", "OutputFolder", "plan_folder", "begin", "finish", "abort", "write_folder",
-           "check_file", "write_file", "check_writable", "protected_reason", "partial_of", "mark",
-           "is_flashbone_folder"]
+__all__ = [
+    "MARKER",
+    "OutputError",
+    "OutputFolder",
+    "plan_folder",
+    "begin",
+    "finish",
+    "abort",
+    "write_folder",
+    "check_file",
+    "write_file",
+    "check_writable",
+    "protected_reason",
+    "partial_of",
+    "mark",
+    "is_flashbone_folder",
+]

@@ -1,10 +1,10 @@
 """Loss curves of training runs in one figure (the papers' Figure 1 layout).
 
-    RUN_DIR/metrics.jsonl  (step, loss)        -> one line per run
-                           (step, val_loss)    -> dashed, with markers, in the run's colour
-                                                  (runs with --val-split / --val-data)
-    RUN_DIR/summary.json   (method, r, params) -> its label "bone r=64 (87.0M trainable)"
-    main axes: every step;  inset: the first ``inset_steps`` steps enlarged
+RUN_DIR/metrics.jsonl  (step, loss)        -> one line per run
+                       (step, val_loss)    -> dashed, with markers, in the run's colour
+                                              (runs with --val-split / --val-data)
+RUN_DIR/summary.json   (method, r, params) -> its label "bone r=64 (87.0M trainable)"
+main axes: every step;  inset: the first ``inset_steps`` steps enlarged
 """
 
 from __future__ import annotations
@@ -54,8 +54,13 @@ def run_label(run_dir: str | Path) -> str:
     return f"{method}{r}" + (f" ({_human(int(n))} trainable)" if n else "")
 
 
-def plot_runs(run_dirs: list[str | Path], out: str | Path, inset_steps: int = 100,
-              labels: list[str] | None = None, title: str | None = None) -> Path:
+def plot_runs(
+    run_dirs: list[str | Path],
+    out: str | Path,
+    inset_steps: int = 100,
+    labels: list[str] | None = None,
+    title: str | None = None,
+) -> Path:
     """Write a PNG with the loss of every run against its step, and an inset of the first steps."""
     import matplotlib
 
@@ -74,18 +79,29 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, inset_steps: int = 10
         (line,) = ax.plot(steps, loss, label=label, linewidth=1.2)
         val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
         if val:
-            ax.plot(*zip(*val), label=f"{label}, validation", color=line.get_color(), linestyle="--", marker="o",
-                    markersize=3, linewidth=1.0)
+            ax.plot(
+                *zip(*val),
+                label=f"{label}, validation",
+                color=line.get_color(),
+                linestyle="--",
+                marker="o",
+                markersize=3,
+                linewidth=1.0,
+            )
         if inset is not None:
             k = [i for i, s in enumerate(steps) if s <= inset_steps]
             inset.plot([steps[i] for i in k], [loss[i] for i in k], color=line.get_color(), linewidth=1.0)
             early = [(s, v) for s, v in val if s <= inset_steps]
             if early:
-                inset.plot(*zip(*early), color=line.get_color(), linestyle="--", marker="o", markersize=2,
-                           linewidth=0.8)
+                inset.plot(
+                    *zip(*early), color=line.get_color(), linestyle="--", marker="o", markersize=2, linewidth=0.8
+                )
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (response tokens)" if any(r.get("val_loss") is not None for _, rs in runs for r in rs)
-                  else "training loss (response tokens)")
+    ax.set_ylabel(
+        "loss (response tokens)"
+        if any(r.get("val_loss") is not None for _, rs in runs for r in rs)
+        else "training loss (response tokens)"
+    )
     ax.set_title(title or "Training loss")
     ax.grid(alpha=0.3)
     # the inset takes the upper right; the legend goes under it, clear of the early steep part

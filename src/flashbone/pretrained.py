@@ -46,9 +46,13 @@ def pass_through_pretrained_attributes(cls: type) -> type:
     """
     own = {n for k in cls.__mro__ if k not in PreTrainedModel.__mro__ for n in vars(k)}
     for name in set(dir(PreTrainedModel)) - set(dir(nn.Module)) - own - _KEEP:
-        setattr(cls, name, property(
-            lambda self, n=name: getattr(self.model, n),
-            lambda self, value, n=name: setattr(self.model, n, value)))
+        setattr(
+            cls,
+            name,
+            property(
+                lambda self, n=name: getattr(self.model, n), lambda self, value, n=name: setattr(self.model, n, value)
+            ),
+        )
     return cls
 
 
@@ -72,8 +76,15 @@ class PretrainedAdapterFiles:
         """The adapter stored in a folder's root: ``"default"``, else the active one (PEFT's layout)."""
         return "default" if "default" in self.configs else self.active_adapter
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, adapter_name: str | None = None,
-                        is_main_process: bool = True, state_dict: dict | None = None, **kwargs) -> Path:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        adapter_name: str | None = None,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        **kwargs,
+    ) -> Path:
         """Write the adapter folder(s) as :meth:`save_adapter`, plus Trainer's resume index.
 
         ``state_dict`` and other ``PreTrainedModel.save_pretrained`` arguments (which Trainer
@@ -85,25 +96,33 @@ class PretrainedAdapterFiles:
         self.save_adapter(folder, adapter_name)
         root = adapter_name or self._root_adapter()
         if root in self.configs:
-            keys = [f"model.{lname}.adapters.{root}.{p}" for lname, ps in self.adapter_tensors(root).items()
-                    for p in ps]
+            keys = [
+                f"model.{lname}.adapters.{root}.{p}" for lname, ps in self.adapter_tensors(root).items() for p in ps
+            ]
             keys += list(self._saved_state_keys(root))
-            index = {"metadata": {"format": "flashbone adapter"},
-                     "weight_map": {k: adapter_files.WEIGHTS_NAME for k in sorted(keys)}}
+            index = {
+                "metadata": {"format": "flashbone adapter"},
+                "weight_map": {k: adapter_files.WEIGHTS_NAME for k in sorted(keys)},
+            }
             (folder / CHECKPOINT_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return folder
 
     def _saved_state_keys(self, name: str) -> dict[str, str]:
         """``{our state_dict key: key in the adapter file}`` for the adapter's modules_to_save copies."""
-        return {f"model.{sname}.copies.{name}.{k}": f"{sname}.{k}" for sname, mod in self.saved_modules()
-                if name in mod.copies for k in mod.copies[name].state_dict()}
+        return {
+            f"model.{sname}.copies.{name}.{k}": f"{sname}.{k}"
+            for sname, mod in self.saved_modules()
+            if name in mod.copies
+            for k in mod.copies[name].state_dict()
+        }
 
     @property
     def _keys_to_ignore_on_save(self) -> list[str]:
         """The frozen base weights: adapter checkpoints never hold them (Trainer reads this on resume)."""
         root = self._root_adapter()
-        kept = {f"model.{lname}.adapters.{root}.{p}" for lname, ps in self.adapter_tensors(root).items()
-                for p in ps} | set(self._saved_state_keys(root))
+        kept = {
+            f"model.{lname}.adapters.{root}.{p}" for lname, ps in self.adapter_tensors(root).items() for p in ps
+        } | set(self._saved_state_keys(root))
         return [k for k in nn.Module.state_dict(self) if k not in kept]
 
     def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False):
@@ -128,5 +147,10 @@ class PretrainedAdapterFiles:
         return nn.Module.load_state_dict(self, ours, strict=strict, assign=assign)
 
 
-__all__ = ["CHECKPOINT_INDEX", "PretrainedAdapterFiles", "pass_through_pretrained_attributes", "signed_forward",
-           "PreTrainedModel"]
+__all__ = [
+    "CHECKPOINT_INDEX",
+    "PretrainedAdapterFiles",
+    "pass_through_pretrained_attributes",
+    "signed_forward",
+    "PreTrainedModel",
+]

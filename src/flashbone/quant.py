@@ -107,7 +107,8 @@ def check_backend(mode: str, device: torch.device) -> None:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise QuantizationError(
             f"--quantize {mode}: bitsandbytes {getattr(bnb, '__version__', '')} cannot quantise on "
-            f"{device.type} here ({type(e).__name__}: {first}); use a CUDA GPU or leave out --quantize") from None
+            f"{device.type} here ({type(e).__name__}: {first}); use a CUDA GPU or leave out --quantize"
+        ) from None
 
 
 def bnb_config(mode: str, compute: torch.dtype):
@@ -115,8 +116,9 @@ def bnb_config(mode: str, compute: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if mode == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
@@ -171,5 +173,17 @@ def dequantize_(root: nn.Module, dtype: torch.dtype = torch.bfloat16) -> list[st
     return names
 
 
-__all__ = ["INSTALL", "MODES", "QuantizationError", "kind", "is_quantized", "dequantize", "compute_dtype",
-           "require_bitsandbytes", "check_backend", "bnb_config", "prepare_for_training", "dequantize_"]
+__all__ = [
+    "INSTALL",
+    "MODES",
+    "QuantizationError",
+    "kind",
+    "is_quantized",
+    "dequantize",
+    "compute_dtype",
+    "require_bitsandbytes",
+    "check_backend",
+    "bnb_config",
+    "prepare_for_training",
+    "dequantize_",
+]

@@ -30,8 +30,10 @@ class Reporters:
     @classmethod
     def open(cls, out: Path, start: int, report_to: tuple[str, ...], run_config: dict | None = None) -> "Reporters":
         """Writers for ``report_to``; ``start`` > 0 continues a resumed run (later points dropped)."""
-        return cls(_tensorboard(out, start) if "tensorboard" in report_to else None,
-                   _wandb(out, start, run_config or {}) if "wandb" in report_to else None)
+        return cls(
+            _tensorboard(out, start) if "tensorboard" in report_to else None,
+            _wandb(out, start, run_config or {}) if "wandb" in report_to else None,
+        )
 
     def scalars(self, group: str, values: dict[str, float], step: int) -> None:
         if self.tensorboard is not None:
@@ -67,8 +69,14 @@ def _wandb(out: Path, start: int, run_config: dict):
     run_file.parent.mkdir(parents=True, exist_ok=True)
     run_id = run_file.read_text().strip() if start and run_file.is_file() else uuid.uuid4().hex[:8]
     run_file.write_text(run_id + "\n")
-    return wandb.init(project=os.environ.get("WANDB_PROJECT", "flashbone"), name=out.name, id=run_id,
-                      resume="allow", dir=str(out), config=run_config)
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "flashbone"),
+        name=out.name,
+        id=run_id,
+        resume="allow",
+        dir=str(out),
+        config=run_config,
+    )
 
 
 __all__ = ["Reporters"]

@@ -52,11 +52,26 @@ DIRECT_WEIGHT = ("attn.x_proj.2",)
 PAPER_CONFIGS: dict[str, dict] = {
     "1.6B": dict(hidden_size=2048, num_hidden_layers=24, num_heads=32, intermediate_size=7168),
     "3B": dict(hidden_size=2560, num_hidden_layers=32, num_heads=40, intermediate_size=8960),
-    "7B": dict(hidden_size=4096, num_hidden_layers=32, num_heads=64, intermediate_size=14336,
-               proj_low_rank_dim=64, gate_low_rank_dim=128),
+    "7B": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_heads=64,
+        intermediate_size=14336,
+        proj_low_rank_dim=64,
+        gate_low_rank_dim=128,
+    ),
 }
-COMMON = dict(expand_k=1.0, expand_v=1.0, vocab_size=65536, hidden_act="sqrelu", norm_first=True,
-              norm_eps=1e-5, proj_low_rank_dim=32, gate_low_rank_dim=64, tie_word_embeddings=False)
+COMMON = dict(
+    expand_k=1.0,
+    expand_v=1.0,
+    vocab_size=65536,
+    hidden_act="sqrelu",
+    norm_first=True,
+    norm_eps=1e-5,
+    proj_low_rank_dim=32,
+    gate_low_rank_dim=64,
+    tie_word_embeddings=False,
+)
 
 
 def paper_config(size: str) -> dict:

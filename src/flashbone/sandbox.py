@@ -37,7 +37,7 @@ from dataclasses import dataclass
 _CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 
 # The program the sandboxed interpreter runs; it reads {"program", "nonce", "roots"} on stdin.
-_RUNNER = r'''
+_RUNNER = r"""
 def _main():  # the state lives in this frame, not in __main__'s globals
     import json, os, sys
     job = json.loads(sys.stdin.read())
@@ -94,7 +94,7 @@ def _main():  # the state lives in this frame, not in __main__'s globals
 
 
 _main()
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -135,10 +135,15 @@ def _limit(limits: Limits):
         if _UNSHARE is None or _UNSHARE(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
             os.write(2, b"\0no-netns\0")  # the parent reads this marker; the audit hook still refuses sockets
         cpu = int(limits.timeout_s) + 1
-        for what, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, limits.memory_bytes),
-                            (resource.RLIMIT_FSIZE, limits.file_bytes), (resource.RLIMIT_NOFILE, limits.open_files),
-                            (resource.RLIMIT_CORE, 0)):
+        for what, value in (
+            (resource.RLIMIT_CPU, cpu),
+            (resource.RLIMIT_AS, limits.memory_bytes),
+            (resource.RLIMIT_FSIZE, limits.file_bytes),
+            (resource.RLIMIT_NOFILE, limits.open_files),
+            (resource.RLIMIT_CORE, 0),
+        ):
             resource.setrlimit(what, (value, value))
+
     return pre_exec
 
 
@@ -148,9 +153,17 @@ def run(program: str, limits: Limits = Limits()) -> Outcome:
     roots = sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if p.endswith("-packages"))})
     job = json.dumps({"program": program, "nonce": nonce, "roots": roots})
     with tempfile.TemporaryDirectory(prefix="flashbone-sandbox-") as folder:
-        proc = subprocess.Popen([sys.executable, "-I", "-c", _RUNNER], cwd=folder, env={"PATH": "/usr/bin:/bin"},
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, preexec_fn=_limit(limits), close_fds=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", _RUNNER],
+            cwd=folder,
+            env={"PATH": "/usr/bin:/bin"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_limit(limits),
+            close_fds=True,
+        )
         try:
             out, err = proc.communicate(job.encode(), timeout=limits.timeout_s + 2.0)  # + interpreter start
         except subprocess.TimeoutExpired:
@@ -162,9 +175,11 @@ def run(program: str, limits: Limits = Limits()) -> Outcome:
     text = out.decode("utf-8", "replace")
     isolated = b"no-netns" not in err
     if not text.startswith(nonce + " "):
-        cause = "timed out" if proc.returncode in (-signal.SIGKILL, -signal.SIGXCPU) else f"exit status {proc.returncode}"
+        cause = (
+            "timed out" if proc.returncode in (-signal.SIGKILL, -signal.SIGXCPU) else f"exit status {proc.returncode}"
+        )
         return Outcome(False, "timed out" if cause == "timed out" else f"failed: the process ended ({cause})", isolated)
-    result = text[len(nonce) + 1:]
+    result = text[len(nonce) + 1 :]
     return Outcome(result == "passed", result, isolated)
 
 

@@ -143,14 +143,14 @@ def last_boxed(s: str) -> str | None:
             return None
     rest = s[i:]
     if rest.startswith("\\boxed "):
-        return rest[len("\\boxed "):].split("$")[0].strip()
+        return rest[len("\\boxed ") :].split("$")[0].strip()
     depth = 0
     for k, ch in enumerate(rest):
         depth += {"{": 1, "}": -1}.get(ch, 0)
         if ch == "}" and depth == 0:
             whole = rest[: k + 1]
             left = "\\boxed{"
-            return whole[len(left):-1] if whole.startswith(left) else None
+            return whole[len(left) : -1] if whole.startswith(left) else None
     return None
 
 
@@ -269,7 +269,9 @@ def check_scorer(scorer: str) -> None:
         try:
             import math_verify  # noqa: F401
         except ImportError:
-            raise BoneError('--scorer math-verify needs the math-verify package: pip install "flashbone[math]"') from None
+            raise BoneError(
+                '--scorer math-verify needs the math-verify package: pip install "flashbone[math]"'
+            ) from None
 
 
 def verify_equal(pred: str | None, gold, latex: bool = True) -> bool:

@@ -85,10 +85,16 @@ class Settings:
             raise BoneConfigError(f"FLASHBONE_KERNEL_CONFIG is not valid JSON ({e})") from None
         if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
             raise BoneConfigError('FLASHBONE_KERNEL_CONFIG: expected {"kernel": {"PARAM": value}, ...}')
-        return cls(backend=env.get("FLASHBONE_BACKEND", "auto"), kernels=_flag(env, "FLASHBONE_KERNELS"),
-                   kernel_min_elements=min_elements, kernel_config=config,
-                   padded=_padded(env.get("FLASHBONE_PADDED")), groups=_flag(env, "FLASHBONE_GROUPS"),
-                   replay=_flag(env, "FLASHBONE_REPLAY"), replay_fused=_flag(env, "FLASHBONE_REPLAY_FUSED"))
+        return cls(
+            backend=env.get("FLASHBONE_BACKEND", "auto"),
+            kernels=_flag(env, "FLASHBONE_KERNELS"),
+            kernel_min_elements=min_elements,
+            kernel_config=config,
+            padded=_padded(env.get("FLASHBONE_PADDED")),
+            groups=_flag(env, "FLASHBONE_GROUPS"),
+            replay=_flag(env, "FLASHBONE_REPLAY"),
+            replay_fused=_flag(env, "FLASHBONE_REPLAY_FUSED"),
+        )
 
 
 SETTINGS = Settings.from_env()

@@ -50,8 +50,13 @@ def take(layer: BoneLayer, x: Tensor) -> Tensor | None:
         return None
     ref, version, y, adapter = hit
     live = layer._live()
-    if (ref() is not x or x._version != version or layer.adapters_disabled or len(live) != 1
-            or layer.adapters._modules.get(live[0]) is not adapter):
+    if (
+        ref() is not x
+        or x._version != version
+        or layer.adapters_disabled
+        or len(live) != 1
+        or layer.adapters._modules.get(live[0]) is not adapter
+    ):
         return None
     return y
 

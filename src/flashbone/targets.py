@@ -59,8 +59,7 @@ def modules_to_save_names(model: nn.Module, config: BoneConfig) -> list[str]:
     for name, _ in model.named_modules():
         if name and _matches_names(name, list(config.modules_to_save)) and not _inside(name, found):
             found.append(name)
-    missing = [m for m in config.modules_to_save
-               if not any(f == m or f.endswith("." + m) for f in found)]
+    missing = [m for m in config.modules_to_save if not any(f == m or f.endswith("." + m) for f in found)]
     if missing:
         raise TargetError(
             f"modules_to_save {missing} match no module of {type(model).__name__}; "
@@ -109,12 +108,13 @@ def find_targets(model: nn.Module, config: BoneConfig) -> list[str]:
             continue
         if any(name == d or name.endswith("." + d) for d in direct):
             if config.target_modules != "all-linear" and _matches_names(name, config.target_modules):
-                raise TargetError(f"target module {name!r}: {type(model).__name__} reads its weight directly "
-                                  "(not through its forward), so an adapter there would do nothing; leave it out")
+                raise TargetError(
+                    f"target module {name!r}: {type(model).__name__} reads its weight directly "
+                    "(not through its forward), so an adapter there would do nothing; leave it out"
+                )
             continue
         if config.target_modules == "all-linear":
-            hit = ((is_supported(mod) or isinstance(mod, BoneLayer)) and mod is not head
-                   and not _inside(name, heads))
+            hit = (is_supported(mod) or isinstance(mod, BoneLayer)) and mod is not head and not _inside(name, heads)
         else:
             hit = _matches_names(name, config.target_modules)
         if not hit or _matches_names(name, config.exclude_modules):
@@ -133,8 +133,11 @@ def find_targets(model: nn.Module, config: BoneConfig) -> list[str]:
     if not found:
         raise TargetError(
             f"target_modules={config.target_modules!r}"
-            + (f" with layers_to_transform={config.layers_to_transform}"
-               if config.layers_to_transform is not None else "")
+            + (
+                f" with layers_to_transform={config.layers_to_transform}"
+                if config.layers_to_transform is not None
+                else ""
+            )
             + f" matched no module of {type(model).__name__}; its linear layers are named "
             f"{linear_names(model)}"
         )

@@ -30,15 +30,7 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from .tinygrammar import (
-    SEEN_ITEMS,
-    SEEN_NAMES,
-    STORIES,
-    UNSEEN_ITEMS,
-    UNSEEN_NAMES,
-    Story,
-    everyday_text,
-)
+from .tinygrammar import SEEN_ITEMS, SEEN_NAMES, STORIES, UNSEEN_ITEMS, UNSEEN_NAMES, Story, everyday_text
 
 SPLITS = ("train", "test", "unseen", "valid")
 HELDOUT_SEED = 20240915  # the held-out sets are fixed: the same problems for every run
@@ -58,8 +50,7 @@ class Problem:
         return "\n".join(self.steps) + f"\nThe answer is: {self.answer}"
 
     def to_dict(self) -> dict:
-        return {"query": self.query, "response": self.response, "answer": str(self.answer),
-                "template": self.template}
+        return {"query": self.query, "response": self.response, "answer": str(self.answer), "template": self.template}
 
 
 def _split(key: str, mod: int) -> str:
@@ -79,8 +70,14 @@ def split_of_template(template: str) -> str:
 def _context(rng: random.Random, nums: tuple[int, ...], names: dict, items: list[str]) -> dict:
     name, other = rng.sample(sorted(names), 2)
     p = names[name]
-    ctx = {"N": name, "M": other, "p": p, "P": p.capitalize(), "o": "her" if p == "she" else "him",
-           "items": rng.choice(items)}
+    ctx = {
+        "N": name,
+        "M": other,
+        "p": p,
+        "P": p.capitalize(),
+        "o": "her" if p == "she" else "him",
+        "items": rng.choice(items),
+    }
     ctx.update(zip("abc", nums))
     ctx["x"] = nums[-1]
     return ctx

@@ -44,13 +44,13 @@ from tqdm.auto import tqdm
 
 from .batching import MicroBatch, collate_packed, plan_step, target_tokens
 from .data import IGNORE, DataError, collate, epoch_order
-from .distributed import (full_optimizer_state, full_tensor, gather_full, is_sharded, place_like,
-                          shard_optimizer_state)
+from .distributed import full_optimizer_state, full_tensor, gather_full, is_sharded, place_like, shard_optimizer_state
 from .checkpoints import CheckpointError, check_resume, latest_checkpoint, load_checkpoint, save_checkpoint
 from .errors import BoneError
 from . import validation, varlen
 from .loss import HeadCapture, chunked_loss_sum, target_positions
 from .reporting import Reporters
+
 
 @dataclass
 class TrainSettings:
@@ -137,9 +137,17 @@ class _Queued:
 class Trainer:
     """Train ``model``'s trainable parameters on tokenized ``rows`` (``input_ids``, ``n_prompt``)."""
 
-    def __init__(self, model: torch.nn.Module, rows, pad_id: int, settings: TrainSettings, out_dir: Path,
-                 dist: Dist | None = None, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
-                 val_rows=None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        rows,
+        pad_id: int,
+        settings: TrainSettings,
+        out_dir: Path,
+        dist: Dist | None = None,
+        wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        val_rows=None,
+    ):
         self.model = wrap(model) if wrap else model
         self.rows, self.pad_id, self.s, self.out = rows, pad_id, settings, Path(out_dir)
         self.dist = dist or Dist()
@@ -151,37 +159,48 @@ class Trainer:
         self.total = total_steps(len(rows), settings, self.dist.world)
         # fused AdamW on CUDA: one kernel for all tensors (plain DTensor shards take the default)
         fused = self.device.type == "cuda" and not any(is_sharded(p) for p in self.params.values())
-        self.opt = torch.optim.AdamW(param_groups(self.params, settings.lr, settings.lr_for), lr=settings.lr,
-                                     weight_decay=settings.weight_decay,
-                                     **({"fused": True} if fused else {}))
+        self.opt = torch.optim.AdamW(
+            param_groups(self.params, settings.lr, settings.lr_for),
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            **({"fused": True} if fused else {}),
+        )
         self.lengths, self.n_prompt = row_lengths(rows)
         # tokens each row's loss covers: after the prompt, or where a conversation's own labels say
-        self.n_target = ([sum(1 for y in ys[1:] if y != IGNORE) for ys in rows["labels"]]
-                         if "labels" in getattr(rows, "column_names", ()) else
-                         [target_tokens(n, p) for n, p in zip(self.lengths, self.n_prompt)])
+        self.n_target = (
+            [sum(1 for y in ys[1:] if y != IGNORE) for ys in rows["labels"]]
+            if "labels" in getattr(rows, "column_names", ())
+            else [target_tokens(n, p) for n, p in zip(self.lengths, self.n_prompt)]
+        )
         self.budget = settings.micro_batch_tokens
         # packing on a model whose attention runs padding-free: each micro-batch is one sequence of
         # its rows (varlen.py); elsewhere packing lays rows in bins attended through dense masks
         self.unwrapped = model  # the transformers model (``self.model`` may be its DDP/FSDP wrapper)
-        self.flat = (settings.packing is not False and varlen.supported(model)
-                     and (settings.packing or self.device.type == "cuda"))
+        self.flat = (
+            settings.packing is not False
+            and varlen.supported(model)
+            and (settings.packing or self.device.type == "cuda")
+        )
         self.n_layers = varlen.num_layers(model) if self.flat else 0
         # HF causal LMs build a KV cache in forward unless told not to; packed rows need none
         self.no_cache = hasattr(getattr(model, "config", None), "use_cache")
         self.step_hook: Callable[[int], None] | None = None  # called after each step is queued
         chunked = settings.chunked_loss if settings.chunked_loss is not None else self.device.type == "cuda"
         # FSDP: the head's weight is a shard outside its own forward, so the loss takes the logits
-        self.capture = (HeadCapture.attach(model) if chunked and not any(is_sharded(p) for p in model.parameters())
-                        else None)
+        self.capture = (
+            HeadCapture.attach(model) if chunked and not any(is_sharded(p) for p in model.parameters()) else None
+        )
         from transformers import get_cosine_schedule_with_warmup
 
-        self.sched = get_cosine_schedule_with_warmup(self.opt, num_warmup_steps=settings.warmup_steps,
-                                                     num_training_steps=self.total)
+        self.sched = get_cosine_schedule_with_warmup(
+            self.opt, num_warmup_steps=settings.warmup_steps, num_training_steps=self.total
+        )
         self._orders: dict[int, list[int]] = {}
         # held-out rows scored every settings.val_every steps (validation.py)
         self.val_rows = val_rows if val_rows is not None and len(val_rows) and settings.val_every else None
-        self.val_batches = (validation.micro_batches(row_lengths(val_rows)[0], settings.batch_size)
-                            if self.val_rows is not None else [])
+        self.val_batches = (
+            validation.micro_batches(row_lengths(val_rows)[0], settings.batch_size) if self.val_rows is not None else []
+        )
         self.last_val_loss: float | None = None
 
     def _indices(self, g: int) -> list[int]:
@@ -189,7 +208,7 @@ class Trainer:
         epoch, i = divmod(g, self.per_epoch)
         if epoch not in self._orders:
             self._orders = {epoch: epoch_order(len(self.rows), self.s.seed, epoch)}
-        return self._orders[epoch][i * self.s.batch_size: (i + 1) * self.s.batch_size]
+        return self._orders[epoch][i * self.s.batch_size : (i + 1) * self.s.batch_size]
 
     def _step_plan(self, step: int) -> tuple[list[MicroBatch], int, int]:
         """This process's micro-batches of ``step``, and the step's target and input token
@@ -198,8 +217,7 @@ class Trainer:
         shares = [[self._indices((step * a + k) * w + p) for k in range(a)] for p in range(w)]
         plan = plan_step(shares, self.lengths, self.budget, bool(self.s.packing) and not self.flat, self.dist.rank)
         rows = [i for share in shares for mb in share for i in mb]
-        return (plan, sum(self.n_target[i] for i in rows),
-                sum(self.lengths[i] for i in rows))
+        return (plan, sum(self.n_target[i] for i in rows), sum(self.lengths[i] for i in rows))
 
     def _collate(self, mb: MicroBatch, rows=None) -> dict[str, torch.Tensor]:
         """Micro-batch ``mb`` of the training rows (or of ``rows``: the validation rows) on the device."""
@@ -234,15 +252,17 @@ class Trainer:
                 with self.capture:
                     out = self.model(**inputs)
                 if self.capture.hidden is not None:  # else the head was not called as hooked: plain loss
-                    return chunked_loss_sum(self.capture.head, self.capture.take(), batch["loss_positions"],
-                                            batch["loss_targets"])
+                    return chunked_loss_sum(
+                        self.capture.head, self.capture.take(), batch["loss_positions"], batch["loss_targets"]
+                    )
             logits = out.logits
         else:
             with amp:
                 logits = self.model(**inputs).logits
         labels = batch["labels"][:, 1:]
-        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                                 ignore_index=-100, reduction="sum")
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
 
     def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over all processes (on the device: no host sync)."""
@@ -286,14 +306,18 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             if all(len(mb.bins or mb.rows) == 1 for mb in self._step_plan(step)[0]):
-                raise BoneError(f"out of GPU memory with one row (or packed sequence) per micro-batch at step "
-                                f"{step + 1}; use --gradient-checkpointing or a smaller --max-length")
+                raise BoneError(
+                    f"out of GPU memory with one row (or packed sequence) per micro-batch at step "
+                    f"{step + 1}; use --gradient-checkpointing or a smaller --max-length"
+                )
             self.budget //= 2
             torch.set_rng_state(rng[0])
             torch.cuda.set_rng_state(rng[1], self.device)
             if self.dist.is_main:
-                print(f"out of GPU memory: micro-batches now hold at most {self.budget} tokens "
-                      "(--micro-batch-tokens)", flush=True)
+                print(
+                    f"out of GPU memory: micro-batches now hold at most {self.budget} tokens (--micro-batch-tokens)",
+                    flush=True,
+                )
 
     def _attention(self, mb: MicroBatch, batch: dict[str, torch.Tensor]):
         """Padding-free attention over ``mb``'s rows for its forward and backward (gradient
@@ -321,8 +345,15 @@ class Trainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         trainer = {"optimizer": optimizer, "scheduler": self.sched.state_dict(), "rng": rng}
-        state = {"step": step, "total_steps": self.total, "elapsed_s": elapsed, "tokens": tokens,
-                 "world": self.dist.world, "fingerprint": self.s.fingerprint, "loss": loss}
+        state = {
+            "step": step,
+            "total_steps": self.total,
+            "elapsed_s": elapsed,
+            "tokens": tokens,
+            "world": self.dist.world,
+            "fingerprint": self.s.fingerprint,
+            "loss": loss,
+        }
         save_checkpoint(self.out / "checkpoints", step, params, trainer, state, self.s.keep_checkpoints)
 
     def _resume(self) -> tuple[int, float, int]:
@@ -358,16 +389,23 @@ class Trainer:
         """Train to the last step (or ``stop_after``); returns a summary."""
         start, elapsed0, tokens = self._resume() if resume else (0, 0.0, 0)
         if start >= self.total:  # its last checkpoint is its last step: only the outputs are left to write
-            return {"steps": start, "total_steps": self.total, "stopped": False,
-                    "final_loss": getattr(self, "resumed_loss", None), "tokens": tokens,
-                    "train_seconds": elapsed0, "resumed_seconds": elapsed0}
+            return {
+                "steps": start,
+                "total_steps": self.total,
+                "stopped": False,
+                "final_loss": getattr(self, "resumed_loss", None),
+                "tokens": tokens,
+                "train_seconds": elapsed0,
+                "resumed_seconds": elapsed0,
+            }
         self.out.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
         metrics = self._metrics_file(start) if main else None
         report = Reporters.open(self.out, start, self.s.report_to, self.s.run_config) if main else None
         end = min(self.total, self.s.stop_after) if self.s.stop_after else self.total
-        bar = tqdm(total=self.total, initial=start, desc="train", disable=not (self.s.progress and main),
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total, initial=start, desc="train", disable=not (self.s.progress and main), dynamic_ncols=True
+        )
         t0, loss_v = time.time() - elapsed0, None
         if self.device.type == "cuda":  # the training peak, not loading's (FSDP loads whole, then shards)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -379,8 +417,9 @@ class Trainer:
         if self.device.type == "cuda":  # cuDNN attention plans each new (rows, width) shape on the host
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            attention.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                                                 SDPBackend.MATH]))
+            attention.enter_context(
+                sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+            )
         pending: _Queued | None = None
         t_last = time.time()
         shown: dict[str, str] = {}  # the latest validation loss, kept in the progress bar
@@ -390,10 +429,16 @@ class Trainer:
             nonlocal t_last
             loss = float(q.loss) / q.n_target
             now = time.time()
-            rec = {"step": q.step, "loss": round(loss, 6), "lr": q.lr, "grad_norm": round(float(q.grad_norm), 6),
-                   "tokens": q.tokens, "tokens_per_s": round(q.n_input / max(now - t_last, 1e-9), 1),
-                   "elapsed_s": round(now - t0, 3),
-                   "epoch": round(q.step * self.s.grad_accum * self.dist.world / self.per_epoch, 4)}
+            rec = {
+                "step": q.step,
+                "loss": round(loss, 6),
+                "lr": q.lr,
+                "grad_norm": round(float(q.grad_norm), 6),
+                "tokens": q.tokens,
+                "tokens_per_s": round(q.n_input / max(now - t_last, 1e-9), 1),
+                "elapsed_s": round(now - t0, 3),
+                "epoch": round(q.step * self.s.grad_accum * self.dist.world / self.per_epoch, 4),
+            }
             t_last = now
             if q.val_loss is not None:
                 rec["val_loss"] = round(q.val_loss, 6)
@@ -414,8 +459,9 @@ class Trainer:
             for step in range(start, end):
                 lr = self.sched.get_last_lr()[0]
                 loss_sum, n_tok, n_in = self._backward_step_fitting(step)
-                grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(list(self.params.values()),
-                                                                        self.s.max_grad_norm))
+                grad_norm = full_tensor(
+                    torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.s.max_grad_norm)
+                )
                 self.opt.step()
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
@@ -424,8 +470,9 @@ class Trainer:
                     loss_v = log(pending)
                 pending = _Queued(step + 1, self._all_sum(loss_sum), n_tok, grad_norm, lr, n_in, tokens)
                 if self.val_rows is not None and validation.is_val_step(step + 1, self.s.val_every, self.total):
-                    pending.val_loss = self.last_val_loss = validation.validation_loss(self, self.val_rows,
-                                                                                       self.val_batches)
+                    pending.val_loss = self.last_val_loss = validation.validation_loss(
+                        self, self.val_rows, self.val_batches
+                    )
                 # with --save-every the last step is saved too: the finished run can be extended
                 at_save = self.s.save_every and ((step + 1) % self.s.save_every == 0 or step + 1 == self.total)
                 if at_save or (step + 1 == end and end < self.total):
@@ -442,13 +489,29 @@ class Trainer:
                 metrics.close()
             if report is not None:
                 report.close()
-        peak = (round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda"
-                else None)
-        return {"steps": end, "total_steps": self.total, "stopped": end < self.total, "final_loss": loss_v,
-                "val_loss": self.last_val_loss,
-                "tokens": tokens, "train_seconds": round(time.time() - t0, 2), "peak_gpu_memory_gib": peak,
-                "resumed_seconds": elapsed0}
+        peak = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda" else None
+        return {
+            "steps": end,
+            "total_steps": self.total,
+            "stopped": end < self.total,
+            "final_loss": loss_v,
+            "val_loss": self.last_val_loss,
+            "tokens": tokens,
+            "train_seconds": round(time.time() - t0, 2),
+            "peak_gpu_memory_gib": peak,
+            "resumed_seconds": elapsed0,
+        }
 
 
-__all__ = ["TrainSettings", "Trainer", "Dist", "total_steps", "save_checkpoint", "latest_checkpoint",
-           "load_checkpoint", "check_resume", "CheckpointError", "DataError"]
+__all__ = [
+    "TrainSettings",
+    "Trainer",
+    "Dist",
+    "total_steps",
+    "save_checkpoint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "check_resume",
+    "CheckpointError",
+    "DataError",
+]

@@ -29,8 +29,10 @@ def split_rows(rows, spec: float | int, seed: int):
     n = len(rows)
     k = math.ceil(spec * n) if 0 < spec < 1 else int(spec)
     if k < 1 or k >= n:
-        raise DataError(f"--val-split {spec:g}: holds out {k} of the {n} training rows; at least one row must "
-                        "stay on each side (use a fraction such as 0.05, or a smaller count)")
+        raise DataError(
+            f"--val-split {spec:g}: holds out {k} of the {n} training rows; at least one row must "
+            "stay on each side (use a fraction such as 0.05, or a smaller count)"
+        )
     g = torch.Generator().manual_seed(seed * 100003 + 7919)  # not the epochs' orders (data.epoch_order)
     order = torch.randperm(n, generator=g).tolist()
     held = sorted(order[:k])
@@ -51,7 +53,7 @@ def is_val_step(step: int, every: int, total: int) -> bool:
 def micro_batches(lengths: list[int], batch_size: int) -> list[MicroBatch]:
     """The held-out rows in length order, ``batch_size`` rows a micro-batch (little padding)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [MicroBatch(order[i: i + batch_size]) for i in range(0, len(order), batch_size)]
+    return [MicroBatch(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
 def _attention(trainer, batch: dict[str, torch.Tensor]):
@@ -69,7 +71,7 @@ def _attention(trainer, batch: dict[str, torch.Tensor]):
 def validation_loss(trainer, rows, batches: list[MicroBatch]) -> float:
     """Mean target-token loss of ``rows`` under ``trainer``'s model (see the module docstring)."""
     d = trainer.dist
-    mine = batches[d.rank::d.world]
+    mine = batches[d.rank :: d.world]
     rounds = math.ceil(len(batches) / d.world)
     loss = torch.zeros((), device=trainer.device, dtype=torch.float64)
     count = torch.zeros((), device=trainer.device, dtype=torch.float64)

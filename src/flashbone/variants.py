@@ -198,17 +198,21 @@ def _divisors_near(n: int, r: int, k: int = 4) -> list[int]:
 
 def _check_bone_mini(out: int, inn: int, r: int, m: int | None) -> str | None:
     if out % m:
-        return (f"bone-mini needs mini_r to divide out_features={out}, but mini_r={m} does not; "
-                f"mini_r values near it that divide {out}: {_divisors_near(out, m)}")
+        return (
+            f"bone-mini needs mini_r to divide out_features={out}, but mini_r={m} does not; "
+            f"mini_r values near it that divide {out}: {_divisors_near(out, m)}"
+        )
     return None
 
 
 def _check_bat_grouped(out: int, inn: int, r: int, g: int | None) -> str | None:
     n = (out // r) * (inn // r)
     if n % g:
-        return (f"bat-grouped needs mini_r (g) to divide the layer's {n} blocks of {r} x {r} "
-                f"(weight shape ({out}, {inn})), but mini_r={g} does not; g values near it that "
-                f"divide {n}: {_divisors_near(n, g)}")
+        return (
+            f"bat-grouped needs mini_r (g) to divide the layer's {n} blocks of {r} x {r} "
+            f"(weight shape ({out}, {inn})), but mini_r={g} does not; g values near it that "
+            f"divide {n}: {_divisors_near(n, g)}"
+        )
     return None
 
 
@@ -254,23 +258,57 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in [
-        Variant("bone", lambda o, i, r, m: {"B": (r, o)}, bone_delta, None, False, True,
-                "Bone / MiSS (v4 eq. 1)"),
-        Variant("bone-mini", lambda o, i, r, m: {"B": (r, m)}, bone_mini_delta, None, False,
-                "mini", "MiSS mini", mini_r="m, the distinct output columns (divides out_features)",
-                check=_check_bone_mini),
-        Variant("bat", lambda o, i, r, m: {"B": (o // r, r, r)}, bat_delta, bat_undo, True,
-                "bat", "Bat / Bone-col"),
-        Variant("bat-row", lambda o, i, r, m: {"B": (i // r, r, r)}, bat_row_delta,
-                bat_row_undo, True, None, "Bat-row / Bone-row"),
-        Variant("bat-hadamard", lambda o, i, r, m: {"B": (o // r, r, r)}, bat_hadamard_delta,
-                bat_hadamard_undo, True, None, "Bat-Hadamard (eq. 5)"),
-        Variant("bone-ab", lambda o, i, r, m: {"A": (i // r, r, r), "B": (i // r, r, r)},
-                bone_ab_delta, bone_ab_undo, True, None, "Bone-AB"),
-        Variant("bat-grouped", lambda o, i, r, m: {"B": (m, r, r)}, bat_grouped_delta,
-                bat_grouped_undo, True, None, "Bone, grouped blocks (v1 eq. 4-5)",
-                mini_r="g, the shared r x r matrices (divides each layer's block count)",
-                check=_check_bat_grouped),
+        Variant("bone", lambda o, i, r, m: {"B": (r, o)}, bone_delta, None, False, True, "Bone / MiSS (v4 eq. 1)"),
+        Variant(
+            "bone-mini",
+            lambda o, i, r, m: {"B": (r, m)},
+            bone_mini_delta,
+            None,
+            False,
+            "mini",
+            "MiSS mini",
+            mini_r="m, the distinct output columns (divides out_features)",
+            check=_check_bone_mini,
+        ),
+        Variant("bat", lambda o, i, r, m: {"B": (o // r, r, r)}, bat_delta, bat_undo, True, "bat", "Bat / Bone-col"),
+        Variant(
+            "bat-row",
+            lambda o, i, r, m: {"B": (i // r, r, r)},
+            bat_row_delta,
+            bat_row_undo,
+            True,
+            None,
+            "Bat-row / Bone-row",
+        ),
+        Variant(
+            "bat-hadamard",
+            lambda o, i, r, m: {"B": (o // r, r, r)},
+            bat_hadamard_delta,
+            bat_hadamard_undo,
+            True,
+            None,
+            "Bat-Hadamard (eq. 5)",
+        ),
+        Variant(
+            "bone-ab",
+            lambda o, i, r, m: {"A": (i // r, r, r), "B": (i // r, r, r)},
+            bone_ab_delta,
+            bone_ab_undo,
+            True,
+            None,
+            "Bone-AB",
+        ),
+        Variant(
+            "bat-grouped",
+            lambda o, i, r, m: {"B": (m, r, r)},
+            bat_grouped_delta,
+            bat_grouped_undo,
+            True,
+            None,
+            "Bone, grouped blocks (v1 eq. 4-5)",
+            mini_r="g, the shared r x r matrices (divides each layer's block count)",
+            check=_check_bat_grouped,
+        ),
     ]
 }
 
@@ -280,13 +318,10 @@ def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise BoneConfigError(
-            f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}"
-        ) from None
+        raise BoneConfigError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}") from None
 
 
-def check_shape(variant: Variant, out: int, inn: int, r: int, mini_r: int | None,
-                where: str = "layer") -> None:
+def check_shape(variant: Variant, out: int, inn: int, r: int, mini_r: int | None, where: str = "layer") -> None:
     """Raise a clear error if ``variant`` with block size ``r`` cannot adapt ``(out, in)``."""
     if not isinstance(r, int) or r <= 0:
         raise BoneConfigError(f"r must be a positive integer, got {r!r}")

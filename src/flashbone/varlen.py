@@ -63,14 +63,24 @@ def _per_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: list[int], s
     out = []
     for s, e in zip(cu[:-1], cu[1:]):
         qi, ki, vi = (t[s:e].transpose(0, 1) for t in (q, k, v))
-        out.append(F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale,
-                                                  enable_gqa=ki.shape[0] != qi.shape[0]).transpose(0, 1))
+        out.append(
+            F.scaled_dot_product_attention(
+                qi, ki, vi, is_causal=True, scale=scale, enable_gqa=ki.shape[0] != qi.shape[0]
+            ).transpose(0, 1)
+        )
     return torch.cat(out)
 
 
-def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-              **kwargs) -> tuple[torch.Tensor, None]:
+def attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention interface: query (1, H, N, D), key/value (1, Hkv, N, D) ->
     output (1, N, H, D)."""
     if _STATE.cu_seqlens is None or query.shape[0] != 1:
@@ -134,8 +144,10 @@ def check_calls(layers: int) -> None:
     """After a forward inside :func:`flat_attention`: every one of the ``layers`` attention
     layers ran through :func:`attention`, so no row attended to another."""
     if _STATE.calls != layers:
-        raise RuntimeError(f"padding-free packing: {_STATE.calls} of the model's {layers} attention layers ran "
-                           f"through {NAME}; train without --packing")
+        raise RuntimeError(
+            f"padding-free packing: {_STATE.calls} of the model's {layers} attention layers ran "
+            f"through {NAME}; train without --packing"
+        )
 
 
 def num_layers(model: nn.Module) -> int:
@@ -159,5 +171,13 @@ def flat_attention(model: nn.Module, cu: torch.Tensor, max_len: int) -> Iterator
         _STATE.cu_seqlens = None
 
 
-__all__ = ["attention", "supported", "cu_seqlens", "flat_attention", "check_calls", "num_layers", "NAME",
-           "VARLEN_MODEL_TYPES"]
+__all__ = [
+    "attention",
+    "supported",
+    "cu_seqlens",
+    "flat_attention",
+    "check_calls",
+    "num_layers",
+    "NAME",
+    "VARLEN_MODEL_TYPES",
+]

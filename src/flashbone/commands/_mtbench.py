@@ -1,8 +1,8 @@
 """``flashbone eval --task mt-bench``: two-turn answers in FastChat's format, judged when an endpoint is given.
 
-    questions (--data, FastChat's question.jsonl) -> answers (greedy, the chat template; or --samples)
-    -> OUT/model_answer/<model-id>.jsonl -> with --judge-url/--judge-model: FastChat's single-grading
-    prompts -> OUT/model_judgment/<judge>_single.jsonl -> score: mean rating
+questions (--data, FastChat's question.jsonl) -> answers (greedy, the chat template; or --samples)
+-> OUT/model_answer/<model-id>.jsonl -> with --judge-url/--judge-model: FastChat's single-grading
+prompts -> OUT/model_judgment/<judge>_single.jsonl -> score: mean rating
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 def _model_id(args: argparse.Namespace) -> str:
     from ..loading import BUILTIN_MODEL
 
-    name = args.model_id or (Path(args.adapter).resolve().parent.name if args.adapter else (args.model or BUILTIN_MODEL))
+    name = args.model_id or (
+        Path(args.adapter).resolve().parent.name if args.adapter else (args.model or BUILTIN_MODEL)
+    )
     return re.sub(r"[^\w.\-]+", "_", str(name)).strip("_") or "model"
 
 
@@ -46,9 +48,17 @@ def _generate_answers(args: argparse.Namespace, questions: list[dict], model_id:
         for i in todo:
             convs[i].append({"role": "user", "content": questions[i]["turns"][turn]})
         prompts = [chat.prompt_text(tok, convs[i]) for i in todo]
-        outs = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens or DEFAULTS["max_new_tokens"],
-                        batch_size=args.batch_size or DEFAULTS["batch_size"], stops=stops, bf16=bf16,
-                        progress=args.progress, desc=f"mt-bench turn {turn + 1}")
+        outs = generate(
+            model,
+            tok,
+            prompts,
+            max_new_tokens=args.max_new_tokens or DEFAULTS["max_new_tokens"],
+            batch_size=args.batch_size or DEFAULTS["batch_size"],
+            stops=stops,
+            bf16=bf16,
+            progress=args.progress,
+            desc=f"mt-bench turn {turn + 1}",
+        )
         for i, text in zip(todo, outs):
             text = text.strip()
             convs[i].append({"role": "assistant", "content": text})
@@ -84,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
         mtbench.write_jsonl(path, answers)
         print(f"answers: {len(answers)} questions x {max(len(q['turns']) for q in questions)} turns in {path}")
     if not args.judge_url:
-        print("judge: not run; MT-Bench scores need a judge model behind an OpenAI-compatible endpoint: pass "
-              "--judge-url URL --judge-model NAME (the key is read from OPENAI_API_KEY)")
+        print(
+            "judge: not run; MT-Bench scores need a judge model behind an OpenAI-compatible endpoint: pass "
+            "--judge-url URL --judge-model NAME (the key is read from OPENAI_API_KEY)"
+        )
         return 0
     judgments = mtbench.judge_all(questions, answers, args.judge_url, args.judge_model, model_id)
     judge_name = re.sub(r"[^\w.\-]+", "_", args.judge_model)
@@ -98,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"score: {fmt(s.overall)}")
     print(f"turn 1 score: {fmt(s.turn1)} (the Bone paper reports this one); turn 2 score: {fmt(s.turn2)}")
-    print(f"mt-bench: {s.rated} judgments rated, {s.unrated} without a rating; judge {args.judge_model} at "
-          f"{args.judge_url}; {time.time() - t0:.0f}s; judgments in {path}")
+    print(
+        f"mt-bench: {s.rated} judgments rated, {s.unrated} without a rating; judge {args.judge_model} at "
+        f"{args.judge_url}; {time.time() - t0:.0f}s; judgments in {path}"
+    )
     return 0
 
 

@@ -158,13 +158,23 @@ def load_config(path: str, out: str | None = None) -> StudyConfig:
     ev = dict(ev)
     tests = ev.pop("test", ["tiny-math:test", "tiny-math:unseen"])
     cfg = StudyConfig(
-        source=p, out=Path(out or raw.get("out") or "runs/study"), model=raw.get("model"),
-        data=str(raw.get("data") or "tiny-math"), train_argv=_flags(raw.get("train") or {}, "train"),
-        seeds=seeds, sweep_seeds=sweep_seeds, methods=methods, rank_sweep=ranks,
-        valid=str(ev.pop("valid", "tiny-math:valid")), tests=tests if isinstance(tests, list) else [tests],
-        eval_task=str(ev.pop("task", "tiny-math")), eval_samples=int(ev.pop("samples", 200)),
+        source=p,
+        out=Path(out or raw.get("out") or "runs/study"),
+        model=raw.get("model"),
+        data=str(raw.get("data") or "tiny-math"),
+        train_argv=_flags(raw.get("train") or {}, "train"),
+        seeds=seeds,
+        sweep_seeds=sweep_seeds,
+        methods=methods,
+        rank_sweep=ranks,
+        valid=str(ev.pop("valid", "tiny-math:valid")),
+        tests=tests if isinstance(tests, list) else [tests],
+        eval_task=str(ev.pop("task", "tiny-math")),
+        eval_samples=int(ev.pop("samples", 200)),
         max_new_tokens=int(ev.pop("max-new-tokens", ev.pop("max_new_tokens", 80))),
-        eval_batch_size=int(ev.pop("batch-size", ev.pop("batch_size", 100))), jobs=raw.get("jobs", 1))
+        eval_batch_size=int(ev.pop("batch-size", ev.pop("batch_size", 100))),
+        jobs=raw.get("jobs", 1),
+    )
     cfg.eval_argv = _flags(ev, "eval")
     return cfg
 
@@ -188,8 +198,13 @@ def pick_lrs(cfg: StudyConfig) -> dict[str, float]:
             done = [read_cell(cfg, Cell(m.method, m.r, lr, s)) for s in cfg.sweep_seeds]
             if any(d is None for d in done):
                 break
-            scores.append((statistics.mean(d["accuracy"]["valid"] for d in done),
-                           -statistics.mean(d["loss_final"] for d in done), lr))
+            scores.append(
+                (
+                    statistics.mean(d["accuracy"]["valid"] for d in done),
+                    -statistics.mean(d["loss_final"] for d in done),
+                    lr,
+                )
+            )
         else:
             picked[m.method] = max(scores)[2]
     return picked
@@ -201,8 +216,14 @@ def plan_seeds(cfg: StudyConfig, picked: dict[str, float]) -> list[Cell]:
 
 
 def plan_ranks(cfg: StudyConfig, picked: dict[str, float]) -> list[Cell]:
-    return [Cell(meth, r, picked[meth], s) for meth, rs in cfg.rank_sweep.items() if meth in picked
-            for r in rs if r != cfg.spec(meth).r for s in cfg.seeds]
+    return [
+        Cell(meth, r, picked[meth], s)
+        for meth, rs in cfg.rank_sweep.items()
+        if meth in picked
+        for r in rs
+        if r != cfg.spec(meth).r
+        for s in cfg.seeds
+    ]
 
 
 __all__ = [

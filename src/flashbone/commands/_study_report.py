@@ -38,20 +38,35 @@ def _row(cfg: StudyConfig, method: str, r: int, lr: float, seeds: list[int]) -> 
     ds = [d for _, d in done]
     gpu = [d["peak_gpu_memory_gib"] for d in ds if d.get("peak_gpu_memory_gib") is not None]
     mem = max(gpu) if gpu else max(d["peak_rss_gib"] for d in ds)
-    return Row(method, r, lr, [s for s, _ in done], ds[0]["trainable_params"],
-               {k: _ms([100 * d["accuracy"][k] for d in ds]) for k in ds[0]["accuracy"]},
-               _ms([d["loss_first100"] for d in ds]), _ms([d["loss_final"] for d in ds]),
-               _ms([d["tokens_per_s"] for d in ds]), round(mem, 3), "GPU peak" if gpu else "process RSS")
+    return Row(
+        method,
+        r,
+        lr,
+        [s for s, _ in done],
+        ds[0]["trainable_params"],
+        {k: _ms([100 * d["accuracy"][k] for d in ds]) for k in ds[0]["accuracy"]},
+        _ms([d["loss_first100"] for d in ds]),
+        _ms([d["loss_final"] for d in ds]),
+        _ms([d["tokens_per_s"] for d in ds]),
+        round(mem, 3),
+        "GPU peak" if gpu else "process RSS",
+    )
 
 
 def collect(cfg: StudyConfig) -> dict:
     """Every table of the report as plain data."""
     picked = pick_lrs(cfg)
-    main = [x for m in cfg.methods if m.method in picked
-            if (x := _row(cfg, m.method, m.r, picked[m.method], cfg.seeds))]
+    main = [
+        x for m in cfg.methods if m.method in picked if (x := _row(cfg, m.method, m.r, picked[m.method], cfg.seeds))
+    ]
     sweep = [x for m in cfg.methods for lr in m.lrs if (x := _row(cfg, m.method, m.r, lr, cfg.sweep_seeds))]
-    ranks = [x for meth, rs in cfg.rank_sweep.items() if meth in picked
-             for r in sorted(set(rs) | {cfg.spec(meth).r}) if (x := _row(cfg, meth, r, picked[meth], cfg.seeds))]
+    ranks = [
+        x
+        for meth, rs in cfg.rank_sweep.items()
+        if meth in picked
+        for r in sorted(set(rs) | {cfg.spec(meth).r})
+        if (x := _row(cfg, meth, r, picked[meth], cfg.seeds))
+    ]
     missing = [m.method for m in cfg.methods if m.method not in picked]
     return {"picked_lr": picked, "main": main, "lr_sweep": sweep, "rank_sweep": ranks, "unfinished_sweeps": missing}
 
@@ -61,15 +76,27 @@ def _pm(x: tuple[float, float], fmt: str = ".1f") -> str:
 
 
 def _table(rows: list[Row], splits: list[str], lr_col: bool = True) -> list[str]:
-    head = ["method", "r", "trainable"] + (["lr"] if lr_col else []) + ["seeds"] + \
-        [f"{s} acc %" for s in splits] + ["loss, first 100 steps", "final loss", "tokens/s", "peak memory GiB"]
+    head = (
+        ["method", "r", "trainable"]
+        + (["lr"] if lr_col else [])
+        + ["seeds"]
+        + [f"{s} acc %" for s in splits]
+        + ["loss, first 100 steps", "final loss", "tokens/s", "peak memory GiB"]
+    )
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in rows:
-        cells = [x.method, "-" if x.method == "full" else str(x.r), f"{x.trainable_params:,}"] + \
-            ([f"{x.lr:g}"] if lr_col else []) + [str(len(x.seeds))] + \
-            [_pm(x.accuracy[s]) if s in x.accuracy else "" for s in splits] + \
-            [_pm(x.loss_first100, ".3f"), _pm(x.loss_final, ".3f"), f"{x.tokens_per_s[0]:,.0f}",
-             f"{x.peak_memory_gib:.2f} ({x.memory_kind})"]
+        cells = (
+            [x.method, "-" if x.method == "full" else str(x.r), f"{x.trainable_params:,}"]
+            + ([f"{x.lr:g}"] if lr_col else [])
+            + [str(len(x.seeds))]
+            + [_pm(x.accuracy[s]) if s in x.accuracy else "" for s in splits]
+            + [
+                _pm(x.loss_first100, ".3f"),
+                _pm(x.loss_final, ".3f"),
+                f"{x.tokens_per_s[0]:,.0f}",
+                f"{x.peak_memory_gib:.2f} ({x.memory_kind})",
+            ]
+        )
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -77,13 +104,32 @@ def _table(rows: list[Row], splits: list[str], lr_col: bool = True) -> list[str]
 def write_report(cfg: StudyConfig) -> list[Path]:
     data = collect(cfg)
     splits = list(cfg.eval_splits())
-    (cfg.out / "results.json").write_text(json.dumps(
-        {"config": str(cfg.source), "seeds": cfg.seeds, "sweep_seeds": cfg.sweep_seeds, "splits": cfg.eval_splits(),
-         "picked_lr": data["picked_lr"], "unfinished_sweeps": data["unfinished_sweeps"],
-         **{k: [asdict(x) for x in data[k]] for k in ("main", "lr_sweep", "rank_sweep")}}, indent=1) + "\n")
-    md = [f"# Study: {cfg.source.name}", "",
-          (f"Mean ± std over seeds {cfg.seeds}; the lr of each method was picked on `{cfg.valid}` "
-           f"(seeds {cfg.sweep_seeds}); accuracy in %."), "", "## Main comparison", ""]
+    (cfg.out / "results.json").write_text(
+        json.dumps(
+            {
+                "config": str(cfg.source),
+                "seeds": cfg.seeds,
+                "sweep_seeds": cfg.sweep_seeds,
+                "splits": cfg.eval_splits(),
+                "picked_lr": data["picked_lr"],
+                "unfinished_sweeps": data["unfinished_sweeps"],
+                **{k: [asdict(x) for x in data[k]] for k in ("main", "lr_sweep", "rank_sweep")},
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    md = [
+        f"# Study: {cfg.source.name}",
+        "",
+        (
+            f"Mean ± std over seeds {cfg.seeds}; the lr of each method was picked on `{cfg.valid}` "
+            f"(seeds {cfg.sweep_seeds}); accuracy in %."
+        ),
+        "",
+        "## Main comparison",
+        "",
+    ]
     md += _table(data["main"], splits)
     md += ["", f"## Learning-rate sweep (seeds {cfg.sweep_seeds})", ""] + _table(data["lr_sweep"], splits)
     if data["rank_sweep"]:
@@ -109,7 +155,7 @@ def _mean_curve(cfg: StudyConfig, x: Row) -> tuple[list[int], list[float]]:
 
 
 def _smooth(ys: list[float], k: int) -> list[float]:
-    return [statistics.mean(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
+    return [statistics.mean(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
 
 
 def _loss_plot(cfg: StudyConfig, rows: list[Row]) -> Path:
@@ -124,9 +170,14 @@ def _loss_plot(cfg: StudyConfig, rows: list[Row]) -> Path:
     for i, x in enumerate(rows):
         steps, loss = _mean_curve(cfg, x)
         label = x.method if x.method == "full" else f"{x.method} r={x.r}"
-        (line,) = ax.plot(steps, _smooth(loss, 10), label=f"{label} ({x.trainable_params:,})", linewidth=1.1,
-                          color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
-                          linestyle="--" if x.method in ("lora", "pissa", "olora", "dora", "full") else "-")
+        (line,) = ax.plot(
+            steps,
+            _smooth(loss, 10),
+            label=f"{label} ({x.trainable_params:,})",
+            linewidth=1.1,
+            color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
+            linestyle="--" if x.method in ("lora", "pissa", "olora", "dora", "full") else "-",
+        )
         k = min(100, len(steps))
         zoom.plot(steps[:k], loss[:k], color=line.get_color(), linestyle=line.get_linestyle(), linewidth=1.0)
     ax.set(xlabel="step", ylabel="training loss (mean over seeds, 10-step average)", title="Training loss")
@@ -152,13 +203,22 @@ def _rank_plot(rows: list[Row], split: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     for method in dict.fromkeys(x.method for x in rows):
         pts = sorted((x.trainable_params, x.accuracy[split], x.r) for x in rows if x.method == method)
-        ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], marker="o",
-                    capsize=3, label=method)
+        ax.errorbar(
+            [p[0] for p in pts],
+            [p[1][0] for p in pts],
+            yerr=[p[1][1] for p in pts],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
         for n, (m, _), r in pts:
             ax.annotate(f"r={r}", (n, m), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_xscale("log")
-    ax.set(xlabel="trainable parameters", ylabel=f"{split} accuracy % (mean ± std over seeds)",
-           title="Accuracy against rank")
+    ax.set(
+        xlabel="trainable parameters",
+        ylabel=f"{split} accuracy % (mean ± std over seeds)",
+        title="Accuracy against rank",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,12 +1,12 @@
 """``flashbone train`` flags for what the library already has: BoneConfig fields and --init-adapter.
 
-    --dropout P                     BoneConfig.dropout (bone, bone-mini)
-    --modules-to-save a,b           BoneConfig.modules_to_save (trained in full, saved with the adapter)
-    --exclude a,b | REGEX           BoneConfig.exclude_modules
-    --layers-to-transform 0,1       BoneConfig.layers_to_transform
-    --adapter-dtype float32|auto|.. BoneConfig.adapter_dtype
-    --init-adapter DIR              start from an adapter folder (ours, PEFT MISS, legacy BONE): its
-                                    variant, r, mini_r and targets, unless flags say the same thing
+--dropout P                     BoneConfig.dropout (bone, bone-mini)
+--modules-to-save a,b           BoneConfig.modules_to_save (trained in full, saved with the adapter)
+--exclude a,b | REGEX           BoneConfig.exclude_modules
+--layers-to-transform 0,1       BoneConfig.layers_to_transform
+--adapter-dtype float32|auto|.. BoneConfig.adapter_dtype
+--init-adapter DIR              start from an adapter folder (ours, PEFT MISS, legacy BONE): its
+                                variant, r, mini_r and targets, unless flags say the same thing
 """
 
 from __future__ import annotations
@@ -24,14 +24,22 @@ BONE_FLAGS = ("dropout", "modules_to_save", "exclude", "layers_to_transform", "a
 def add_method_arguments(g: argparse._ArgumentGroup) -> None:
     """Append the flags to the "method" group."""
     g.add_argument("--dropout", type=float, help="Bone/Bat: dropout on the adapter's input (bone, bone-mini) [0]")
-    g.add_argument("--modules-to-save", help="comma-separated modules trained in full and saved with the adapter "
-                                             "(e.g. score, lm_head)")
+    g.add_argument(
+        "--modules-to-save",
+        help="comma-separated modules trained in full and saved with the adapter (e.g. score, lm_head)",
+    )
     g.add_argument("--exclude", help="comma-separated module names, or a regex, never to adapt")
     g.add_argument("--layers-to-transform", help="comma-separated decoder-layer indices to adapt (default: all)")
-    g.add_argument("--adapter-dtype", help="storage dtype of adapter tensors: float32 (default), auto (the base's), "
-                                           "bfloat16, float16")
-    g.add_argument("--init-adapter", metavar="DIR", help="start from this adapter folder (flashbone, PEFT MISS or "
-                   "legacy BONE); keeps its variant, r and targets (flags may repeat them, not contradict them)")
+    g.add_argument(
+        "--adapter-dtype",
+        help="storage dtype of adapter tensors: float32 (default), auto (the base's), bfloat16, float16",
+    )
+    g.add_argument(
+        "--init-adapter",
+        metavar="DIR",
+        help="start from this adapter folder (flashbone, PEFT MISS or "
+        "legacy BONE); keeps its variant, r and targets (flags may repeat them, not contradict them)",
+    )
 
 
 @dataclass
@@ -47,8 +55,12 @@ class BoneOptions:
 
     def config_fields(self) -> dict:
         """The BoneConfig fields besides ``modules_to_save`` (which every adapter method takes)."""
-        fields = {"dropout": self.dropout, "exclude_modules": self.exclude_modules, "layers_to_transform": self.layers_to_transform,
-                  "adapter_dtype": self.adapter_dtype}
+        fields = {
+            "dropout": self.dropout,
+            "exclude_modules": self.exclude_modules,
+            "layers_to_transform": self.layers_to_transform,
+            "adapter_dtype": self.adapter_dtype,
+        }
         return {k: val for k, val in fields.items() if val is not None}
 
 
@@ -66,11 +78,12 @@ def bone_options(v: TrainOptions) -> BoneOptions:
 
     bone_only = [k for k in BONE_FLAGS if k != "modules_to_save" and getattr(v, k) is not None]
     if bone_only and v.method not in bone_methods():
-        raise CLIError(f"--{bone_only[0].replace('_', '-')} applies to the Bone/Bat methods "
-                       f"({', '.join(bone_methods())}), not --method {v.method}")
+        raise CLIError(
+            f"--{bone_only[0].replace('_', '-')} applies to the Bone/Bat methods "
+            f"({', '.join(bone_methods())}), not --method {v.method}"
+        )
     if v.modules_to_save is not None and v.method not in (*bone_methods(), *PEFT_METHODS):
-        raise CLIError(f"--modules-to-save applies to adapter methods; --method {v.method} already trains "
-                       "every module")
+        raise CLIError(f"--modules-to-save applies to adapter methods; --method {v.method} already trains every module")
     if v.dropout is not None and not 0.0 <= v.dropout < 1.0:
         raise CLIError(f"--dropout must be in [0, 1), got {v.dropout}")
     layers = _names(v.layers_to_transform)
@@ -81,17 +94,23 @@ def bone_options(v: TrainOptions) -> BoneOptions:
     exclude = v.exclude  # a regex when it looks like one, else names
     if not (isinstance(exclude, str) and any(c in exclude for c in "\\^$*+?()[]{}|")):
         exclude = _names(exclude)
-    opts = BoneOptions(dropout=v.dropout, modules_to_save=_names(v.modules_to_save),
-                       exclude_modules=exclude or None, layers_to_transform=layers,
-                       adapter_dtype=v.adapter_dtype, init_adapter=v.init_adapter)
+    opts = BoneOptions(
+        dropout=v.dropout,
+        modules_to_save=_names(v.modules_to_save),
+        exclude_modules=exclude or None,
+        layers_to_transform=layers,
+        adapter_dtype=v.adapter_dtype,
+        init_adapter=v.init_adapter,
+    )
     if v.method in bone_methods() and not opts.init_adapter:  # the library's own checks, before loading
         from ..config import BoneConfig
         from ..errors import BoneConfigError
         from ..variants import VARIANTS
 
         try:
-            BoneConfig(variant=v.method, r=v.r, mini_r=v.mini_r if VARIANTS[v.method].mini_r else None,
-                       **opts.config_fields())
+            BoneConfig(
+                variant=v.method, r=v.r, mini_r=v.mini_r if VARIANTS[v.method].mini_r else None, **opts.config_fields()
+            )
         except BoneConfigError as e:
             flag = next((f"--{k.replace('_', '-')}" for k in ("dropout", "adapter_dtype") if k in str(e)), "")
             raise CLIError(f"{flag + ': ' if flag else ''}{e}") from None
@@ -110,14 +129,22 @@ def apply_init_adapter(v: TrainOptions) -> None:
         cfg = adapter_files.load_adapter_folder(folder).config
     except AdapterFileError as e:
         raise CLIError(f"--init-adapter {folder}: {e}") from None
-    for flag, key, have in (("--method", "method", cfg.variant), ("--r", "r", cfg.r), ("--mini-r", "mini_r", cfg.mini_r)):
+    for flag, key, have in (
+        ("--method", "method", cfg.variant),
+        ("--r", "r", cfg.r),
+        ("--mini-r", "mini_r", cfg.mini_r),
+    ):
         if getattr(v, key) is not None and getattr(v, key) != have:
-            raise CLIError(f"--init-adapter {folder} holds a {cfg.variant} adapter with r={cfg.r}"
-                           + (f", mini_r={cfg.mini_r}" if cfg.mini_r else "")
-                           + f"; {flag} {getattr(v, key)} contradicts it (leave {flag} out to keep the adapter's)")
+            raise CLIError(
+                f"--init-adapter {folder} holds a {cfg.variant} adapter with r={cfg.r}"
+                + (f", mini_r={cfg.mini_r}" if cfg.mini_r else "")
+                + f"; {flag} {getattr(v, key)} contradicts it (leave {flag} out to keep the adapter's)"
+            )
     fixed = [k for k in ("targets", *BONE_FLAGS[:-1]) if getattr(v, k) is not None]
     if fixed:
-        raise CLIError(f"--init-adapter {folder} fixes the adapter's settings; leave --{fixed[0].replace('_', '-')} out")
+        raise CLIError(
+            f"--init-adapter {folder} fixes the adapter's settings; leave --{fixed[0].replace('_', '-')} out"
+        )
     v.method, v.r, v.mini_r = cfg.variant, cfg.r, cfg.mini_r
 
 
@@ -160,7 +187,9 @@ def lr_for(v: TrainOptions, names: list[str] | None = None) -> dict[str, float]:
             if not sep or not key.strip() or not out[key.strip()] > 0:
                 raise ValueError
         except ValueError:
-            raise CLIError(f"--lr-for {item!r}: expected NAME=LR with a positive LR, e.g. --lr-for lm_head=1e-4") from None
+            raise CLIError(
+                f"--lr-for {item!r}: expected NAME=LR with a positive LR, e.g. --lr-for lm_head=1e-4"
+            ) from None
     for key in out:
         if names is not None and not any(key in n for n in names):
             raise CLIError(f"--lr-for {key}: no trainable parameter's name holds {key!r}")
@@ -182,4 +211,14 @@ def report_to(v: TrainOptions) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
-__all__ = ["check_validation", "BONE_FLAGS", "warmup_steps", "lr_for", "report_to", "BoneOptions", "add_method_arguments", "apply_init_adapter", "bone_options"]
+__all__ = [
+    "check_validation",
+    "BONE_FLAGS",
+    "warmup_steps",
+    "lr_for",
+    "report_to",
+    "BoneOptions",
+    "add_method_arguments",
+    "apply_init_adapter",
+    "bone_options",
+]

@@ -41,8 +41,7 @@ def load_base(v: TrainOptions, device: torch.device | None = None, dist=None) ->
     trust = bool(v.trust_remote_code)
     tok = loading.load_tokenizer(v.model, trust_remote_code=trust)
     template = data.get_template(v.template)
-    ds = data.load_rows(v.data, split=v.data_split, subset=v.data_subset,
-                        max_samples=v.max_samples, seed=v.seed)
+    ds = data.load_rows(v.data, split=v.data_split, subset=v.data_subset, max_samples=v.max_samples, seed=v.seed)
     rows, n_cut = _tokenize(ds, v, tok, template, "--data", v.data, resolve_fields=True)
     val_rows = None  # held-out rows for the validation loss (validation.py)
     if v.val_split is not None:
@@ -53,11 +52,22 @@ def load_base(v: TrainOptions, device: torch.device | None = None, dist=None) ->
     eval_ds = None
     if v.eval_task != "none":  # read the held-out rows now: bad eval data fails before training
         eval_ds = data.load_rows(v.eval_data, split="test", max_samples=v.eval_samples)
-    model = loading.load_model(v.model, dtype=_dtype(v, bf16), device=device, quantize=v.quantize,
-                               trust_remote_code=trust)
+    model = loading.load_model(
+        v.model, dtype=_dtype(v, bf16), device=device, quantize=v.quantize, trust_remote_code=trust
+    )
     v.targets_resolved = baselines.parse_targets(v.targets, model)
-    return RunContext(device=device, bf16=bf16, tokenizer=tok, template=template, rows=rows, n_cut=n_cut,
-                      model=model, eval_rows=eval_ds, val_rows=val_rows, dist=dist or Dist())
+    return RunContext(
+        device=device,
+        bf16=bf16,
+        tokenizer=tok,
+        template=template,
+        rows=rows,
+        n_cut=n_cut,
+        model=model,
+        eval_rows=eval_ds,
+        val_rows=val_rows,
+        dist=dist or Dist(),
+    )
 
 
 def _tokenize(ds, v: TrainOptions, tok, template, flag: str, source: str, resolve_fields: bool = False):
@@ -68,14 +78,17 @@ def _tokenize(ds, v: TrainOptions, tok, template, flag: str, source: str, resolv
 
     conv = chat.conversation_field(ds.column_names, v.messages_field) if not v.query_field else None
     if conv and v.cut_after_code:
-        raise data.DataError(f"--cut-after-code applies to query/response rows; {flag} {source} holds conversations "
-                             f"({conv!r}): leave it out")
+        raise data.DataError(
+            f"--cut-after-code applies to query/response rows; {flag} {source} holds conversations "
+            f"({conv!r}): leave it out"
+        )
     if conv:  # multi-turn rows: the chat template, loss on the assistant's turns
         rows, n_cut, own = chat.tokenize_conversations(ds, tok, conv, v.max_length)
         if resolve_fields:
             v.query_field_resolved = conv
-            v.response_field_resolved = "assistant turns, " + ("the tokenizer's chat template" if own else
-                                                                   "the default chat template (docs/cli.md)")
+            v.response_field_resolved = "assistant turns, " + (
+                "the tokenizer's chat template" if own else "the default chat template (docs/cli.md)"
+            )
         return rows, n_cut
     qf, rf = data.detect_fields(ds.column_names, v.query_field, v.response_field, source=f"{flag} {source}")
     if resolve_fields:
@@ -101,10 +114,19 @@ def attach_method(v: TrainOptions, ctx: RunContext) -> None:
         work_dir = Path(tempfile.mkdtemp(prefix="flashbone-rank"))
         atexit.register(shutil.rmtree, work_dir, True)
     opts = bone_options(v)
-    ctx.adapted = baselines.build(model, v.method, v.r, v.targets_resolved, lora_alpha=v.lora_alpha,
-                                     mini_r=v.mini_r, base_name=v.model, work_dir=work_dir,
-                                     modules_to_save=opts.modules_to_save, bone_fields=opts.config_fields(),
-                                     init_adapter=opts.init_adapter)
+    ctx.adapted = baselines.build(
+        model,
+        v.method,
+        v.r,
+        v.targets_resolved,
+        lora_alpha=v.lora_alpha,
+        mini_r=v.mini_r,
+        base_name=v.model,
+        work_dir=work_dir,
+        modules_to_save=opts.modules_to_save,
+        bone_fields=opts.config_fields(),
+        init_adapter=opts.init_adapter,
+    )
 
 
 def _write_eval(path: Path, result: tuple[float, list[dict]]) -> None:
@@ -136,9 +158,18 @@ def _eval(eval_rows, model, v: TrainOptions, ctx: RunContext, desc: str):
         rows = rows.shard(num_shards=d.world, index=d.rank, contiguous=True)
     recs = []
     if len(rows):
-        _, recs = eval_rows(model, ctx.tokenizer, rows, v.eval_task, ctx.template,
-                            max_new_tokens=v.max_new_tokens, batch_size=v.eval_batch_size, bf16=ctx.bf16,
-                            progress=v.progress and d.is_main, desc=desc)
+        _, recs = eval_rows(
+            model,
+            ctx.tokenizer,
+            rows,
+            v.eval_task,
+            ctx.template,
+            max_new_tokens=v.max_new_tokens,
+            batch_size=v.eval_batch_size,
+            bf16=ctx.bf16,
+            progress=v.progress and d.is_main,
+            desc=desc,
+        )
     if d.world > 1:
         from ..distributed import all_gather_objects
 
@@ -155,9 +186,13 @@ def eval_after(v: TrainOptions, ctx: RunContext, out: Path, eval_rows, saved_to:
         return None
     model = ctx.adapted.model
     if any(_sharded(p) for p in model.parameters()):
-        model = loading.load_model(saved_to if v.method == "full" else v.model,
-                                   dtype=_dtype(v, ctx.bf16), device=ctx.device, quantize=v.quantize,
-                                   trust_remote_code=bool(v.trust_remote_code))
+        model = loading.load_model(
+            saved_to if v.method == "full" else v.model,
+            dtype=_dtype(v, ctx.bf16),
+            device=ctx.device,
+            quantize=v.quantize,
+            trust_remote_code=bool(v.trust_remote_code),
+        )
         if v.method != "full":
             model = baselines.attach_adapter(model, saved_to)
     elif v.gradient_checkpointing:
@@ -201,8 +236,18 @@ def save_result(adapted, tokenizer, out: Path, dist=None) -> Path:
     return final
 
 
-def summarize(v: TrainOptions, adapted, result: dict, before: float | None, after: float | None, saved_to: Path,
-              device: torch.device, bf16: bool, wall: float, n_rows: int) -> dict:
+def summarize(
+    v: TrainOptions,
+    adapted,
+    result: dict,
+    before: float | None,
+    after: float | None,
+    saved_to: Path,
+    device: torch.device,
+    bf16: bool,
+    wall: float,
+    n_rows: int,
+) -> dict:
     import transformers
 
     from ..version import __version__
@@ -215,19 +260,37 @@ def summarize(v: TrainOptions, adapted, result: dict, before: float | None, afte
         peft_v = None
     cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return {
-        "method": v.method, "r": v.r, "targets": v.targets_resolved, "recipe": v.recipe,
+        "method": v.method,
+        "r": v.r,
+        "targets": v.targets_resolved,
+        "recipe": v.recipe,
         "lora_alpha": adapted.extra.get("lora_alpha"),
-        "trainable_params": adapted.n_trainable, "total_params": adapted.n_total,
-        "model": v.model, "data": v.data, "train_rows": n_rows, "steps": result["steps"],
-        "final_loss": result["final_loss"], "val_loss": result.get("val_loss"), "tokens": result["tokens"], "train_seconds": result["train_seconds"],
+        "trainable_params": adapted.n_trainable,
+        "total_params": adapted.n_total,
+        "model": v.model,
+        "data": v.data,
+        "train_rows": n_rows,
+        "steps": result["steps"],
+        "final_loss": result["final_loss"],
+        "val_loss": result.get("val_loss"),
+        "tokens": result["tokens"],
+        "train_seconds": result["train_seconds"],
         "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
-        "wall_seconds": round(wall, 1), "eval_task": v.eval_task, "accuracy_before": before,
-        "accuracy_after": after, "saved": str(saved_to),
+        "wall_seconds": round(wall, 1),
+        "eval_task": v.eval_task,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "saved": str(saved_to),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({cpu})",
-        "precision": "bf16" if bf16 else "fp32", "processes": v.nproc or 1,
+        "precision": "bf16" if bf16 else "fp32",
+        "processes": v.nproc or 1,
         "strategy": v.strategy if (v.nproc or 1) > 1 else None,
-        "versions": {"flashbone": __version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__, "peft": peft_v},
+        "versions": {
+            "flashbone": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft_v,
+        },
     }
 
 
@@ -243,7 +306,9 @@ def report(s: dict, out: Path) -> str:
         lines.append(f"validation loss {s['val_loss']:.4f} after the last step (training loss {s['final_loss']:.4f})")
     if s["accuracy_after"] is not None:
         before = "n/a" if s["accuracy_before"] is None else f"{100 * s['accuracy_before']:.1f}%"
-        lines.append(f"{s['eval_task']} held-out accuracy: {before} before -> {100 * s['accuracy_after']:.1f}% after "
-                     f"({s['method']} r={s['r']}, {s['trainable_params']:,} trainable, {s['steps']} steps, "
-                     f"train {s['train_seconds']:.0f}s, total {s['wall_seconds']:.0f}s)")
+        lines.append(
+            f"{s['eval_task']} held-out accuracy: {before} before -> {100 * s['accuracy_after']:.1f}% after "
+            f"({s['method']} r={s['r']}, {s['trainable_params']:,} trainable, {s['steps']} steps, "
+            f"train {s['train_seconds']:.0f}s, total {s['wall_seconds']:.0f}s)"
+        )
     return "\n".join(lines)

@@ -46,10 +46,10 @@ PEFT = {"peft-lora": None, "peft-miss": True, "peft-mini": "mini", "peft-bat": "
 DEFAULT_METHODS = ["floor", *(v for v in OURS if v in TORCH_PATHS), "peft-lora", "peft-miss", "peft-bat", "full"]
 # (layers, hidden, intermediate, heads, vocab, batch, seq, r, steps, warmup)
 SHAPES = {
-    "cuda": dict(layers=8, hidden=4096, intermediate=11008, heads=32, vocab=32000, batch=4,
-                 seq=1024, r=64, steps=20, warmup=3),
-    "cpu": dict(layers=2, hidden=256, intermediate=704, heads=4, vocab=1000, batch=2, seq=128,
-                r=32, steps=5, warmup=2),
+    "cuda": dict(
+        layers=8, hidden=4096, intermediate=11008, heads=32, vocab=32000, batch=4, seq=1024, r=64, steps=20, warmup=3
+    ),
+    "cpu": dict(layers=2, hidden=256, intermediate=704, heads=4, vocab=1000, batch=2, seq=128, r=32, steps=5, warmup=2),
 }
 
 
@@ -59,17 +59,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}", type=int, default=None)
     g.add_argument("--kv-heads", type=int, default=None, help="default: --heads (no GQA)")
     g.add_argument("--mini-r", type=int, default=None, help="bone-mini's m, bat-grouped's g (default: r)")
-    g.add_argument("--lora-r", type=int, default=None,
-                   help="PEFT LoRA rank (default: the one matching bone's trainable parameters)")
+    g.add_argument(
+        "--lora-r",
+        type=int,
+        default=None,
+        help="PEFT LoRA rank (default: the one matching bone's trainable parameters)",
+    )
     g.add_argument("--gradient-checkpointing", action="store_true")
     t = p.add_argument_group("run")
-    t.add_argument("--methods", default=None,
-                   help=f"comma list (default: {','.join(DEFAULT_METHODS)})")
+    t.add_argument("--methods", default=None, help=f"comma list (default: {','.join(DEFAULT_METHODS)})")
     t.add_argument("--steps", type=int, default=None, help="timed steps (median is reported)")
     t.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     t.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    t.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="model dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    t.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="model dtype (auto: bf16 on CUDA, fp32 on CPU)",
+    )
     t.add_argument("--json", metavar="FILE", help="write args, environment and rows as JSON")
     k = p.add_argument_group("kernels (per-layer forward/backward; see flashbone.commands.bench_kernels)")
     k.add_argument("--kernels", action="store_true", help="time each layer shape, not a model")
@@ -83,8 +90,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def pick_device(args: argparse.Namespace) -> torch.device:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda: no CUDA device is visible; use --device cpu")
-    return torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                        ("cpu" if args.device == "auto" else args.device))
+    return torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
 
 
 def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
@@ -101,10 +111,16 @@ def resolve(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     if args.warmup < 0:
         raise CLIError(f"--warmup must be >= 0, got {args.warmup}")
     if args.hidden % args.heads or args.heads % args.kv_heads:
-        raise CLIError(f"--hidden {args.hidden} must be a multiple of --heads {args.heads}, "
-                       f"and --heads of --kv-heads {args.kv_heads}")
-    names = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
-             "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+        raise CLIError(
+            f"--hidden {args.hidden} must be a multiple of --heads {args.heads}, "
+            f"and --heads of --kv-heads {args.kv_heads}"
+        )
+    names = {
+        "auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+        "fp32": torch.float32,
+    }
     return dev, names[args.dtype]
 
 
@@ -112,11 +128,16 @@ def parse_methods(text: str | None) -> list[str]:
     methods = DEFAULT_METHODS if not text else [m.strip() for m in text.split(",") if m.strip()]
     for m in methods:
         base = m.split("@")[0].removesuffix("-bf16")
-        ok = (m in ("floor", "full") or (base in OURS and m in (base, base + "@torch"))
-              or (base in PEFT and m in (base, base + "-bf16")))
+        ok = (
+            m in ("floor", "full")
+            or (base in OURS and m in (base, base + "@torch"))
+            or (base in PEFT and m in (base, base + "-bf16"))
+        )
         if not ok:
-            raise CLIError(f"unknown method {m!r}; choose from floor, full, {', '.join(OURS)} "
-                           f"(optionally with @torch), {', '.join(PEFT)} (optionally with -bf16)")
+            raise CLIError(
+                f"unknown method {m!r}; choose from floor, full, {', '.join(OURS)} "
+                f"(optionally with @torch), {', '.join(PEFT)} (optionally with -bf16)"
+            )
     return methods
 
 
@@ -124,10 +145,15 @@ def build_model(a: argparse.Namespace, dev: torch.device, dtype: torch.dtype):
     """A Llama-shaped causal LM with random weights (seed 0), SDPA attention."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=a.hidden, intermediate_size=a.intermediate,
-                      num_hidden_layers=a.layers, num_attention_heads=a.heads,
-                      num_key_value_heads=a.kv_heads, vocab_size=a.vocab,
-                      max_position_embeddings=max(a.seq, 128))
+    cfg = LlamaConfig(
+        hidden_size=a.hidden,
+        intermediate_size=a.intermediate,
+        num_hidden_layers=a.layers,
+        num_attention_heads=a.heads,
+        num_key_value_heads=a.kv_heads,
+        vocab_size=a.vocab,
+        max_position_embeddings=max(a.seq, 128),
+    )
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     old = torch.get_default_dtype()
@@ -147,8 +173,15 @@ def matched_lora_r(a: argparse.Namespace) -> int:
     if a.lora_r:
         return a.lora_r
     kv = a.hidden // a.heads * a.kv_heads
-    shapes = [(a.hidden, a.hidden), (kv, a.hidden), (kv, a.hidden), (a.hidden, a.hidden),
-              (a.intermediate, a.hidden), (a.intermediate, a.hidden), (a.hidden, a.intermediate)]
+    shapes = [
+        (a.hidden, a.hidden),
+        (kv, a.hidden),
+        (kv, a.hidden),
+        (a.hidden, a.hidden),
+        (a.intermediate, a.hidden),
+        (a.intermediate, a.hidden),
+        (a.hidden, a.intermediate),
+    ]
     bone = sum(a.r * o for o, _ in shapes)
     return max(1, round(bone / sum(o + i for o, i in shapes)))
 
@@ -166,8 +199,9 @@ def wrap(model, method: str, a: argparse.Namespace):
         from ..config import BoneConfig
         from ..model import get_bone_model
 
-        cfg = BoneConfig(variant=base, r=a.r, mini_r=a.mini_r if VARIANTS[base].mini_r else None,
-                         target_modules=list(TARGETS))
+        cfg = BoneConfig(
+            variant=base, r=a.r, mini_r=a.mini_r if VARIANTS[base].mini_r else None, target_modules=list(TARGETS)
+        )
         return get_bone_model(model, cfg)
     try:
         import peft
@@ -177,8 +211,12 @@ def wrap(model, method: str, a: argparse.Namespace):
         r = matched_lora_r(a)
         cfg = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, lora_dropout=0.0)
     else:
-        cfg = peft.MissConfig(r=a.r, target_modules=TARGETS, init_weights=PEFT[base],
-                              **({"mini_r": a.mini_r} if base == "peft-mini" else {}))
+        cfg = peft.MissConfig(
+            r=a.r,
+            target_modules=TARGETS,
+            init_weights=PEFT[base],
+            **({"mini_r": a.mini_r} if base == "peft-mini" else {}),
+        )
     return peft.get_peft_model(model, cfg, autocast_adapter_dtype=not method.endswith("-bf16"))
 
 
@@ -232,12 +270,17 @@ def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: tor
             _sync(dev)
             times.append(time.perf_counter() - t0)
             losses.append(float(loss.detach()))
-    step = statistics.median(times[a.warmup:])
+    step = statistics.median(times[a.warmup :])
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-    row = dict(method=method, trainable=n_train, step_ms=step * 1e3,
-               host_ms=statistics.median(hosts[a.warmup:]) * 1e3,
-               tokens_per_s=a.batch * a.seq / step, peak_gib=peak,
-               loss_finite=all(math.isfinite(x) for x in losses))
+    row = dict(
+        method=method,
+        trainable=n_train,
+        step_ms=step * 1e3,
+        host_ms=statistics.median(hosts[a.warmup :]) * 1e3,
+        tokens_per_s=a.batch * a.seq / step,
+        peak_gib=peak,
+        loss_finite=all(math.isfinite(x) for x in losses),
+    )
     if method == "peft-lora" or method.startswith("peft-lora-"):
         row["lora_r"] = matched_lora_r(a)
     del model, step_fn, loss
@@ -258,25 +301,28 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<20}{'trainable':>14}{'ms/step':>10}{'tokens/s':>11}{'x floor':>9}" \
-           f"{'peak GiB':>10}{'x floor':>9}"
+    head = f"{'method':<20}{'trainable':>14}{'ms/step':>10}{'tokens/s':>11}{'x floor':>9}{'peak GiB':>10}{'x floor':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['method']:<20} error: {r['error']}")
             continue
         f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
-        lines.append(f"{r['method']:<20}{r['trainable']:>14,}{f('step_ms', '.1f'):>10}"
-                     f"{f('tokens_per_s', ',.0f'):>11}{f('time_ratio', '.3f'):>9}"
-                     f"{f('peak_gib', '.2f'):>10}{f('mem_ratio', '.3f'):>9}")
+        lines.append(
+            f"{r['method']:<20}{r['trainable']:>14,}{f('step_ms', '.1f'):>10}"
+            f"{f('tokens_per_s', ',.0f'):>11}{f('time_ratio', '.3f'):>9}"
+            f"{f('peak_gib', '.2f'):>10}{f('mem_ratio', '.3f'):>9}"
+        )
     return "\n".join(lines)
 
 
 def environment(dev: torch.device) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
-                           else platform.processor() or platform.machine(),
-                           "command": "flashbone bench " + " ".join(sys.argv[2:])}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "command": "flashbone bench " + " ".join(sys.argv[2:]),
+    }
     for mod in ("transformers", "peft", "triton", "liger_kernel"):
         try:
             env[mod] = importlib.metadata.version(mod.replace("_", "-"))
@@ -301,10 +347,13 @@ def run(args: argparse.Namespace) -> int:
         return run_kernels(args, dev, dtype)
     methods = parse_methods(args.methods)
     env = environment(dev)
-    print(f"# {env['device']} | torch {env['torch']} | transformers {env['transformers']} | "
-          f"peft {env['peft']} | {args.layers} layers, hidden {args.hidden}, intermediate "
-          f"{args.intermediate}, {args.batch}x{args.seq} tokens, r={args.r}, {dtype}, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}", flush=True)
+    print(
+        f"# {env['device']} | torch {env['torch']} | transformers {env['transformers']} | "
+        f"peft {env['peft']} | {args.layers} layers, hidden {args.hidden}, intermediate "
+        f"{args.intermediate}, {args.batch}x{args.seq} tokens, r={args.r}, {dtype}, "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}",
+        flush=True,
+    )
     rows = []
     for m in methods:
         try:

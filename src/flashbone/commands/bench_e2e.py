@@ -41,19 +41,64 @@ from ..errors import CLIError
 
 OURS = ["bone", "bone-mini", "bat", "bat-row", "bat-hadamard", "bone-ab", "lora", "full"]
 HF = {"hf-miss": True, "hf-bat": "bat", "hf-lora": None, "hf-full": None}
-DEFAULT = {"cuda": ["bone", "bone@plain", "bat", "bat-row", "lora", "full", "hf-miss", "hf-miss-bf16", "hf-bat-bf16",
-                    "hf-lora", "hf-full"],
-           "cpu": ["bone", "bone@plain", "bone@packed", "full", "hf-miss", "hf-full"]}
+DEFAULT = {
+    "cuda": [
+        "bone",
+        "bone@plain",
+        "bat",
+        "bat-row",
+        "lora",
+        "full",
+        "hf-miss",
+        "hf-miss-bf16",
+        "hf-bat-bf16",
+        "hf-lora",
+        "hf-full",
+    ],
+    "cpu": ["bone", "bone@plain", "bone@packed", "full", "hf-miss", "hf-full"],
+}
 # the Trainer run each of ours is compared with: the first of these in the run
-COUNTERPART = {"bone": ["hf-miss-bf16", "hf-miss"], "bone-mini": ["hf-miss-bf16", "hf-miss"],
-               "bat": ["hf-bat-bf16", "hf-bat"], "bat-row": ["hf-bat-bf16", "hf-bat"],
-               "bat-hadamard": ["hf-bat-bf16", "hf-bat"], "bone-ab": ["hf-bat-bf16", "hf-bat"],
-               "lora": ["hf-lora", "hf-lora-bf16"], "full": ["hf-full"]}
+COUNTERPART = {
+    "bone": ["hf-miss-bf16", "hf-miss"],
+    "bone-mini": ["hf-miss-bf16", "hf-miss"],
+    "bat": ["hf-bat-bf16", "hf-bat"],
+    "bat-row": ["hf-bat-bf16", "hf-bat"],
+    "bat-hadamard": ["hf-bat-bf16", "hf-bat"],
+    "bone-ab": ["hf-bat-bf16", "hf-bat"],
+    "lora": ["hf-lora", "hf-lora-bf16"],
+    "full": ["hf-full"],
+}
 SHAPES = {  # TinyLlama's shape on CUDA (its 32000-token vocabulary); a tiny one on the CPU
-    "cuda": dict(layers=22, hidden=2048, intermediate=5632, heads=32, kv_heads=4, vocab=32000, batch=4, r=64,
-                 steps=16, warmup=8, min_len=206, max_len=616, grad_accum=4),
-    "cpu": dict(layers=2, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=256, batch=2, r=16,
-                steps=2, warmup=1, min_len=8, max_len=40, grad_accum=2),
+    "cuda": dict(
+        layers=22,
+        hidden=2048,
+        intermediate=5632,
+        heads=32,
+        kv_heads=4,
+        vocab=32000,
+        batch=4,
+        r=64,
+        steps=16,
+        warmup=8,
+        min_len=206,
+        max_len=616,
+        grad_accum=4,
+    ),
+    "cpu": dict(
+        layers=2,
+        hidden=64,
+        intermediate=128,
+        heads=4,
+        kv_heads=2,
+        vocab=256,
+        batch=2,
+        r=16,
+        steps=2,
+        warmup=1,
+        min_len=8,
+        max_len=40,
+        grad_accum=2,
+    ),
 }
 
 
@@ -66,8 +111,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--micro-batch-tokens", type=int, help="flashbone's token budget (default: flashbone train's)")
     g.add_argument("--nproc", type=int, default=1, help="processes (GPUs); the global batch stays batch x accum")
     g.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp", help="flashbone's loop under --nproc")
-    g.add_argument("--liger", choices=["auto", "on", "off"], default="auto",
-                   help="flashbone's fused RMSNorm/SwiGLU (as flashbone train --liger); the Trainer runs as shipped")
+    g.add_argument(
+        "--liger",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="flashbone's fused RMSNorm/SwiGLU (as flashbone train --liger); the Trainer runs as shipped",
+    )
 
 
 def _resolve(a: argparse.Namespace, dev: torch.device) -> None:
@@ -91,8 +140,10 @@ def _resolve(a: argparse.Namespace, dev: torch.device) -> None:
         base, _, how = m.partition("@")
         hf = m.removesuffix("-bf16")
         if not ((base in OURS and how in ("", "plain", "packed")) or (hf in HF and "@" not in m)):
-            raise CLIError(f"--e2e: unknown method {m!r}; choose from {', '.join(OURS)} (optionally @plain or "
-                           f"@packed) and {', '.join(HF)} (optionally -bf16)")
+            raise CLIError(
+                f"--e2e: unknown method {m!r}; choose from {', '.join(OURS)} (optionally @plain or "
+                f"@packed) and {', '.join(HF)} (optionally -bf16)"
+            )
 
 
 class RowTable:
@@ -142,8 +193,9 @@ def _model(a, dev, method: str, base: str):
 
     if base == "hf-lora":
         r = bench.matched_lora_r(a)
-        cfg = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=bench.TARGETS, lora_dropout=0.0,
-                              task_type="CAUSAL_LM")
+        cfg = peft.LoraConfig(
+            r=r, lora_alpha=2 * r, target_modules=bench.TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"
+        )
     else:
         cfg = peft.MissConfig(r=a.r, target_modules=bench.TARGETS, init_weights=HF[base], task_type="CAUSAL_LM")
     return peft.get_peft_model(model, cfg, autocast_adapter_dtype=not method.endswith("-bf16"))
@@ -172,17 +224,27 @@ def _run_ours(a, dev, method: str, rows: RowTable, env, work: Path) -> dict:
     adapted = _model(a, dev, method, base)
     dist = Dist(env.rank, env.world) if env else Dist()
     batch, accum = distributed.split_batch(a.batch, a.grad_accum, dist.world)
-    s = TrainSettings(lr=2e-5, batch_size=batch, grad_accum=accum, max_steps=a.warmup + a.steps, seed=0,
-                      progress=False, bf16=dev.type == "cuda",
-                      micro_batch_tokens=0 if how == "plain" else a.micro_batch_tokens,
-                      packing={"plain": False, "packed": True}.get(how))
+    s = TrainSettings(
+        lr=2e-5,
+        batch_size=batch,
+        grad_accum=accum,
+        max_steps=a.warmup + a.steps,
+        seed=0,
+        progress=False,
+        bf16=dev.type == "cuda",
+        micro_batch_tokens=0 if how == "plain" else a.micro_batch_tokens,
+        packing={"plain": False, "packed": True}.get(how),
+    )
     wrap = distributed.wrapper(a.strategy, dev, dev.type == "cuda", adapted.hf_model) if env else None
     trainer = Trainer(adapted.model, rows, 0, s, work, dist=dist, wrap=wrap)
     clock = trainer.step_hook = _Clock(dev, a.warmup, a.warmup + a.steps)
     trainer.run()
     losses = [json.loads(x)["loss"] for x in (work / "metrics.jsonl").read_text().splitlines()] if dist.is_main else []
-    return {"trainable": adapted.n_trainable, "seconds": clock.t[clock.last] - clock.t[clock.warmup],
-            "mean_loss": sum(losses) / len(losses) if losses else None}
+    return {
+        "trainable": adapted.n_trainable,
+        "seconds": clock.t[clock.last] - clock.t[clock.warmup],
+        "mean_loss": sum(losses) / len(losses) if losses else None,
+    }
 
 
 def _run_hf(a, dev, method: str, rows: RowTable, order: list[int], env, work: Path) -> dict:
@@ -215,26 +277,46 @@ def _run_hf(a, dev, method: str, rows: RowTable, order: list[int], env, work: Pa
 
         per_proc, accum = split_batch(a.batch, a.grad_accum, env.world)
     targs = transformers.TrainingArguments(
-        output_dir=str(work), per_device_train_batch_size=per_proc, gradient_accumulation_steps=accum,
-        max_steps=a.warmup + a.steps, learning_rate=2e-5, lr_scheduler_type="cosine", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0, bf16=dev.type == "cuda", use_cpu=dev.type != "cuda",
-        optim="adamw_torch_fused" if dev.type == "cuda" else "adamw_torch", logging_steps=a.warmup + a.steps,
-        save_strategy="no", report_to=[], disable_tqdm=True, log_level="error", seed=0, dataloader_num_workers=0,
-        remove_unused_columns=False, gradient_checkpointing=a.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if a.gradient_checkpointing else None)
-    trainer = InOrder(model=model, args=targs, train_dataset=data, data_collator=lambda b: collate(b, 0),
-                      callbacks=[Timing()])
+        output_dir=str(work),
+        per_device_train_batch_size=per_proc,
+        gradient_accumulation_steps=accum,
+        max_steps=a.warmup + a.steps,
+        learning_rate=2e-5,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=dev.type == "cuda",
+        use_cpu=dev.type != "cuda",
+        optim="adamw_torch_fused" if dev.type == "cuda" else "adamw_torch",
+        logging_steps=a.warmup + a.steps,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        log_level="error",
+        seed=0,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        gradient_checkpointing=a.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if a.gradient_checkpointing else None,
+    )
+    trainer = InOrder(
+        model=model, args=targs, train_dataset=data, data_collator=lambda b: collate(b, 0), callbacks=[Timing()]
+    )
     trainer.remove_callback(transformers.PrinterCallback)
     trainer.train()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": n_train, "seconds": clock.t[clock.last] - clock.t[clock.warmup],
-            "mean_loss": losses[-1] if losses else None}
+    return {
+        "trainable": n_train,
+        "seconds": clock.t[clock.last] - clock.t[clock.warmup],
+        "mean_loss": losses[-1] if losses else None,
+    }
 
 
 def run_method(a, dev, method: str, rows: RowTable, order: list[int], env) -> dict:
     """One method's row of the table (tokens/s over the timed steps, peak GiB)."""
     g = a.batch * a.grad_accum
-    timed = [i for i in order[a.warmup * g: (a.warmup + a.steps) * g]]
+    timed = [i for i in order[a.warmup * g : (a.warmup + a.steps) * g]]
     tokens = sum(len(rows.cols["input_ids"][i]) for i in timed)
     with tempfile.TemporaryDirectory(prefix="flashbone-e2e-") as work, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renames, not the user's concern
@@ -243,8 +325,14 @@ def run_method(a, dev, method: str, rows: RowTable, order: list[int], env) -> di
         else:
             out = _run_ours(a, dev, method, rows, env, Path(work))
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-    row = dict(method=method, trainable=out["trainable"], tokens_per_s=tokens / out["seconds"],
-               step_ms=out["seconds"] / a.steps * 1e3, peak_gib=peak, mean_loss=out["mean_loss"])
+    row = dict(
+        method=method,
+        trainable=out["trainable"],
+        tokens_per_s=tokens / out["seconds"],
+        step_ms=out["seconds"] / a.steps * 1e3,
+        peak_gib=peak,
+        mean_loss=out["mean_loss"],
+    )
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -266,17 +354,21 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<16}{'trainable':>15}{'tokens/s':>11}{'ms/step':>10}{'peak GiB':>10}  {'vs':<14}" \
-           f"{'speed':>7}{'memory':>8}"
+    head = (
+        f"{'method':<16}{'trainable':>15}{'tokens/s':>11}{'ms/step':>10}{'peak GiB':>10}  {'vs':<14}"
+        f"{'speed':>7}{'memory':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['method']:<16} error: {r['error']}")
             continue
         f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
-        lines.append(f"{r['method']:<16}{r['trainable']:>15,}{f('tokens_per_s', ',.0f'):>11}{f('step_ms', '.1f'):>10}"
-                     f"{f('peak_gib', '.2f'):>10}  {r.get('vs', '-'):<14}{f('speed_ratio', '.2f'):>7}"
-                     f"{f('mem_ratio', '.2f'):>8}")
+        lines.append(
+            f"{r['method']:<16}{r['trainable']:>15,}{f('tokens_per_s', ',.0f'):>11}{f('step_ms', '.1f'):>10}"
+            f"{f('peak_gib', '.2f'):>10}  {r.get('vs', '-'):<14}{f('speed_ratio', '.2f'):>7}"
+            f"{f('mem_ratio', '.2f'):>8}"
+        )
     return "\n".join(lines)
 
 
@@ -309,13 +401,16 @@ def run_e2e(a: argparse.Namespace, dev: torch.device) -> int:
     info["command"] = "flashbone bench " + " ".join(sys.argv[2:])
     if main:
         mean = sum(len(x) for x in rows.cols["input_ids"]) / n
-        print(f"# {info['device']} x {env.world if env else 1} | torch {info['torch']} | transformers "
-              f"{info['transformers']} | peft {info['peft']} | liger-kernel {info['liger_kernel']} | {a.layers} layers, hidden {a.hidden}, intermediate "
-              f"{a.intermediate}, heads {a.heads}/{a.kv_heads}, vocab {a.vocab}, r={a.r} | rows {a.min_len}-"
-              f"{a.max_len} tokens (mean {mean:.0f}), batch {a.batch} x accum {a.grad_accum}, {a.warmup}+{a.steps} "
-              f"steps, flashbone micro-batch tokens {a.micro_batch_tokens}"
-              + (f", {a.strategy}" if env else "")
-              + (", gradient checkpointing" if a.gradient_checkpointing else ""), flush=True)
+        print(
+            f"# {info['device']} x {env.world if env else 1} | torch {info['torch']} | transformers "
+            f"{info['transformers']} | peft {info['peft']} | liger-kernel {info['liger_kernel']} | {a.layers} layers, hidden {a.hidden}, intermediate "
+            f"{a.intermediate}, heads {a.heads}/{a.kv_heads}, vocab {a.vocab}, r={a.r} | rows {a.min_len}-"
+            f"{a.max_len} tokens (mean {mean:.0f}), batch {a.batch} x accum {a.grad_accum}, {a.warmup}+{a.steps} "
+            f"steps, flashbone micro-batch tokens {a.micro_batch_tokens}"
+            + (f", {a.strategy}" if env else "")
+            + (", gradient checkpointing" if a.gradient_checkpointing else ""),
+            flush=True,
+        )
     table = []
     for m in a.methods_list:
         try:
@@ -336,8 +431,7 @@ def run_e2e(a: argparse.Namespace, dev: torch.device) -> int:
         print(format_table(table))
         if a.json:
             with open(a.json, "w") as f:
-                json.dump(dict(args={k: v for k, v in vars(a).items()}, env=info, rows=table), f, indent=1,
-                          default=str)
+                json.dump(dict(args={k: v for k, v in vars(a).items()}, env=info, rows=table), f, indent=1, default=str)
     if env is not None:
         distributed.finish()
     return 0

@@ -25,8 +25,7 @@ from ..layer import BlockAdapter
 from ..ops import adapted_linear, use_backend
 from ..variants import VARIANTS
 
-SWEEPS = {"r": [16, 32, 64, 128, 256], "tokens": [1024, 2048, 4096, 8192, 16384, 32768],
-          "width": [2048, 4096, 8192]}
+SWEEPS = {"r": [16, 32, 64, 128, 256], "tokens": [1024, 2048, 4096, 8192, 16384, 32768], "width": [2048, 4096, 8192]}
 
 
 def _timer(dev: torch.device):
@@ -52,6 +51,7 @@ def _timer(dev: torch.device):
                     fn()
                 ts.append((time.perf_counter() - t0) * 1e3 / inner)
         return statistics.median(ts)
+
     return measure
 
 
@@ -74,9 +74,15 @@ def ceilings(dev: torch.device, dtype: torch.dtype, measure) -> dict:
 def layer_shapes(hidden: int, inter: int, kv: int) -> list[tuple[str, int, int, int]]:
     """``(name, in, out, count)`` of the 7 projections, identical shapes merged."""
     shapes: dict[tuple[int, int], list] = {}
-    for name, i, o in [("q", hidden, hidden), ("k", hidden, kv), ("v", hidden, kv),
-                       ("o", hidden, hidden), ("gate", hidden, inter), ("up", hidden, inter),
-                       ("down", inter, hidden)]:
+    for name, i, o in [
+        ("q", hidden, hidden),
+        ("k", hidden, kv),
+        ("v", hidden, kv),
+        ("o", hidden, hidden),
+        ("gate", hidden, inter),
+        ("up", hidden, inter),
+        ("down", inter, hidden),
+    ]:
         shapes.setdefault((i, o), [[], i, o])[0].append(name)
     return [("/".join(n), i, o, len(n)) for n, i, o in shapes.values()]
 
@@ -86,9 +92,16 @@ def cost(method: str, t: int, i: int, o: int, r: int, elt: int) -> tuple[float, 
     base = method.split("@")[0]
     gemm = 2.0 * t * i * o
     io = elt * (2 * t * i + 2 * t * o + 2 * i * o)  # fwd: x, W -> y; bwd: dy, W -> dx
-    extra = {"frozen": 0.0, "full": gemm, "bone": 6.0 * t * r * o, "bone-mini": 6.0 * t * r * o,
-             "bat-row": 6.0 * t * i * r, "bone-ab": 10.0 * t * i * r,
-             "bat": gemm + 6.0 * i * o * r, "bat-hadamard": gemm + 6.0 * i * o}.get(base)
+    extra = {
+        "frozen": 0.0,
+        "full": gemm,
+        "bone": 6.0 * t * r * o,
+        "bone-mini": 6.0 * t * r * o,
+        "bat-row": 6.0 * t * i * r,
+        "bone-ab": 10.0 * t * i * r,
+        "bat": gemm + 6.0 * i * o * r,
+        "bat-hadamard": gemm + 6.0 * i * o,
+    }.get(base)
     if extra is None:  # a variant on the generic dense path: it builds W' like bat does
         extra = gemm + 6.0 * i * o * r
     reads_x_again = base == "full" or (base in VARIANTS and VARIANTS[base].reads_weight)
@@ -98,8 +111,7 @@ def cost(method: str, t: int, i: int, o: int, r: int, elt: int) -> tuple[float, 
 class Case:
     """One projection with one method: inputs, adapter, and the closures to time."""
 
-    def __init__(self, method: str, t: int, i: int, o: int, r: int, mini_r: int,
-                 dev: torch.device, dtype: torch.dtype):
+    def __init__(self, method: str, t: int, i: int, o: int, r: int, mini_r: int, dev: torch.device, dtype: torch.dtype):
         self.method, base = method, method.split("@")[0]
         self.backend = "torch" if method.endswith("@torch") else "auto"
         self.x = torch.randn(t, i, device=dev, dtype=dtype, requires_grad=True)
@@ -107,8 +119,7 @@ class Case:
         self.dy = torch.randn(t, o, device=dev, dtype=dtype)
         self.ad = None
         if base in VARIANTS:
-            self.ad = BlockAdapter(base, r, o, i, mini_r if VARIANTS[base].mini_r else None,
-                                   init="random", device=dev)
+            self.ad = BlockAdapter(base, r, o, i, mini_r if VARIANTS[base].mini_r else None, init="random", device=dev)
 
     def forward(self) -> torch.Tensor:
         with use_backend(self.backend):
@@ -143,8 +154,9 @@ class Case:
         from ..ops import AdapterCall
 
         with use_backend("reference"):
-            ref = adapted_linear(x32, self.w.detach().float(), None,
-                                 [AdapterCall(self.ad.variant, self.ad.r, ps, None, self.ad.mini_r)])
+            ref = adapted_linear(
+                x32, self.w.detach().float(), None, [AdapterCall(self.ad.variant, self.ad.r, ps, None, self.ad.mini_r)]
+            )
         ref.backward(self.dy.float())
         want = [ref.detach(), x32.grad] + [p.grad for p in ps.values()]
         errs = [float((g.float() - w).norm() / w.norm().clamp_min(1e-30)) for g, w in zip(got, want)]
@@ -161,13 +173,17 @@ def time_layer(methods, shapes, t, r, mini_r, dev, dtype, measure, reps, check=F
                 case = Case(m, t, i, o, r, mini_r, dev, dtype)
                 for _ in range(3):
                     case.step()
-                row = {"shape": name, "in": i, "out": o, "count": count,
-                       "fwd_ms": measure(lambda: case.forward(), reps),
-                       "fwdbwd_ms": measure(case.step, reps)}
+                row = {
+                    "shape": name,
+                    "in": i,
+                    "out": o,
+                    "count": count,
+                    "fwd_ms": measure(lambda: case.forward(), reps),
+                    "fwdbwd_ms": measure(case.step, reps),
+                }
                 if rates:
                     flops, nbytes = cost(m, t, i, o, r, torch.finfo(dtype).bits // 8)
-                    row["ideal_ms"] = 1e3 * max(flops / rates["gemm_flops_per_s"],
-                                                nbytes / rates["copy_bytes_per_s"])
+                    row["ideal_ms"] = 1e3 * max(flops / rates["gemm_flops_per_s"], nbytes / rates["copy_bytes_per_s"])
                 if check:
                     row.update(case.check())
                 case = None  # free its tensors before the next case
@@ -191,25 +207,44 @@ def run_kernels(args: argparse.Namespace, dev: torch.device, dtype: torch.dtype)
     t = args.batch * args.seq
     reps = max(10, args.steps * 3)
     rates = ceilings(dev, dtype, measure)
-    print(f"# ceilings: copy {rates['copy_bytes_per_s'] / 1e9:,.0f} GB/s (read+write), "
-          f"GEMM {rates['gemm_flops_per_s'] / 1e12:,.1f} TFLOP/s; T={t}, r={args.r}", flush=True)
+    print(
+        f"# ceilings: copy {rates['copy_bytes_per_s'] / 1e9:,.0f} GB/s (read+write), "
+        f"GEMM {rates['gemm_flops_per_s'] / 1e12:,.1f} TFLOP/s; T={t}, r={args.r}",
+        flush=True,
+    )
     result = {"args": vars(args), "ceilings": rates}
     if args.sweep == "none":
-        main = time_layer(methods, layer_shapes(args.hidden, args.intermediate, kv), t, args.r,
-                          args.mini_r, dev, dtype, measure, reps, check=True, rates=rates)
+        main = time_layer(
+            methods,
+            layer_shapes(args.hidden, args.intermediate, kv),
+            t,
+            args.r,
+            args.mini_r,
+            dev,
+            dtype,
+            measure,
+            reps,
+            check=True,
+            rates=rates,
+        )
         result["layer"] = main
-        print(f"{'method':<20}{'shape':<10}{'fwd ms':>8}{'f+b ms':>8}{'ideal':>8}{'eff':>6}"
-              f"{'err y':>9}{'err dx':>9}{'err dB':>9}")
+        print(
+            f"{'method':<20}{'shape':<10}{'fwd ms':>8}{'f+b ms':>8}{'ideal':>8}{'eff':>6}"
+            f"{'err y':>9}{'err dx':>9}{'err dB':>9}"
+        )
         for m, res in main.items():
             for row in res["rows"]:
                 if "error" in row:
                     print(f"{m:<20}{row['shape']:<10} error: {row['error']}")
                     continue
                 eff = row["ideal_ms"] / row["fwdbwd_ms"]
-                errs = "".join(f"{row[k]:>9.1e}" if k in row else f"{'-':>9}"
-                               for k in ("err_y", "err_dx", "err_dparams"))
-                print(f"{m:<20}{row['shape']:<10}{row['fwd_ms']:>8.3f}{row['fwdbwd_ms']:>8.3f}"
-                      f"{row['ideal_ms']:>8.3f}{eff:>6.2f}{errs}")
+                errs = "".join(
+                    f"{row[k]:>9.1e}" if k in row else f"{'-':>9}" for k in ("err_y", "err_dx", "err_dparams")
+                )
+                print(
+                    f"{m:<20}{row['shape']:<10}{row['fwd_ms']:>8.3f}{row['fwdbwd_ms']:>8.3f}"
+                    f"{row['ideal_ms']:>8.3f}{eff:>6.2f}{errs}"
+                )
             ratio = f"{res['x_frozen']:.3f}" if res["x_frozen"] else "-"
             print(f"{m:<20}{'LAYER':<10}{'':>8}{res['layer_ms']:>8.3f}   x frozen {ratio}", flush=True)
     else:
@@ -225,12 +260,20 @@ def run_kernels(args: argparse.Namespace, dev: torch.device, dtype: torch.dtype)
                 h, inter = p, 256 * -(-(8 * p // 3) // 256)  # LLaMA's rule: 4096 -> 11008
             shapes = layer_shapes(h, inter, h)
             res = time_layer(methods, shapes, tt, r, r, dev, dtype, measure, reps)
-            pt = {"value": p, "r": r, "tokens": tt, "hidden": h, "intermediate": inter,
-                  "layer_ms": {m: v["layer_ms"] for m, v in res.items()},
-                  "x_frozen": {m: v["x_frozen"] for m, v in res.items()}}
+            pt = {
+                "value": p,
+                "r": r,
+                "tokens": tt,
+                "hidden": h,
+                "intermediate": inter,
+                "layer_ms": {m: v["layer_ms"] for m, v in res.items()},
+                "x_frozen": {m: v["x_frozen"] for m, v in res.items()},
+            }
             result["sweep"]["points"].append(pt)
-            print(f"{args.sweep}={p}: " + "  ".join(f"{m} {v:.3f}" for m, v in pt["x_frozen"].items()
-                                                    if v is not None), flush=True)
+            print(
+                f"{args.sweep}={p}: " + "  ".join(f"{m} {v:.3f}" for m, v in pt["x_frozen"].items() if v is not None),
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=str)

@@ -20,11 +20,19 @@ from ..errors import CLIError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="base model: HF hub name or folder (default: flashbone-tiny)")
     p.add_argument("--adapter", help="adapter folder (flashbone, PEFT MISS/BONE or another PEFT adapter)")
-    p.add_argument("--prompt", action="append", required=True,
-                   help="a prompt; repeat for several; '-' reads one from standard input")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="a prompt; repeat for several; '-' reads one from standard input",
+    )
     p.add_argument("--template", help="alpaca, plain, or a prompt with {query} (default: the chat template, if any)")
-    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
-                   help="use the tokenizer's chat template when it has one and no --template is given [on]")
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="use the tokenizer's chat template when it has one and no --template is given [on]",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation length limit [128]")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--trust-remote-code", action="store_true", help="let transformers run the model's own code")
@@ -35,8 +43,10 @@ def format_prompts(tok, queries: list[str], template: str | None, chat: bool) ->
     from ..data import get_template
 
     if template is None and chat and getattr(tok, "chat_template", None):
-        return [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-                for q in queries], []
+        return [
+            tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in queries
+        ], []
     t = get_template(template or "plain")
     return [t.prompt_text(q) for q in queries], t.stop
 
@@ -59,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if args.adapter:
         model = baselines.attach_adapter(model, args.adapter)
     prompts, stops = format_prompts(tok, queries, args.template, args.chat)
-    texts = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=len(prompts),
-                     stops=stops, progress=False)
+    texts = generate(
+        model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=len(prompts), stops=stops, progress=False
+    )
     for text in texts:
         print(text.strip(), flush=True)
     return 0

@@ -29,8 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=DTYPES, help="dtype of the saved weights [auto: the base's dtype]")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that flashbone wrote")
     p.add_argument("--device", help="where to merge: auto, cpu (default), cuda")
-    p.add_argument("--quantize", choices=["4bit", "8bit"], help="the adapter was trained on a quantised base "
-                   "(train --quantize): merge into that base's dequantised weights, written in full precision")
+    p.add_argument(
+        "--quantize",
+        choices=["4bit", "8bit"],
+        help="the adapter was trained on a quantised base "
+        "(train --quantize): merge into that base's dequantised weights, written in full precision",
+    )
 
 
 def _base_from_adapter(adapter: str) -> str:
@@ -67,21 +71,27 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.adapter or not args.out:
         raise CLIError("needs --adapter DIR and --out DIR (and --base MODEL unless the adapter names it)")
-    folder = outputs.plan_folder(args.out, overwrite=args.overwrite,
-                                 inputs={"--adapter": args.adapter, "--base": args.base})
+    folder = outputs.plan_folder(
+        args.out, overwrite=args.overwrite, inputs={"--adapter": args.adapter, "--base": args.base}
+    )
     if baselines.adapter_kind(args.adapter) == "model":
         raise CLIError(f"--adapter {args.adapter} is a whole model already (nothing to merge)")
     base = args.base or _base_from_adapter(args.adapter)
     device = loading.pick_device(args.device or "cpu")
     tok = loading.load_tokenizer(base)
     if args.quantize and baselines.adapter_kind(args.adapter) != "bone":
-        raise CLIError(f"--quantize {args.quantize}: only flashbone/MiSS adapters merge into a dequantised base "
-                       "here (peft would round the merge back to the quantised format); leave out --quantize "
-                       "to merge into the full-precision base")
+        raise CLIError(
+            f"--quantize {args.quantize}: only flashbone/MiSS adapters merge into a dequantised base "
+            "here (peft would round the merge back to the quantised format); leave out --quantize "
+            "to merge into the full-precision base"
+        )
     model = loading.load_model(base, dtype=torch.float32, device=device, quantize=args.quantize)
     if args.quantize:
-        print(f"the base is loaded {args.quantize} as in training; its layers are dequantised and the adapter "
-              "merged into them: the result is a full-precision checkpoint", flush=True)
+        print(
+            f"the base is loaded {args.quantize} as in training; its layers are dequantised and the adapter "
+            "merged into them: the result is a full-precision checkpoint",
+            flush=True,
+        )
     dtype = _base_dtype(base) if args.dtype in (None, "auto") else getattr(torch, args.dtype)
     with warnings.catch_warnings():  # the line above said what happens to a quantised base
         warnings.filterwarnings("ignore", message="the base is quantised")
@@ -97,9 +107,11 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out
     outputs.write_folder(folder, "merge", write)
-    print(f"merged {args.adapter} into {base}: {out} ({str(dtype).replace('torch.', '')}, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters); load it with "
-          f"AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    print(
+        f"merged {args.adapter} into {base}: {out} ({str(dtype).replace('torch.', '')}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters); load it with "
+        f"AutoModelForCausalLM.from_pretrained({str(out)!r})"
+    )
     return 0
 
 

@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for run_dir in args.runs:  # every run is read before anything is drawn or written
         read_metrics(run_dir)
     path = outputs.check_file(out, inputs={}, example="loss.png")
-    outputs.write_file(path, lambda tmp: plot_runs(args.runs, tmp, inset_steps=inset, labels=labels,
-                                                   title=args.title))
+    outputs.write_file(path, lambda tmp: plot_runs(args.runs, tmp, inset_steps=inset, labels=labels, title=args.title))
     print(f"wrote {out} ({len(args.runs)} runs)")
     return 0
 

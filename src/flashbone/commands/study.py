@@ -42,15 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import CLIError
-from ._study_plan import (
-    Cell,
-    StudyConfig,
-    load_config,
-    pick_lrs,
-    plan_ranks,
-    plan_seeds,
-    plan_sweep,
-)
+from ._study_plan import Cell, StudyConfig, load_config, pick_lrs, plan_ranks, plan_seeds, plan_sweep
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,24 +68,26 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.time()
         failed += _run_cells(cfg, plan_sweep(cfg), jobs, args.progress, "sweep")
         picked = pick_lrs(cfg)
-        failed += _run_cells(cfg, plan_seeds(cfg, picked) + plan_ranks(cfg, picked), jobs, args.progress,
-                             "seeds and ranks")
+        failed += _run_cells(
+            cfg, plan_seeds(cfg, picked) + plan_ranks(cfg, picked), jobs, args.progress, "seeds and ranks"
+        )
         print(f"grid done in {time.time() - t0:.0f}s", flush=True)
     from ._study_report import write_report
 
     paths = write_report(cfg)
     print("report: " + ", ".join(str(p) for p in paths))
     if failed:  # the report above covers the finished cells
-        raise CLIError(f"{len(failed)} cell(s) failed ({', '.join(failed[:5])}); their log.txt says why; "
-                       "rerun the same command to retry them (finished cells are kept)")
+        raise CLIError(
+            f"{len(failed)} cell(s) failed ({', '.join(failed[:5])}); their log.txt says why; "
+            "rerun the same command to retry them (finished cells are kept)"
+        )
     return 0
 
 
 def _run_cells(cfg: StudyConfig, cells: list[Cell], jobs: int, progress: bool, phase: str) -> list[str]:
     """Run the unfinished ``cells``, ``jobs`` at a time; returns the ids of those that failed."""
     todo = [c for c in cells if not (cfg.cell_dir(c) / "summary.json").is_file()]
-    print(f"{phase}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run",
-          flush=True)
+    print(f"{phase}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run", flush=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
 
@@ -103,13 +97,20 @@ def _run_cells(cfg: StudyConfig, cells: list[Cell], jobs: int, progress: bool, p
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
         t = time.time()
         with open(folder / "log.txt", "w") as log:
-            rc = subprocess.call([sys.executable, "-m", "flashbone", "study", str(cfg.source), "--out",
-                                  str(cfg.out), "--cell", cell.id], stdout=log, stderr=subprocess.STDOUT, env=env)
+            rc = subprocess.call(
+                [sys.executable, "-m", "flashbone", "study", str(cfg.source), "--out", str(cfg.out), "--cell", cell.id],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         if rc != 0:
             failed.append(cell.id)
         if progress:
-            print(f"  {cell.id}: {'done' if rc == 0 else f'FAILED (rc {rc}, see {folder}/log.txt)'} "
-                  f"in {time.time() - t:.0f}s", flush=True)
+            print(
+                f"  {cell.id}: {'done' if rc == 0 else f'FAILED (rc {rc}, see {folder}/log.txt)'} "
+                f"in {time.time() - t:.0f}s",
+                flush=True,
+            )
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, todo))
@@ -132,8 +133,25 @@ def _run_cell(cfg: StudyConfig, cell: Cell) -> int:
 
     folder = cfg.cell_dir(cell)
     run_dir = folder / "run"
-    argv = ["train", "--data", cfg.data, "--method", cell.method, "--r", str(cell.r), "--lr", repr(cell.lr),
-            "--seed", str(cell.seed), "--out", str(run_dir), "--overwrite", "--eval-task", "none", "--no-progress"]
+    argv = [
+        "train",
+        "--data",
+        cfg.data,
+        "--method",
+        cell.method,
+        "--r",
+        str(cell.r),
+        "--lr",
+        repr(cell.lr),
+        "--seed",
+        str(cell.seed),
+        "--out",
+        str(run_dir),
+        "--overwrite",
+        "--eval-task",
+        "none",
+        "--no-progress",
+    ]
     if cfg.model:
         argv += ["--model", cfg.model]
     argv += cfg.train_argv
@@ -145,9 +163,22 @@ def _run_cell(cfg: StudyConfig, cell: Cell) -> int:
     acc = {}
     for name, source in cfg.eval_splits().items():
         out = folder / f"eval-{name}.jsonl"
-        argv = ["eval", "--data", source, "--task", cfg.eval_task, "--max-samples", str(cfg.eval_samples),
-                "--max-new-tokens", str(cfg.max_new_tokens), "--batch-size", str(cfg.eval_batch_size),
-                "--out", str(out), "--no-progress"] + cfg.eval_argv
+        argv = [
+            "eval",
+            "--data",
+            source,
+            "--task",
+            cfg.eval_task,
+            "--max-samples",
+            str(cfg.eval_samples),
+            "--max-new-tokens",
+            str(cfg.max_new_tokens),
+            "--batch-size",
+            str(cfg.eval_batch_size),
+            "--out",
+            str(out),
+            "--no-progress",
+        ] + cfg.eval_argv
         argv += ["--model", str(run_dir / "model")] if full else ["--adapter", str(run_dir / "adapter")]
         if cfg.model and not full:
             argv += ["--model", cfg.model]
@@ -157,11 +188,19 @@ def _run_cell(cfg: StudyConfig, cell: Cell) -> int:
         acc[name] = sum(r["correct"] for r in recs) / max(len(recs), 1)
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     loss = [m["loss"] for m in metrics]
-    summary = {**cell.as_dict(), "trainable_params": train["trainable_params"], "steps": train["steps"],
-               "loss_first100": sum(loss[:100]) / len(loss[:100]), "loss_final": sum(loss[-10:]) / len(loss[-10:]),
-               "tokens_per_s": train["tokens"] / max(train["train_seconds"], 1e-9),
-               "peak_gpu_memory_gib": train["peak_gpu_memory_gib"], "peak_rss_gib": round(peak_rss_gib, 3),
-               "accuracy": acc, "device": train["device"], "train_seconds": train["train_seconds"]}
+    summary = {
+        **cell.as_dict(),
+        "trainable_params": train["trainable_params"],
+        "steps": train["steps"],
+        "loss_first100": sum(loss[:100]) / len(loss[:100]),
+        "loss_final": sum(loss[-10:]) / len(loss[-10:]),
+        "tokens_per_s": train["tokens"] / max(train["train_seconds"], 1e-9),
+        "peak_gpu_memory_gib": train["peak_gpu_memory_gib"],
+        "peak_rss_gib": round(peak_rss_gib, 3),
+        "accuracy": acc,
+        "device": train["device"],
+        "train_seconds": train["train_seconds"],
+    }
     tmp = folder / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1) + "\n")
     tmp.rename(folder / "summary.json")

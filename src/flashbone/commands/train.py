@@ -35,17 +35,62 @@ from ._train_state import RunContext, TrainOptions
 from ._train_options import apply_init_adapter, bone_options, check_validation, lr_for, report_to, warmup_steps
 
 # The papers' recipe, for any model the user names.
-PAPER_RECIPE = {"lr": 2e-5, "batch_size": 4, "grad_accum": 16, "epochs": 1.0, "r_bone": 64, "r_lora": 36,
-                "max_new_tokens": 512, "eval_batch_size": 16}
+PAPER_RECIPE = {
+    "lr": 2e-5,
+    "batch_size": 4,
+    "grad_accum": 16,
+    "epochs": 1.0,
+    "r_bone": 64,
+    "r_lora": 36,
+    "max_new_tokens": 512,
+    "eval_batch_size": 16,
+}
 # The built-in tiny base: a 3.6M-parameter model needs a larger step size to learn in minutes.
-TINY_RECIPE = {"lr": 2e-3, "batch_size": 16, "grad_accum": 1, "epochs": 1.0, "r_bone": 32, "r_lora": 16,
-               "train_rows": 3200, "eval_samples": 200, "max_new_tokens": 80, "eval_batch_size": 100}
+TINY_RECIPE = {
+    "lr": 2e-3,
+    "batch_size": 16,
+    "grad_accum": 1,
+    "epochs": 1.0,
+    "r_bone": 32,
+    "r_lora": 16,
+    "train_rows": 3200,
+    "eval_samples": 200,
+    "max_new_tokens": 80,
+    "eval_batch_size": 100,
+}
 # flags whose values a resumed run must share with the run it continues
-FINGERPRINT = ("model", "data", "method", "r", "mini_r", "targets", "lora_alpha", "lr", "batch_size",
-               "grad_accum", "epochs", "max_steps", "seed", "max_length", "template", "max_samples",
-               "weight_decay", "max_grad_norm", "dropout", "modules_to_save", "exclude", "layers_to_transform",
-               "adapter_dtype", "init_adapter", "warmup_steps", "warmup_ratio", "lr_for",
-               "val_split", "val_data", "cut_after_code")
+FINGERPRINT = (
+    "model",
+    "data",
+    "method",
+    "r",
+    "mini_r",
+    "targets",
+    "lora_alpha",
+    "lr",
+    "batch_size",
+    "grad_accum",
+    "epochs",
+    "max_steps",
+    "seed",
+    "max_length",
+    "template",
+    "max_samples",
+    "weight_decay",
+    "max_grad_norm",
+    "dropout",
+    "modules_to_save",
+    "exclude",
+    "layers_to_transform",
+    "adapter_dtype",
+    "init_adapter",
+    "warmup_steps",
+    "warmup_ratio",
+    "lr_for",
+    "val_split",
+    "val_data",
+    "cut_after_code",
+)
 NOT_SAVED = ("config", "resume", "overwrite", "stop_after", "progress")
 
 
@@ -80,13 +125,25 @@ def _resolve(args: argparse.Namespace, env=None) -> TrainOptions:
         v.max_samples = rec["train_rows"]
     if v.quantize:
         if v.method == "full":
-            raise CLIError(f"--quantize {v.quantize}: --method full would train the quantised weights "
-                           "themselves; use an adapter method, or leave out --quantize")
+            raise CLIError(
+                f"--quantize {v.quantize}: --method full would train the quantised weights "
+                "themselves; use an adapter method, or leave out --quantize"
+            )
         if v.gradient_checkpointing is None:  # QLoRA practice: a quantised base is for small memory
             v.gradient_checkpointing = True
-    defaults = {"data_split": "train", "template": "alpaca", "max_length": 512, "weight_decay": 0.0,
-                "max_grad_norm": 1.0, "seed": 0, "precision": "auto", "device": "auto",
-                "gradient_checkpointing": False, "save_every": 0, "keep_checkpoints": 2}
+    defaults = {
+        "data_split": "train",
+        "template": "alpaca",
+        "max_length": 512,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "seed": 0,
+        "precision": "auto",
+        "device": "auto",
+        "gradient_checkpointing": False,
+        "save_every": 0,
+        "keep_checkpoints": 2,
+    }
     for k, d in defaults.items():
         if getattr(v, k) is None:
             setattr(v, k, d)
@@ -107,22 +164,31 @@ def _resolve(args: argparse.Namespace, env=None) -> TrainOptions:
     # a count of steps or rows is positive when given (0 would mean "nothing to do"); only
     # --save-every takes 0, for "no checkpoints"
     for k in ("max_steps", "stop_after", "max_samples", "eval_samples"):
-        if getattr(v, k) is not None and (isinstance(getattr(v, k), bool) or not isinstance(getattr(v, k), int) or getattr(v, k) < 1):
-            raise CLIError(f"--{k.replace('_', '-')} must be a positive integer (leave it out for all), got {getattr(v, k)!r}")
+        if getattr(v, k) is not None and (
+            isinstance(getattr(v, k), bool) or not isinstance(getattr(v, k), int) or getattr(v, k) < 1
+        ):
+            raise CLIError(
+                f"--{k.replace('_', '-')} must be a positive integer (leave it out for all), got {getattr(v, k)!r}"
+            )
     if isinstance(v.save_every, bool) or not isinstance(v.save_every, int) or v.save_every < 0:
         raise CLIError(f"--save-every must be 0 (no checkpoints) or a positive integer, got {v.save_every!r}")
     if v.lora_alpha is not None and v.method not in PEFT_METHODS:
-        raise CLIError(f"--lora-alpha scales LoRA-like methods ({', '.join(PEFT_METHODS)}); {v.method} has no "
-                       "such scaling: leave --lora-alpha out")
+        raise CLIError(
+            f"--lora-alpha scales LoRA-like methods ({', '.join(PEFT_METHODS)}); {v.method} has no "
+            "such scaling: leave --lora-alpha out"
+        )
     mem = v.max_memory
     if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or not mem > 0):
         raise CLIError(f"--max-memory must be a positive number of GiB, got {mem!r}")
     if mem is not None and (v.nproc or 1) > 1:
-        raise CLIError("--max-memory works with one process (micro-batches are re-planned there alone); "
-                       "leave it out under --nproc")
+        raise CLIError(
+            "--max-memory works with one process (micro-batches are re-planned there alone); leave it out under --nproc"
+        )
     mbt = v.micro_batch_tokens
     if mbt is not None and (isinstance(mbt, bool) or not isinstance(mbt, int) or mbt < 0):
-        raise CLIError(f"--micro-batch-tokens must be 0 (plain --batch-size micro-batches) or a positive integer, got {mbt!r}")
+        raise CLIError(
+            f"--micro-batch-tokens must be 0 (plain --batch-size micro-batches) or a positive integer, got {mbt!r}"
+        )
     if not v.lr > 0 or not v.epochs > 0:
         raise CLIError(f"--lr and --epochs must be positive, got {v.lr} and {v.epochs}")
     bone_options(v)  # checked now, used when the method is attached
@@ -134,13 +200,16 @@ def _resolve(args: argparse.Namespace, env=None) -> TrainOptions:
     if v.nproc is not None and (not isinstance(v.nproc, int) or v.nproc < 1):
         raise CLIError(f"--nproc must be a positive integer, got {v.nproc!r}")
     if env is not None and v.nproc not in (None, env.world):
-        raise CLIError(f"--nproc {v.nproc}, but {env.world} processes were started (torchrun); "
-                       "leave --nproc out under torchrun")
+        raise CLIError(
+            f"--nproc {v.nproc}, but {env.world} processes were started (torchrun); leave --nproc out under torchrun"
+        )
     v.nproc = env.world if env is not None else (v.nproc or 1)
     v.strategy = v.strategy or "ddp"
     if v.strategy == "fsdp" and v.method in PEFT_METHODS:
-        raise CLIError(f"--strategy fsdp does not support the peft method {v.method} (its save reads "
-                       "unsharded tensors); use --strategy ddp")
+        raise CLIError(
+            f"--strategy fsdp does not support the peft method {v.method} (its save reads "
+            "unsharded tensors); use --strategy ddp"
+        )
     v.proc_batch = split_batch(v.batch_size, v.grad_accum, v.nproc)
     if v.out is None:
         v.out = f"runs/{v.method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -166,11 +235,16 @@ def _plan_out(v: TrainOptions) -> OutputFolder:
             return OutputFolder(final, final)
         raise CLIError(f"--resume: {v.out} has no checkpoints folder; nothing to resume")
     if interrupted and not v.overwrite:
-        raise CLIError(f"--out {v.out}: an interrupted run of it is in {partial} (last checkpoint "
-                       f"{interrupted.name}); continue it with --resume, or pass --overwrite to start over")
-    return plan_folder(v.out, overwrite=v.overwrite, other_ways=", --resume to continue it",
-                       inputs={"--data": v.data, "--model": v.model, "--eval-data": v.eval_data,
-                               "--val-data": v.val_data})
+        raise CLIError(
+            f"--out {v.out}: an interrupted run of it is in {partial} (last checkpoint "
+            f"{interrupted.name}); continue it with --resume, or pass --overwrite to start over"
+        )
+    return plan_folder(
+        v.out,
+        overwrite=v.overwrite,
+        other_ways=", --resume to continue it",
+        inputs={"--data": v.data, "--model": v.model, "--eval-data": v.eval_data, "--val-data": v.val_data},
+    )
 
 
 def _say_resume(v: TrainOptions, ckpt: Path, out: Path) -> bool:
@@ -179,11 +253,16 @@ def _say_resume(v: TrainOptions, ckpt: Path, out: Path) -> bool:
     step, total = int(state["step"]), int(state["total_steps"])
     new_total = v.max_steps or total  # the same data and epochs (checked): the same length
     if step >= new_total and (out / "summary.json").is_file():
-        print(f"{v.out} is finished (step {step} of {total}; results in {Path(v.out) / 'summary.json'}); "
-              f"nothing to resume. To train longer, pass a larger --max-steps, e.g. --max-steps {2 * step}")
+        print(
+            f"{v.out} is finished (step {step} of {total}; results in {Path(v.out) / 'summary.json'}); "
+            f"nothing to resume. To train longer, pass a larger --max-steps, e.g. --max-steps {2 * step}"
+        )
         return True
-    extend = f" (the finished {total}-step run extended: its cosine schedule now ends at step {new_total})" \
-        if new_total > total and step >= total else ""
+    extend = (
+        f" (the finished {total}-step run extended: its cosine schedule now ends at step {new_total})"
+        if new_total > total and step >= total
+        else ""
+    )
     print(f"resume     from {ckpt.name}: step {step} of {new_total} done{extend}", flush=True)
     return False
 
@@ -235,8 +314,12 @@ def _print_config(v: TrainOptions, ctx: RunContext) -> None:
     from ..loading import builtin_model_path, is_builtin
 
     model = f"{v.model} (built-in tiny base, {builtin_model_path()})" if is_builtin(v.model) else v.model
-    recipe = ("built-in tiny recipe (the papers' lr 2e-5 and batch 64 suit 7B bases; they would not move a "
-              "3.6M-parameter model in minutes)" if v.recipe == "tiny" else "the papers' recipe")
+    recipe = (
+        "built-in tiny recipe (the papers' lr 2e-5 and batch 64 suit 7B bases; they would not move a "
+        "3.6M-parameter model in minutes)"
+        if v.recipe == "tiny"
+        else "the papers' recipe"
+    )
     lines = [
         f"model      {model}",
         f"data       {v.data}: {len(ctx.rows)} rows ({ctx.n_cut} cut to --max-length {v.max_length}), "
@@ -249,11 +332,20 @@ def _print_config(v: TrainOptions, ctx: RunContext) -> None:
         + (", gradient checkpointing" if v.gradient_checkpointing else "")
         + (f", micro-batches of <= {v.micro_batch_tokens_resolved} tokens" if v.micro_batch_tokens_resolved else "")
         + (", packed rows" if v.packing else "")
-        + (f"; {v.nproc} processes, {v.strategy}, each batch {v.proc_batch[0]} x accum "
-           f"{v.proc_batch[1]} per step" if v.nproc > 1 else ""),
-        *([f"validation {len(ctx.val_rows)} rows ("
-           + (f"--val-split {v.val_split:g} of --data" if v.val_split is not None else f"--val-data {v.val_data}")
-           + f"), loss after every {v.val_every_resolved} steps and the last"] if ctx.val_rows is not None else []),
+        + (
+            f"; {v.nproc} processes, {v.strategy}, each batch {v.proc_batch[0]} x accum {v.proc_batch[1]} per step"
+            if v.nproc > 1
+            else ""
+        ),
+        *(
+            [
+                f"validation {len(ctx.val_rows)} rows ("
+                + (f"--val-split {v.val_split:g} of --data" if v.val_split is not None else f"--val-data {v.val_data}")
+                + f"), loss after every {v.val_every_resolved} steps and the last"
+            ]
+            if ctx.val_rows is not None
+            else []
+        ),
         f"out        {v.out}",
     ]
     print("\n".join(lines), flush=True)
@@ -262,9 +354,12 @@ def _print_config(v: TrainOptions, ctx: RunContext) -> None:
 def _print_method(v: TrainOptions, adapted) -> None:
     t = v.targets_resolved
     alpha = f" lora_alpha={adapted.extra['lora_alpha']:g}" if "lora_alpha" in adapted.extra else ""
-    print(f"method     {v.method}" + ("" if v.method == "full" else f" r={v.r}{alpha} on "
-          f"{t if isinstance(t, str) else ','.join(t)}") +
-          f": {adapted.n_trainable:,} trainable of {adapted.n_total:,} parameters", flush=True)
+    print(
+        f"method     {v.method}"
+        + ("" if v.method == "full" else f" r={v.r}{alpha} on {t if isinstance(t, str) else ','.join(t)}")
+        + f": {adapted.n_trainable:,} trainable of {adapted.n_total:,} parameters",
+        flush=True,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -345,18 +440,33 @@ def _train_in(args: argparse.Namespace, v: TrainOptions, t_wall: float, env, fol
             return 0
     ctx = st.load_base(v, device, dist)
     if ctx.n_cut * 2 > len(ctx.rows):
-        print(f"flashbone train: warning: {ctx.n_cut} of {len(ctx.rows)} rows cut to --max-length "
-              f"{v.max_length} (prompt tokens dropped first); raise --max-length to keep them whole",
-              file=sys.stderr, flush=True)
+        print(
+            f"flashbone train: warning: {ctx.n_cut} of {len(ctx.rows)} rows cut to --max-length "
+            f"{v.max_length} (prompt tokens dropped first); raise --max-length to keep them whole",
+            file=sys.stderr,
+            flush=True,
+        )
     batch, accum = v.proc_batch
     v.micro_batch_tokens_resolved = _micro_batch_tokens(v, device)
-    settings = TrainSettings(lr=v.lr, batch_size=batch, grad_accum=accum,
-                             epochs=v.epochs, max_steps=v.max_steps or None, seed=v.seed,
-                             weight_decay=v.weight_decay, max_grad_norm=v.max_grad_norm,
-                             save_every=v.save_every, keep_checkpoints=v.keep_checkpoints,
-                             stop_after=v.stop_after or None, bf16=ctx.bf16, progress=v.progress,
-                             micro_batch_tokens=v.micro_batch_tokens_resolved, packing=v.packing, max_memory_gib=v.max_memory,
-                             fingerprint=v.pick(FINGERPRINT))
+    settings = TrainSettings(
+        lr=v.lr,
+        batch_size=batch,
+        grad_accum=accum,
+        epochs=v.epochs,
+        max_steps=v.max_steps or None,
+        seed=v.seed,
+        weight_decay=v.weight_decay,
+        max_grad_norm=v.max_grad_norm,
+        save_every=v.save_every,
+        keep_checkpoints=v.keep_checkpoints,
+        stop_after=v.stop_after or None,
+        bf16=ctx.bf16,
+        progress=v.progress,
+        micro_batch_tokens=v.micro_batch_tokens_resolved,
+        packing=v.packing,
+        max_memory_gib=v.max_memory,
+        fingerprint=v.pick(FINGERPRINT),
+    )
     v.steps = total_steps(len(ctx.rows), settings, dist.world)
     settings.warmup_steps = warmup_steps(v, v.steps)
     if ctx.val_rows is not None:
@@ -365,8 +475,11 @@ def _train_in(args: argparse.Namespace, v: TrainOptions, t_wall: float, env, fol
         v.val_every_resolved = settings.val_every = v.val_every or default_every(v.steps)
     _print_config(v, ctx)
     if dist.is_main:
-        (out / "config.yaml").write_text(yaml.safe_dump(
-            {k.replace("_", "-"): getattr(v, k) for k in vars(args) if k not in NOT_SAVED}, sort_keys=False))
+        (out / "config.yaml").write_text(
+            yaml.safe_dump(
+                {k.replace("_", "-"): getattr(v, k) for k in vars(args) if k not in NOT_SAVED}, sort_keys=False
+            )
+        )
     before = st.eval_before(v, ctx, out, eval_rows)
     st.attach_method(v, ctx)
     adapted = ctx.adapted
@@ -375,23 +488,27 @@ def _train_in(args: argparse.Namespace, v: TrainOptions, t_wall: float, env, fol
     settings.lr_for = lr_for(v, list(adapted.named_trainable()))
     settings.report_to = report_to(v)
     settings.run_config = {k: getattr(v, k) for k in vars(args) if k not in NOT_SAVED}
-    result = Trainer(adapted.model, ctx.rows, ctx.tokenizer.pad_token_id, settings, out,
-                     dist=dist, wrap=wrap, val_rows=ctx.val_rows).run(resume=v.resume)
+    result = Trainer(
+        adapted.model, ctx.rows, ctx.tokenizer.pad_token_id, settings, out, dist=dist, wrap=wrap, val_rows=ctx.val_rows
+    ).run(resume=v.resume)
     if env:  # one figure per process
         result["peak_gpu_memory_gib"] = distributed.all_gather_objects(result.get("peak_gpu_memory_gib"), dist.world)
     if result["stopped"]:
         if dist.is_main:
             outputs.finish(folder)
-        print(f"stopped after step {result['steps']} of {result['total_steps']}; checkpoint in "
-              f"{Path(v.out) / 'checkpoints'}; continue with: flashbone train --out {v.out} --resume")
+        print(
+            f"stopped after step {result['steps']} of {result['total_steps']}; checkpoint in "
+            f"{Path(v.out) / 'checkpoints'}; continue with: flashbone train --out {v.out} --resume"
+        )
         return 0
     saved_to = st.save_result(adapted, ctx.tokenizer, out, dist)
     after = st.eval_after(v, ctx, out, eval_rows, saved_to)
     if not dist.is_main:
         return 0
     wall = time.time() - t_wall + result.get("resumed_seconds", 0.0)  # earlier runs' training time counts too
-    summary = st.summarize(v, adapted, result, before, after, Path(v.out) / saved_to.name, ctx.device,
-                           ctx.bf16, wall, len(ctx.rows))
+    summary = st.summarize(
+        v, adapted, result, before, after, Path(v.out) / saved_to.name, ctx.device, ctx.bf16, wall, len(ctx.rows)
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     st.loss_plot(out, title=Path(v.out).name)
     outputs.finish(folder)

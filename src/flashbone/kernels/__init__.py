@@ -33,8 +33,26 @@ kernels at 4k; docs/kernel_notes.md); bat-row and bone-ab need twice that
 from __future__ import annotations
 
 from . import paths  # noqa: F401  (each variant registers its kernels on import)
-from .registry import (GPU_PATHS, KERNELS, GroupKind, VariantKernels, available, layer_group,
-                       padded_variants, register, supported)
+from .registry import (
+    GPU_PATHS,
+    KERNELS,
+    GroupKind,
+    VariantKernels,
+    available,
+    layer_group,
+    padded_variants,
+    register,
+    supported,
+)
 
-__all__ = ["available", "supported", "layer_group", "padded_variants", "register", "GroupKind",
-           "VariantKernels", "KERNELS", "GPU_PATHS"]
+__all__ = [
+    "available",
+    "supported",
+    "layer_group",
+    "padded_variants",
+    "register",
+    "GroupKind",
+    "VariantKernels",
+    "KERNELS",
+    "GPU_PATHS",
+]

@@ -33,6 +33,7 @@ from torch import Tensor
 from . import padded, replay
 from . import triton_kernels as K
 
+
 def _bias_grad(ctx, dy: Tensor, index: int) -> Tensor | None:
     return dy.sum(0) if ctx.needs_input_grad[index] else None
 
@@ -53,8 +54,7 @@ class BoneCuda(torch.autograd.Function):
     in its dtype."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b_master: Tensor,
-                r: int) -> Tensor:
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b_master: Tensor, r: int) -> Tensor:
         b = b_master if b_master.dtype == x.dtype else b_master.to(x.dtype)
 
         s = _shared_block_sum(x, r)  # once per input; z = s B + bias, then z += x W^T
@@ -71,8 +71,7 @@ class BoneCuda(torch.autograd.Function):
         return dx, None, dbias, None if db is None else db.to(ctx.b_dtype), None
 
 
-def _bone_backward(ctx, dy: Tensor, w: Tensor, b: Tensor, s: Tensor, r: int,
-                   db_dtype: torch.dtype) -> tuple:
+def _bone_backward(ctx, dy: Tensor, w: Tensor, b: Tensor, s: Tensor, r: int, db_dtype: torch.dtype) -> tuple:
     """``(dx, None, dbias, dB)`` of bone: ``dx = dy W + tile_in(dy B^T)``, ``dB = s^T dy``
     (float32 straight from its GEMM when ``db_dtype`` is float32, else in ``dy``'s dtype)."""
     inn = w.shape[1]
@@ -94,7 +93,7 @@ def _compute_b(w: Tensor, b: Tensor, key: object, r: int, dtype: torch.dtype) ->
     """``B (r, out)`` in the compute dtype for a padded bone backward: read back from the spare
     columns when this forward's copy is still there, else cast again."""
     if padded.holds(w, key):
-        return _extended_saved(w, r)[:, w.shape[1]:].t()
+        return _extended_saved(w, r)[:, w.shape[1] :].t()
     return b.to(dtype)
 
 
@@ -110,8 +109,7 @@ class BonePaddedCuda(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int,
-                wx: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, b: Tensor, r: int, wx: Tensor) -> Tensor:
         xe, s = shared_extended_input(x, r)
         ctx.key = object()
         padded.fill_(w, wx, b.t(), key=ctx.key)
@@ -149,7 +147,7 @@ class BoneGroupCuda(torch.autograd.Function):
         xe, s = shared_extended_input(x, r)
         ys, saved, keys = [], [], []
         for i in range(0, len(flat), 4):
-            w, bias, b, wx = flat[i:i + 4]
+            w, bias, b, wx = flat[i : i + 4]
             key = object()
             padded.fill_(w, wx, b.t(), key=key)
             ys.append(torch.addmm(bias, xe, wx.t()) if bias is not None else xe @ wx.t())
@@ -200,7 +198,7 @@ class RowAffineGroupCuda(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ys, rest = [], []
         for i in range(0, len(flat), 5):
-            w, bias, a, c, wx = flat[i:i + 5]
+            w, bias, a, c, wx = flat[i : i + 5]
             ys.append(_row_affine_padded_fwd(x, w, bias, a, c, r, wx))
             rest += [w, a, c]
         replay.save_input(ctx, x, *rest)
@@ -212,27 +210,35 @@ class RowAffineGroupCuda(torch.autograd.Function):
         x, *rest = replay.saved_input(ctx)
         r, need = ctx.r, ctx.needs_input_grad
         # one zeroed buffer for every member's dA (and dC): each gradient is a slice of it
-        wants = [(need[2 + 5 * i + 2], rest[3 * i + 2] is not None and need[2 + 5 * i + 3])
-                 if dy is not None else (False, False) for i, dy in enumerate(dys)]
-        bufs = torch.zeros(sum(map(sum, wants)), *rest[1].shape, device=x.device,
-                           dtype=torch.float32)
+        wants = [
+            (need[2 + 5 * i + 2], rest[3 * i + 2] is not None and need[2 + 5 * i + 3])
+            if dy is not None
+            else (False, False)
+            for i, dy in enumerate(dys)
+        ]
+        bufs = torch.zeros(sum(map(sum, wants)), *rest[1].shape, device=x.device, dtype=torch.float32)
         dx, grads, used = None, [], 0
         for i, dy in enumerate(dys):
-            w, a, c = rest[3 * i:3 * i + 3]
+            w, a, c = rest[3 * i : 3 * i + 3]
             at = 2 + 5 * i  # this member's first input index
             if dy is None:  # this member's output took no part in the loss
                 grads += [None] * 5
                 continue
             k = sum(wants[i])
             into = dx if K.CONFIG["row_affine_bwd"]["ACC"] else None  # add inside the kernel
-            dxi, da, dc = _row_affine_padded_bwd(dy.contiguous(), x, w, a, c, r, need[0],
-                                                 *wants[i], bufs[used:used + k] if k else None,
-                                                 into)
+            dxi, da, dc = _row_affine_padded_bwd(
+                dy.contiguous(), x, w, a, c, r, need[0], *wants[i], bufs[used : used + k] if k else None, into
+            )
             used += k
             if dxi is not None and dxi is not dx:
                 dx = dxi if dx is None else dx.add_(dxi)
-            grads += [None, _bias_grad(ctx, dy, at + 1), None if da is None else da.to(a.dtype),
-                      None if dc is None else dc.to(c.dtype), None]
+            grads += [
+                None,
+                _bias_grad(ctx, dy, at + 1),
+                None if da is None else da.to(a.dtype),
+                None if dc is None else dc.to(c.dtype),
+                None,
+            ]
         return (dx, None, *grads)
 
 
@@ -269,8 +275,7 @@ class RowAffineCuda(torch.autograd.Function):
             y = _row_affine_padded_fwd(x, w, bias, a, c, r, wx)
         else:
             z, vsum = K.row_affine_fwd(x, a, c)
-            y = K.rank_r(None, r, v=vsum, expand="tile", n=out, out_dtype=x.dtype,
-                         bias=bias)[1].addmm_(z, w.t())
+            y = K.rank_r(None, r, v=vsum, expand="tile", n=out, out_dtype=x.dtype, bias=bias)[1].addmm_(z, w.t())
         replay.save_input(ctx, x, w, a, c)
         ctx.r, ctx.padded = r, wx is not None
         return y
@@ -290,12 +295,20 @@ class RowAffineCuda(torch.autograd.Function):
             g = K.block_sum(dy, r)
             u = dy @ w  # h, the gradient of z = x + u
             dx, da, dc = K.row_affine_bwd(u, x, g, a, c, *wants, x2=x2)
-        return (dx, None, _bias_grad(ctx, dy, 2), None if da is None else da.to(a.dtype),
-                None if dc is None else dc.to(c.dtype), None, None)
+        return (
+            dx,
+            None,
+            _bias_grad(ctx, dy, 2),
+            None if da is None else da.to(a.dtype),
+            None if dc is None else dc.to(c.dtype),
+            None,
+            None,
+        )
 
 
-def _row_affine_padded_fwd(x: Tensor, w: Tensor, bias: Tensor | None, a: Tensor,
-                           c: Tensor | None, r: int, wx: Tensor) -> Tensor:
+def _row_affine_padded_fwd(
+    x: Tensor, w: Tensor, bias: Tensor | None, a: Tensor, c: Tensor | None, r: int, wx: Tensor
+) -> Tensor:
     """``y = [z | vsum] W_ext^T`` (K = in + r): the row-affine pass writes ``z`` into the first
     columns of one buffer and ``vsum`` into the last r, and ``W_ext = [W | E]``."""
     out, inn = w.shape
@@ -305,10 +318,20 @@ def _row_affine_padded_fwd(x: Tensor, w: Tensor, bias: Tensor | None, a: Tensor,
     return torch.addmm(bias, ze, wx.t()) if bias is not None else ze @ wx.t()
 
 
-def _row_affine_padded_bwd(dy: Tensor, x: Tensor, w: Tensor, a: Tensor, c: Tensor | None,
-                           r: int, need_dx: bool, need_da: bool, need_dc: bool,
-                           grads: Tensor | None = None, dx: Tensor | None = None,
-                           x2: Tensor | None = None):
+def _row_affine_padded_bwd(
+    dy: Tensor,
+    x: Tensor,
+    w: Tensor,
+    a: Tensor,
+    c: Tensor | None,
+    r: int,
+    need_dx: bool,
+    need_da: bool,
+    need_dc: bool,
+    grads: Tensor | None = None,
+    dx: Tensor | None = None,
+    x2: Tensor | None = None,
+):
     """``(dx, dA, dC)`` from ``[h | g] = dy [W | E]`` (N = in + r): ``g = sum_a dy_a``, the
     gradient of every ``v_b``, comes out of the token GEMM. A given ``dx`` is added to; with
     ``x2`` the layer input is ``x * x2``."""
@@ -316,8 +339,7 @@ def _row_affine_padded_bwd(dy: Tensor, x: Tensor, w: Tensor, a: Tensor, c: Tenso
     wx = _extended_saved(w, r)
     padded.fill_(w, wx, K.block_ones(out, r, dy.dtype, dy.device), key=("E", r))
     hg = dy @ wx
-    return K.row_affine_bwd(hg[:, :inn], x, hg[:, inn:], a, c, need_dx, need_da, need_dc, grads,
-                            dx, x2)
+    return K.row_affine_bwd(hg[:, :inn], x, hg[:, inn:], a, c, need_dx, need_da, need_dc, grads, dx, x2)
 
 
 def _extended_saved(w: Tensor, r: int) -> Tensor:
@@ -326,7 +348,8 @@ def _extended_saved(w: Tensor, r: int) -> Tensor:
     if w.stride() != (inn + r, 1):
         raise RuntimeError(
             f"the base weight {tuple(w.shape)} lost its padded layout between forward and "
-            "backward (moved or copied in between?); set FLASHBONE_PADDED=0 to avoid padding")
+            "backward (moved or copied in between?); set FLASHBONE_PADDED=0 to avoid padding"
+        )
     return w.data.as_strided((out, inn + r), (inn + r, 1))
 
 

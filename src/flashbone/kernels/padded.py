@@ -84,7 +84,7 @@ def fill_(w: Tensor, ext: Tensor, source: Tensor, key: object) -> None:
     :func:`holds` before it reads ``B^T`` back from the columns."""
     if getattr(w, _FILL, None) == key:
         return
-    ext[:, w.shape[1]:].copy_(source)
+    ext[:, w.shape[1] :].copy_(source)
     setattr(w, _FILL, key)
 
 

@@ -73,8 +73,17 @@ def _bone_operands(b_of: BoneFactor):
 # - bone-mini (its tiled B^T in the columns): 1.078, 1.065 against 1.086, 1.075 unpadded, two
 #   same-call pairs; memory 0.995 against 0.990 of the floor.
 for _variant, _b_of in (("bone", _bone_master), ("bone-mini", _bone_mini_tiled)):
-    register(VariantKernels(_variant, _bone_forward(_b_of), max_r=256, r_divides_weight=False,
-                            pads_by_default=True, group=BONE_GROUP, group_operands=_bone_operands(_b_of)))
+    register(
+        VariantKernels(
+            _variant,
+            _bone_forward(_b_of),
+            max_r=256,
+            r_divides_weight=False,
+            pads_by_default=True,
+            group=BONE_GROUP,
+            group_operands=_bone_operands(_b_of),
+        )
+    )
 
 
 # ---------------------------------------------------------------------- bat-row, bone-ab
@@ -124,9 +133,16 @@ def _row_affine_operands(factors: RowFactors):
 # - bone-ab: -1.3 to -1.5 ms at 4k tokens; it fits its 1.05 memory target since the kernels
 #   stopped keeping bf16 copies of the adapters (1.038 without the padding).
 for _variant, _factors in (("bat-row", _bat_row_factors), ("bone-ab", _bone_ab_factors)):
-    register(VariantKernels(_variant, _row_affine_forward(_factors), min_elements_factor=2,
-                            pads_by_default=True, group=GroupKind(_variant, _row_affine_group),
-                            group_operands=_row_affine_operands(_factors)))
+    register(
+        VariantKernels(
+            _variant,
+            _row_affine_forward(_factors),
+            min_elements_factor=2,
+            pads_by_default=True,
+            group=GroupKind(_variant, _row_affine_group),
+            group_operands=_row_affine_operands(_factors),
+        )
+    )
 
 
 # ------------------------------------------------------------------------ bat, bat-hadamard

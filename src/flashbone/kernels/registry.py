@@ -159,8 +159,12 @@ def layer_group(x: Tensor, members: list) -> list[Tensor] | None:
     specs = [KERNELS.get(call.variant) for _, _, call in members]
     kinds = {None if spec is None else spec.group for spec in specs}
     padding = padded_variants()
-    if (len(kinds) != 1 or None in kinds or not all(s.variant in padding for s in specs)
-            or replay.saved_tensor_hooks_active()):
+    if (
+        len(kinds) != 1
+        or None in kinds
+        or not all(s.variant in padding for s in specs)
+        or replay.saved_tensor_hooks_active()
+    ):
         return None
     r = members[0][2].r
     flat = []

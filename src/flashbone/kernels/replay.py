@@ -57,8 +57,13 @@ class Replay:
     backward to the last one's.
     """
 
-    def __init__(self, fn: Callable[[Sequence[Tensor]], Tensor], shape: torch.Size,
-                 versions: list[int], product: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        fn: Callable[[Sequence[Tensor]], Tensor],
+        shape: torch.Size,
+        versions: list[int],
+        product: tuple[int, int] | None = None,
+    ):
         self.fn, self.shape, self.versions = fn, shape, versions
         self.product = product  # (i, j) when the tensor is sources[i] * sources[j]
         self.pending = 0
@@ -79,8 +84,13 @@ class Replay:
         if self.product is None or self.value is not None or self.pending != 1:
             return None
         a, b = (sources[i] for i in self.product)
-        if not (a.shape == b.shape and a.dtype == b.dtype and a.numel() == self.shape.numel()
-                and a.is_contiguous() and b.is_contiguous()):
+        if not (
+            a.shape == b.shape
+            and a.dtype == b.dtype
+            and a.numel() == self.shape.numel()
+            and a.is_contiguous()
+            and b.is_contiguous()
+        ):
             return None
         self._check_versions(sources)
         self.pending -= 1
@@ -126,8 +136,9 @@ def _node_kinds() -> _NodeKinds:
     with torch.inference_mode(False), torch.enable_grad():
         a, b = (torch.ones(2, device="cpu", requires_grad=True) for _ in range(2))
         views = {a.view(2, 1), a.reshape(1, 2), torch.ops.aten._unsafe_view(a, (2, 1))}
-        return _NodeKinds(type((a * b).grad_fn), type(a.to(torch.float64).grad_fn),
-                          frozenset(type(v.grad_fn) for v in views))
+        return _NodeKinds(
+            type((a * b).grad_fn), type(a.to(torch.float64).grad_fn), frozenset(type(v.grad_fn) for v in views)
+        )
 
 
 # An expression recomputing a forward output from saved tensors, as nested tuples:
@@ -185,12 +196,22 @@ def _rmsnorm_operands(expr: Expr, src: Sequence[Tensor]) -> tuple[Tensor, ...] |
     if expr[0] != "mul":
         return None
     for outer, inner in ((expr[1], expr[2]), (expr[2], expr[1])):
-        if (outer[0] == "src" and inner[0] == "to" and inner[2][0] == "mul"
-                and inner[2][1][0] == "src" and inner[2][2][0] == "src"):
+        if (
+            outer[0] == "src"
+            and inner[0] == "to"
+            and inner[2][0] == "mul"
+            and inner[2][1][0] == "src"
+            and inner[2][2][0] == "src"
+        ):
             w, h, s = src[outer[1]], src[inner[2][1][1]], src[inner[2][2][1]]
-            if (inner[1] == w.dtype and w.dtype in (torch.bfloat16, torch.float16)
-                    and h.dtype == s.dtype == torch.float32 and w.is_cuda and h.is_cuda
-                    and s.is_cuda):
+            if (
+                inner[1] == w.dtype
+                and w.dtype in (torch.bfloat16, torch.float16)
+                and h.dtype == s.dtype == torch.float32
+                and w.is_cuda
+                and h.is_cuda
+                and s.is_cuda
+            ):
                 return w, h, s
     return None
 
@@ -243,11 +264,13 @@ def plan(x: Tensor) -> tuple[Replay, list[Tensor]] | None:
             same = torch.equal(fn(sources).reshape(x.shape), x)
         if not same:
             SETTINGS.replay = False
-            warnings.warn("flashbone: recomputing layer inputs did not reproduce them exactly; "
-                          "saving inputs instead from now on", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "flashbone: recomputing layer inputs did not reproduce them exactly; saving inputs instead from now on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return None
-    product = (expr[1][1], expr[2][1]) if (expr[0] == "mul" and expr[1][0] == "src"
-                                           and expr[2][0] == "src") else None
+    product = (expr[1][1], expr[2][1]) if (expr[0] == "mul" and expr[1][0] == "src" and expr[2][0] == "src") else None
     rp = Replay(fn, x.shape, [t._version for t in sources], product)
     rp.pending = 1
     # Shared while the input itself lives (its forward); the entry goes with it.
@@ -272,7 +295,7 @@ def saved_input(ctx) -> list:
 
 def _split_saved(ctx) -> tuple[tuple, tuple]:
     saved = ctx.saved_tensors
-    return saved[: ctx.n_src], saved[ctx.n_src:]
+    return saved[: ctx.n_src], saved[ctx.n_src :]
 
 
 def _input(ctx, src) -> Tensor:

@@ -63,8 +63,7 @@ def _apply_overrides() -> None:
     overrides CONFIG entries; read when this module is first imported (the first CUDA call)."""
     for name, values in SETTINGS.kernel_config.items():
         if name not in CONFIG:
-            raise ValueError(f"FLASHBONE_KERNEL_CONFIG: unknown kernel {name!r}; "
-                             f"choose from {', '.join(CONFIG)}")
+            raise ValueError(f"FLASHBONE_KERNEL_CONFIG: unknown kernel {name!r}; choose from {', '.join(CONFIG)}")
         CONFIG[name] = {**CONFIG[name], **values}
 
 
@@ -79,8 +78,21 @@ def _launch(name: str) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- rank-r pass
 @triton.jit
-def _reduce_kernel(a_ptr, m_ptr, v_ptr, T, K, KCHUNK, sa, smk, smj, R: tl.constexpr,
-                   BT: tl.constexpr, BK: tl.constexpr, MATMUL: tl.constexpr):
+def _reduce_kernel(
+    a_ptr,
+    m_ptr,
+    v_ptr,
+    T,
+    K,
+    KCHUNK,
+    sa,
+    smk,
+    smj,
+    R: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    MATMUL: tl.constexpr,
+):
     # v[t, :] += sum over this program's K-chunk: block sum (a[t, b*R + j]) or a @ m
     # (float32 atomics: each element gets K / KCHUNK adds). BK is a multiple of R.
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -91,23 +103,37 @@ def _reduce_kernel(a_ptr, m_ptr, v_ptr, T, K, KCHUNK, sa, smk, smj, R: tl.conste
         kk = tl.arange(0, BK)
         for k0 in range(k_lo, k_lo + KCHUNK, BK):
             k = k0 + kk
-            a = tl.load(a_ptr + rows[:, None] * sa + k[None, :],
-                        mask=(rows[:, None] < T) & (k[None, :] < K), other=0.0)
+            a = tl.load(a_ptr + rows[:, None] * sa + k[None, :], mask=(rows[:, None] < T) & (k[None, :] < K), other=0.0)
             m = tl.load(m_ptr + k[:, None] * smk + j[None, :] * smj, mask=k[:, None] < K, other=0.0)
             v = tl.dot(a, m, v)
     else:  # (BT, BK/R, R) chunks summed over the middle axis
         off = tl.arange(0, BK // R)[None, :, None] * R + j[None, None, :]
         for k0 in range(k_lo, k_lo + KCHUNK, BK):
-            a = tl.load(a_ptr + rows[:, None, None] * sa + k0 + off,
-                        mask=(rows[:, None, None] < T) & (k0 + off < K), other=0.0)
+            a = tl.load(
+                a_ptr + rows[:, None, None] * sa + k0 + off, mask=(rows[:, None, None] < T) & (k0 + off < K), other=0.0
+            )
             v += tl.sum(a.to(tl.float32), axis=1)
     tl.atomic_add(v_ptr + rows[:, None] * R + j[None, :], v, mask=rows[:, None] < T)
 
 
 @triton.jit
-def _expand_kernel(v_ptr, e_ptr, o_ptr, bias_ptr, T, N, sv, sej, sen, so, R: tl.constexpr,
-                   BT: tl.constexpr, BN: tl.constexpr, MATMUL: tl.constexpr,
-                   HAS_BIAS: tl.constexpr):
+def _expand_kernel(
+    v_ptr,
+    e_ptr,
+    o_ptr,
+    bias_ptr,
+    T,
+    N,
+    sv,
+    sej,
+    sen,
+    so,
+    R: tl.constexpr,
+    BT: tl.constexpr,
+    BN: tl.constexpr,
+    MATMUL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
     # o[t, n] = v[t, n mod R] (tile) or (v @ e)[t, n], plus bias[n]; one (BT, BN) tile each
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     n = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -124,10 +150,19 @@ def _expand_kernel(v_ptr, e_ptr, o_ptr, bias_ptr, T, N, sv, sej, sen, so, R: tl.
     tl.store(o_ptr + rows[:, None] * so + n[None, :], o.to(o_ptr.dtype.element_ty), mask=mask)
 
 
-def rank_r(a: torch.Tensor | None, r: int, *, m: torch.Tensor | None = None,
-           v: torch.Tensor | None = None, store_v: bool = False, expand: str | None = None,
-           e: torch.Tensor | None = None, n: int = 0, out_dtype: torch.dtype | None = None,
-           bias: torch.Tensor | None = None):
+def rank_r(
+    a: torch.Tensor | None,
+    r: int,
+    *,
+    m: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    store_v: bool = False,
+    expand: str | None = None,
+    e: torch.Tensor | None = None,
+    n: int = 0,
+    out_dtype: torch.dtype | None = None,
+    bias: torch.Tensor | None = None,
+):
     """Reduce the rows of ``a (T, K)`` to ``v (T, r)``, then expand ``v`` to ``o (T, n)``.
 
     Reduce: ``v`` given (``a=None``), the block sum of ``a`` (``m=None``), or ``a @ m``;
@@ -146,9 +181,21 @@ def rank_r(a: torch.Tensor | None, r: int, *, m: torch.Tensor | None = None,
         splits = max(1, min(triton.cdiv(k, bk), triton.cdiv(4 * _num_sms(dev), row_tiles)))
         kchunk = triton.cdiv(triton.cdiv(k, splits), bk) * bk
         _reduce_kernel[(row_tiles, triton.cdiv(k, kchunk))](
-            a, m if m is not None else a, vacc, t, k, kchunk, a.stride(0),
-            m.stride(0) if m is not None else 0, m.stride(1) if m is not None else 0,
-            R=r, BT=bt, BK=bk, MATMUL=m is not None, **_launch("reduce"))
+            a,
+            m if m is not None else a,
+            vacc,
+            t,
+            k,
+            kchunk,
+            a.stride(0),
+            m.stride(0) if m is not None else 0,
+            m.stride(1) if m is not None else 0,
+            R=r,
+            BT=bt,
+            BK=bk,
+            MATMUL=m is not None,
+            **_launch("reduce"),
+        )
         v = vacc.to(a.dtype) if store_v else vacc
         vsrc = v if expand == "matmul" else vacc  # the tile copies exact float32 sums
     else:
@@ -163,20 +210,34 @@ def rank_r(a: torch.Tensor | None, r: int, *, m: torch.Tensor | None = None,
     return v, o
 
 
-def _expand(v: torch.Tensor, o: torch.Tensor, r: int, *, e: torch.Tensor | None = None,
-            bias: torch.Tensor | None = None) -> None:
+def _expand(
+    v: torch.Tensor, o: torch.Tensor, r: int, *, e: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> None:
     t, n = o.shape
     cfg = CONFIG["expand"]
     bt, bn = cfg["BT"], cfg["BN"]
     _expand_kernel[(triton.cdiv(t, bt), triton.cdiv(n, bn))](
-        v, e if e is not None else o, o, bias if bias is not None else o, t, n, v.stride(0),
-        e.stride(0) if e is not None else 0, e.stride(1) if e is not None else 0, o.stride(0),
-        R=r, BT=bt, BN=bn, MATMUL=e is not None, HAS_BIAS=bias is not None, **_launch("expand"))
+        v,
+        e if e is not None else o,
+        o,
+        bias if bias is not None else o,
+        t,
+        n,
+        v.stride(0),
+        e.stride(0) if e is not None else 0,
+        e.stride(1) if e is not None else 0,
+        o.stride(0),
+        R=r,
+        BT=bt,
+        BN=bn,
+        MATMUL=e is not None,
+        HAS_BIAS=bias is not None,
+        **_launch("expand"),
+    )
 
 
 @triton.jit
-def _extend_kernel(x_ptr, xe_ptr, s_ptr, T, K, sx, sxe, R: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr):
+def _extend_kernel(x_ptr, xe_ptr, s_ptr, T, K, sx, sxe, R: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     # xe[t, :K] = x[t], xe[t, K:] = s[t] = sum_b x[t, b*R:(b+1)*R]; BT rows per program
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     j = tl.arange(0, R)
@@ -202,8 +263,9 @@ def extend_input(x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
     s = torch.empty(t, r, device=x.device, dtype=x.dtype)
     cfg = CONFIG["extend"]
     bt, bk = cfg["BT"], max(cfg["BK"], r)
-    _extend_kernel[(triton.cdiv(t, bt),)](x, xe, s, t, k, x.stride(0), xe.stride(0), R=r, BT=bt,
-                                         BK=bk, **_launch("extend"))
+    _extend_kernel[(triton.cdiv(t, bt),)](
+        x, xe, s, t, k, x.stride(0), xe.stride(0), R=r, BT=bt, BK=bk, **_launch("extend")
+    )
     return xe, s
 
 
@@ -234,8 +296,9 @@ def block_sum(x: torch.Tensor, r: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- input replay
 @triton.jit
-def _mul_cast_mul_kernel(a_ptr, b_ptr, c_ptr, o_ptr, ROWS, COLS, sar, sac, sbr, sbc, scr, scc,
-                         so, BR: tl.constexpr, BC: tl.constexpr):
+def _mul_cast_mul_kernel(
+    a_ptr, b_ptr, c_ptr, o_ptr, ROWS, COLS, sar, sac, sbr, sbc, scr, scc, so, BR: tl.constexpr, BC: tl.constexpr
+):
     # o = a * (b * c).to(o.dtype), each product in float32 rounded once, as eager PyTorch does
     rows = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]
     cols = tl.program_id(1) * BC + tl.arange(0, BC)[None, :]
@@ -259,16 +322,32 @@ def mul_cast_mul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Ten
     o = torch.empty(rows, cols, device=a.device, dtype=a.dtype)
     cfg = CONFIG["mul_cast_mul"]
     grid = (triton.cdiv(rows, cfg["BR"]), triton.cdiv(cols, cfg["BC"]))
-    _mul_cast_mul_kernel[grid](a2, b2, c2, o, rows, cols, a2.stride(0), a2.stride(1),
-                               b2.stride(0), b2.stride(1), c2.stride(0), c2.stride(1), o.stride(0),
-                               BR=cfg["BR"], BC=cfg["BC"], **_launch("mul_cast_mul"))
+    _mul_cast_mul_kernel[grid](
+        a2,
+        b2,
+        c2,
+        o,
+        rows,
+        cols,
+        a2.stride(0),
+        a2.stride(1),
+        b2.stride(0),
+        b2.stride(1),
+        c2.stride(0),
+        c2.stride(1),
+        o.stride(0),
+        BR=cfg["BR"],
+        BC=cfg["BC"],
+        **_launch("mul_cast_mul"),
+    )
     return o.view(shape)
 
 
 # --------------------------------------------------------------------------- row-affine
 @triton.jit
-def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz,
-                           R: tl.constexpr, BT: tl.constexpr, HAS_C: tl.constexpr):
+def _row_affine_fwd_kernel(
+    x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz, R: tl.constexpr, BT: tl.constexpr, HAS_C: tl.constexpr
+):
     pid_t = tl.program_id(0)
     pid_b = tl.program_id(1)
     rows = pid_t * BT + tl.arange(0, BT)
@@ -285,8 +364,11 @@ def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz
             blk = b * R * R + j[:, None] * R + j[None, :]
             at = tl.trans(tl.load(a_ptr + blk).to(xb.dtype))
             u = tl.dot(xb, at)
-            tl.store(z_ptr + rows[:, None] * sz + cols[None, :],
-                     (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=rmask)
+            tl.store(
+                z_ptr + rows[:, None] * sz + cols[None, :],
+                (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty),
+                mask=rmask,
+            )
             if HAS_C:
                 ct = tl.trans(tl.load(c_ptr + blk).to(xb.dtype))
                 vacc = tl.dot(xb, ct, vacc)
@@ -296,9 +378,22 @@ def _row_affine_fwd_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, BPP, sx, sz
 
 
 @triton.jit
-def _row_affine_rows_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, sx, sz, sv,
-                            R: tl.constexpr, BT: tl.constexpr, HAS_C: tl.constexpr,
-                            PAIRS: tl.constexpr):
+def _row_affine_rows_kernel(
+    x_ptr,
+    a_ptr,
+    c_ptr,
+    z_ptr,
+    v_ptr,
+    T,
+    NB,
+    sx,
+    sz,
+    sv,
+    R: tl.constexpr,
+    BT: tl.constexpr,
+    HAS_C: tl.constexpr,
+    PAIRS: tl.constexpr,
+):
     # One program owns BT whole rows: it walks every block b, so vsum is complete in its
     # registers and is stored once, in v's dtype (no zeroed buffer, no atomics, no copy).
     # PAIRS: two blocks per step, twice the bytes in flight for the same pipeline depth.
@@ -315,19 +410,24 @@ def _row_affine_rows_kernel(x_ptr, a_ptr, c_ptr, z_ptr, v_ptr, T, NB, sx, sz, sv
             blk = b * R * R + j[:, None] * R + j[None, :]
             am = tl.load(a_ptr + blk, mask=b < NB, other=0.0)
             u = tl.dot(xb, tl.trans(am.to(xb.dtype)))
-            tl.store(z_ptr + rows[:, None] * sz + cols[None, :],
-                     (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=m)
+            tl.store(
+                z_ptr + rows[:, None] * sz + cols[None, :], (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=m
+            )
             if HAS_C:
                 cm = tl.load(c_ptr + blk, mask=b < NB, other=0.0)
                 vacc = tl.dot(xb, tl.trans(cm.to(xb.dtype)), vacc)
             else:
                 vacc += u
-    tl.store(v_ptr + rows[:, None] * sv + j[None, :], vacc.to(v_ptr.dtype.element_ty),
-             mask=rmask)
+    tl.store(v_ptr + rows[:, None] * sv + j[None, :], vacc.to(v_ptr.dtype.element_ty), mask=rmask)
 
 
-def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
-                   z: torch.Tensor | None = None, vsum: torch.Tensor | None = None):
+def row_affine_fwd(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    c: torch.Tensor | None,
+    z: torch.Tensor | None = None,
+    vsum: torch.Tensor | None = None,
+):
     """``z = x + u`` with ``u_b = x_b A_b^T`` and ``vsum = sum_b x_b C_b^T``.
 
     ``z`` may be given (``T x in``, rows strided: the first columns of a wider buffer), and
@@ -344,10 +444,8 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
     if t >= cfg["MIN_T"]:
         if out is None:
             out = torch.empty(t, r, device=x.device, dtype=torch.float32)
-        args = [x, a, c if c is not None else a, z, out, t, nb, x.stride(0), z.stride(0),
-                out.stride(0)]
-        kw = dict(R=r, BT=cfg["BT"], HAS_C=c is not None, PAIRS=bool(cfg["PAIRS"]),
-                  **_launch("row_affine_rows"))
+        args = [x, a, c if c is not None else a, z, out, t, nb, x.stride(0), z.stride(0), out.stride(0)]
+        kw = dict(R=r, BT=cfg["BT"], HAS_C=c is not None, PAIRS=bool(cfg["PAIRS"]), **_launch("row_affine_rows"))
         kw, _ = _fit(_row_affine_rows_kernel, args, kw, x.device)
         _row_affine_rows_kernel[(triton.cdiv(t, cfg["BT"]),)](*args, **kw)
         return z, out
@@ -358,9 +456,22 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
     groups = max(1, min(nb, (want + nt - 1) // nt))
     bpp = triton.cdiv(nb, groups)
     grid = (nt, triton.cdiv(nb, bpp))
-    _row_affine_fwd_kernel[grid](x, a, c if c is not None else a, z, acc, t, nb, bpp,
-                                 x.stride(0), z.stride(0), R=r, BT=bt, HAS_C=c is not None,
-                                 **_launch("row_affine_fwd"))
+    _row_affine_fwd_kernel[grid](
+        x,
+        a,
+        c if c is not None else a,
+        z,
+        acc,
+        t,
+        nb,
+        bpp,
+        x.stride(0),
+        z.stride(0),
+        R=r,
+        BT=bt,
+        HAS_C=c is not None,
+        **_launch("row_affine_fwd"),
+    )
     if out is None:
         return z, acc
     out.copy_(acc)
@@ -368,10 +479,32 @@ def row_affine_fwd(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor | None,
 
 
 @triton.jit
-def _row_affine_bwd_kernel(u_ptr, x_ptr, x2_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da_ptr, dc_ptr,
-                           T, ROWS, su, sx, sx2, sg, sdx, R: tl.constexpr, BT: tl.constexpr,
-                           BONE_AB: tl.constexpr, NEED_DX: tl.constexpr, NEED_DA: tl.constexpr,
-                           NEED_DC: tl.constexpr, ACC: tl.constexpr, X_MUL: tl.constexpr):
+def _row_affine_bwd_kernel(
+    u_ptr,
+    x_ptr,
+    x2_ptr,
+    g_ptr,
+    a_ptr,
+    c_ptr,
+    dx_ptr,
+    da_ptr,
+    dc_ptr,
+    T,
+    ROWS,
+    su,
+    sx,
+    sx2,
+    sg,
+    sdx,
+    R: tl.constexpr,
+    BT: tl.constexpr,
+    BONE_AB: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    NEED_DA: tl.constexpr,
+    NEED_DC: tl.constexpr,
+    ACC: tl.constexpr,
+    X_MUL: tl.constexpr,
+):
     b = tl.program_id(0)
     t0 = tl.program_id(1) * ROWS
     j = tl.arange(0, R)
@@ -407,20 +540,27 @@ def _row_affine_bwd_kernel(u_ptr, x_ptr, x2_ptr, g_ptr, a_ptr, c_ptr, dx_ptr, da
             dxb = tl.dot(ub, am, ub.to(tl.float32))
             dxb = tl.dot(gb, cm, dxb)
             if ACC:  # a sibling's input gradient is already there: add, saving an add_ pass
-                dxb += tl.load(dx_ptr + rows[:, None] * sdx + cols[None, :], mask=rmask,
-                               other=0.0).to(tl.float32)
-            tl.store(dx_ptr + rows[:, None] * sdx + cols[None, :],
-                     dxb.to(dx_ptr.dtype.element_ty), mask=rmask)
+                dxb += tl.load(dx_ptr + rows[:, None] * sdx + cols[None, :], mask=rmask, other=0.0).to(tl.float32)
+            tl.store(dx_ptr + rows[:, None] * sdx + cols[None, :], dxb.to(dx_ptr.dtype.element_ty), mask=rmask)
     if NEED_DA:
         tl.atomic_add(da_ptr + b * R * R + j[:, None] * R + j[None, :], da)
     if NEED_DC:
         tl.atomic_add(dc_ptr + b * R * R + j[:, None] * R + j[None, :], dc)
 
 
-def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.Tensor,
-                   c: torch.Tensor | None, need_dx: bool, need_da: bool, need_dc: bool,
-                   grads: torch.Tensor | None = None, dx: torch.Tensor | None = None,
-                   x2: torch.Tensor | None = None):
+def row_affine_bwd(
+    u: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    a: torch.Tensor,
+    c: torch.Tensor | None,
+    need_dx: bool,
+    need_da: bool,
+    need_dc: bool,
+    grads: torch.Tensor | None = None,
+    dx: torch.Tensor | None = None,
+    x2: torch.Tensor | None = None,
+):
     """Input gradient and ``dA``/``dC`` (float32) of the row-affine layer from ``h = dy W``.
 
     bat-row (``c=None``): ``dx_b = h_b + (h_b + g) A_b``, ``dA_b = (h_b + g)^T x_b``, each
@@ -442,10 +582,35 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
     dc = grads[-1] if need_dc else g
     cfg = CONFIG["row_affine_bwd"]
     xm = x2 is not None and (need_da or need_dc)
-    args = [u, x, x2 if xm else x, g, a, c if c is not None else a, dx, da, dc, t, cfg["BT"],
-            u.stride(0), x.stride(0), x2.stride(0) if xm else 0, g.stride(0), dx.stride(0)]
-    kw = dict(R=r, BT=cfg["BT"], BONE_AB=c is not None, NEED_DX=need_dx, NEED_DA=need_da,
-              NEED_DC=need_dc, ACC=acc, X_MUL=xm, **_launch("row_affine_bwd"))
+    args = [
+        u,
+        x,
+        x2 if xm else x,
+        g,
+        a,
+        c if c is not None else a,
+        dx,
+        da,
+        dc,
+        t,
+        cfg["BT"],
+        u.stride(0),
+        x.stride(0),
+        x2.stride(0) if xm else 0,
+        g.stride(0),
+        dx.stride(0),
+    ]
+    kw = dict(
+        R=r,
+        BT=cfg["BT"],
+        BONE_AB=c is not None,
+        NEED_DX=need_dx,
+        NEED_DA=need_da,
+        NEED_DC=need_dc,
+        ACC=acc,
+        X_MUL=xm,
+        **_launch("row_affine_bwd"),
+    )
     # one wave: each program walks `rows` tokens of one block, summing its dA in registers
     kw, fit = _fit(_row_affine_bwd_kernel, args, kw, u.device)
     per_sm = cfg["PER_SM"] or fit
@@ -458,8 +623,7 @@ def row_affine_bwd(u: torch.Tensor, x: torch.Tensor, g: torch.Tensor, a: torch.T
 
 # --------------------------------------------------------------------------- weight space
 @triton.jit
-def _weight_build_kernel(w_ptr, b_ptr, o_ptr, NB, BPP, sw, so, R: tl.constexpr,
-                         HADAMARD: tl.constexpr):
+def _weight_build_kernel(w_ptr, b_ptr, o_ptr, NB, BPP, sw, so, R: tl.constexpr, HADAMARD: tl.constexpr):
     a = tl.program_id(0)
     i = tl.arange(0, R)
     # B_a cast here to W's dtype (B may be the float32 master): the same rounding as a cast
@@ -474,8 +638,7 @@ def _weight_build_kernel(w_ptr, b_ptr, o_ptr, NB, BPP, sw, so, R: tl.constexpr,
                 new = wab.to(tl.float32) * (1.0 + bf) + bf
             else:
                 new = tl.dot(wab, bm) + wab.to(tl.float32) + bf
-            tl.store(o_ptr + (a * R + i[:, None]) * so + b * R + i[None, :],
-                     new.to(o_ptr.dtype.element_ty))
+            tl.store(o_ptr + (a * R + i[:, None]) * so + b * R + i[None, :], new.to(o_ptr.dtype.element_ty))
 
 
 def weight_build(w: torch.Tensor, b: torch.Tensor, hadamard: bool) -> torch.Tensor:
@@ -485,15 +648,14 @@ def weight_build(w: torch.Tensor, b: torch.Tensor, hadamard: bool) -> torch.Tens
     nb = inn // r
     o = torch.empty(out, inn, device=w.device, dtype=w.dtype)
     bpp = _blocks_per_program(na, nb, w.device)
-    _weight_build_kernel[(na, triton.cdiv(nb, bpp))](w, b, o, nb, bpp, w.stride(0), o.stride(0),
-                                                     R=r, HADAMARD=hadamard,
-                                                     **_launch("weight_build"))
+    _weight_build_kernel[(na, triton.cdiv(nb, bpp))](
+        w, b, o, nb, bpp, w.stride(0), o.stride(0), R=r, HADAMARD=hadamard, **_launch("weight_build")
+    )
     return o
 
 
 @triton.jit
-def _weight_grad_kernel(w_ptr, g_ptr, db_ptr, NB, BPP, sw, sg, R: tl.constexpr,
-                        HADAMARD: tl.constexpr):
+def _weight_grad_kernel(w_ptr, g_ptr, db_ptr, NB, BPP, sw, sg, R: tl.constexpr, HADAMARD: tl.constexpr):
     a = tl.program_id(0)
     i = tl.arange(0, R)
     acc = tl.zeros((R, R), dtype=tl.float32)
@@ -516,9 +678,9 @@ def weight_grad(w: torch.Tensor, g: torch.Tensor, r: int, hadamard: bool) -> tor
     na, nb = out // r, inn // r
     db = torch.zeros(na, r, r, device=w.device, dtype=torch.float32)
     bpp = _blocks_per_program(na, nb, w.device)
-    _weight_grad_kernel[(na, triton.cdiv(nb, bpp))](w, g, db, nb, bpp, w.stride(0), g.stride(0),
-                                                    R=r, HADAMARD=hadamard,
-                                                    **_launch("weight_grad"))
+    _weight_grad_kernel[(na, triton.cdiv(nb, bpp))](
+        w, g, db, nb, bpp, w.stride(0), g.stride(0), R=r, HADAMARD=hadamard, **_launch("weight_grad")
+    )
     return db
 
 

@@ -149,9 +149,7 @@ def _bat(x, w, bias, c):
 
 
 def _bat_hadamard(x, w, bias, c):
-    return T.WeightSpaceLinear.apply(
-        x, w, bias, T.bat_hadamard_build, T.bat_hadamard_grad, c.params["B"]
-    )
+    return T.WeightSpaceLinear.apply(x, w, bias, T.bat_hadamard_build, T.bat_hadamard_grad, c.params["B"])
 
 
 TORCH_PATHS: dict[str, FastPath] = {
@@ -213,8 +211,7 @@ def _additive_update(x: Tensor, out: int, c: AdapterCall) -> Tensor:
 _BLOCK_SUM_UPDATES = ("bone", "bone-mini")
 
 
-def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
-                   calls: Sequence[AdapterCall]) -> Tensor:
+def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None, calls: Sequence[AdapterCall]) -> Tensor:
     """``x @ W_adapted^T + bias`` for ``x`` of shape ``(..., in)`` and ``W`` ``(out, in)``.
 
     ``W_adapted`` applies the weight-reading adapters in order, then adds the additive ones
@@ -229,8 +226,7 @@ def adapted_linear(x: Tensor, w: Tensor, bias: Tensor | None,
         y = F.linear(x2, _composite_build(reading)(w, _flat(reading)), bias)
     elif len(reading) > 1:  # W' of all weight-reading adapters, rebuilt in backward
         build = _composite_build(reading)
-        y = T.WeightSpaceLinear.apply(x2, w, bias, build, T.autograd_weight_grad(build),
-                                      *_flat(reading))
+        y = T.WeightSpaceLinear.apply(x2, w, bias, build, T.autograd_weight_grad(build), *_flat(reading))
     elif reading:
         y = _single_path(x2, reading[0].variant)(x2, w, bias, reading[0])
     elif additive and additive[0].dropout is None:  # the first additive adapter fused with the GEMM
@@ -249,8 +245,9 @@ def _split(calls: Sequence[AdapterCall]) -> tuple[list[AdapterCall], list[Adapte
     return reading, [c for c in calls if not VARIANTS[c.variant].reads_weight]
 
 
-def adapted_linear_group(x: Tensor, members: Sequence[tuple[Tensor, Tensor | None, AdapterCall]]
-                         ) -> list[Tensor] | None:
+def adapted_linear_group(
+    x: Tensor, members: Sequence[tuple[Tensor, Tensor | None, AdapterCall]]
+) -> list[Tensor] | None:
     """:func:`adapted_linear` of several layers that read the same ``x`` (q/k/v, gate/up),
     each ``(W, bias, call)`` with one adapter, computed together by a registered GPU path.
 

@@ -60,8 +60,15 @@ def _row_affine(x: Tensor, base: Callable[[Tensor], Tensor], out: int, c: Adapte
     return (y.view(t, out // r, r) + v.sum(1)[:, None, :]).view(t, out)
 
 
-def quantized_linear(x: Tensor, base: Callable[[Tensor], Tensor], dequant: Dequant, bias: Tensor | None,
-                     out: int, calls: Sequence[AdapterCall], dtype: torch.dtype) -> Tensor:
+def quantized_linear(
+    x: Tensor,
+    base: Callable[[Tensor], Tensor],
+    dequant: Dequant,
+    bias: Tensor | None,
+    out: int,
+    calls: Sequence[AdapterCall],
+    dtype: torch.dtype,
+) -> Tensor:
     """``x @ W_adapted^T + bias`` with ``W`` quantised; same semantics as ``adapted_linear``."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).to(dtype)
