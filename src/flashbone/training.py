@@ -132,6 +132,34 @@ class _Queued:
     n_input: int  # non-padding tokens of the step (all processes)
     tokens: int  # cumulative, after this step
     val_loss: float | None = None  # on the held-out rows after this step, where measured
+    end: object = None  # when its work ended: a :class:`_StepClock` mark
+
+
+class _StepClock:
+    """When each step's work ended: a CUDA event on the GPU (the host queues ahead of it), the
+    host's clock elsewhere (there a step's work is done when it is queued). Tokens/s of a step
+    is its tokens over the time between its end and the one before."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.last = self.mark()
+
+    def mark(self):
+        if not self.cuda:
+            return time.time()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def since_last(self, end) -> float:
+        """Seconds from the previous step's end to ``end``."""
+        if self.cuda:
+            end.synchronize()
+            seconds = self.last.elapsed_time(end) / 1e3
+        else:
+            seconds = end - self.last
+        self.last = end
+        return seconds
 
 
 class Trainer:
@@ -421,12 +449,11 @@ class Trainer:
                 sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
             )
         pending: _Queued | None = None
-        t_last = time.time()
+        clock = _StepClock(self.device)
         shown: dict[str, str] = {}  # the latest validation loss, kept in the progress bar
 
         def log(q: _Queued) -> float:
             """Read a queued step's loss and gradient norm (waits for it), write its record."""
-            nonlocal t_last
             loss = float(q.loss) / q.n_target
             now = time.time()
             rec = {
@@ -435,11 +462,10 @@ class Trainer:
                 "lr": q.lr,
                 "grad_norm": round(float(q.grad_norm), 6),
                 "tokens": q.tokens,
-                "tokens_per_s": round(q.n_input / max(now - t_last, 1e-9), 1),
+                "tokens_per_s": round(q.n_input / max(clock.since_last(q.end), 1e-9), 1),
                 "elapsed_s": round(now - t0, 3),
                 "epoch": round(q.step * self.s.grad_accum * self.dist.world / self.per_epoch, 4),
             }
-            t_last = now
             if q.val_loss is not None:
                 rec["val_loss"] = round(q.val_loss, 6)
                 shown["val_loss"] = f"{q.val_loss:.4f}"
@@ -473,6 +499,7 @@ class Trainer:
                     pending.val_loss = self.last_val_loss = validation.validation_loss(
                         self, self.val_rows, self.val_batches
                     )
+                pending.end = clock.mark()  # after its validation: the step's time holds it
                 # with --save-every the last step is saved too: the finished run can be extended
                 at_save = self.s.save_every and ((step + 1) % self.s.save_every == 0 or step + 1 == self.total)
                 if at_save or (step + 1 == end and end < self.total):
