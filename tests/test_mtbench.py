@@ -180,3 +180,37 @@ def test_offline_and_given_answers(tmp_path, capsys, judge):
         capsys, "eval", "--task", "mt-bench", "--data", questions, "--out", tmp_path / "mt", "--judge-url", judge.url
     )
     assert rc == 2 and "go together" in err
+
+
+def test_answers_sample_at_fastchats_temperature_per_category_and_repeat_with_the_seed(tmp_path, capsys):
+    assert [mtbench.answer_temperature(q, "fastchat") for q in QUESTIONS] == [0.7, 0.0]
+    assert mtbench.answer_temperature({"category": "stem"}, "fastchat") == 0.1
+    assert mtbench.answer_temperature({"category": "new"}, "fastchat") == 0.7
+    assert mtbench.answer_temperature(QUESTIONS[0], "greedy") == 0.0
+    questions = write_jsonl(tmp_path / "question.jsonl", QUESTIONS[:1])
+
+    def answer(name, *extra):
+        out = tmp_path / name
+        rc, _, err = flashbone(
+            capsys,
+            "eval",
+            "--task",
+            "mt-bench",
+            "--data",
+            questions,
+            "--out",
+            out,
+            "--max-new-tokens",
+            "12",
+            "--model-id",
+            "m",
+            "--no-progress",
+            *extra,
+        )
+        assert rc == 0, err
+        return json.loads((out / "model_answer" / "m.jsonl").read_text())["choices"][0]["turns"]
+
+    sampled = answer("a", "--seed", "3")
+    assert sampled == answer("b", "--seed", "3")  # sampled, seeded: the run repeats
+    assert sampled != answer("c", "--seed", "4")  # and it is sampled: another seed, other answers
+    assert answer("g1", "--sampling", "greedy") == answer("g2", "--sampling", "greedy")

@@ -30,8 +30,10 @@ def generate(
     bf16: bool = False,
     progress: bool = True,
     desc: str = "generate",
+    temperature: float = 0.0,
 ) -> list[str]:
-    """Greedy completions of ``prompts`` (in their order), each cut at the first stop string."""
+    """Completions of ``prompts`` (in their order), each cut at the first stop string: greedy,
+    or sampled at ``temperature`` when it is above 0 (seed the RNG first to repeat a run)."""
     from transformers import GenerationConfig
 
     if batch_size < 1 or max_new_tokens < 1:
@@ -44,7 +46,8 @@ def generate(
     eos = tokenizer.eos_token_id
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=False,
+        do_sample=temperature > 0,
+        **({"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos,
         bos_token_id=tokenizer.bos_token_id,

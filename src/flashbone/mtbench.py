@@ -89,6 +89,29 @@ class JudgeError(DataError):
 
 
 # -- files -------------------------------------------------------------------------------------
+# FastChat's gen_model_answer.py: sampling temperature per question category (0: greedy); a
+# category it does not list samples at 0.7
+FASTCHAT_TEMPERATURE = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+    "arena-hard-200": 0.0,
+}
+
+
+def answer_temperature(question: dict, sampling: str) -> float:
+    """The temperature a question is answered at: FastChat's for its category (``fastchat``), or
+    0 (``greedy``: runs repeat exactly)."""
+    if sampling == "greedy":
+        return 0.0
+    return FASTCHAT_TEMPERATURE.get(question.get("category"), 0.7)
+
+
 def _jsonl(path: str | Path, what: str) -> list[dict]:
     p = Path(path)
     if not p.is_file():

@@ -1,6 +1,7 @@
 """``flashbone eval --task mt-bench``: two-turn answers in FastChat's format, judged when an endpoint is given.
 
-questions (--data, FastChat's question.jsonl) -> answers (greedy, the chat template; or --samples)
+questions (--data, FastChat's question.jsonl) -> answers (the chat template, FastChat's temperature per
+category or --sampling greedy; or --samples)
 -> OUT/model_answer/<model-id>.jsonl -> with --judge-url/--judge-model: FastChat's single-grading
 prompts -> OUT/model_judgment/<judge>_single.jsonl -> score: mean rating
 """
@@ -28,7 +29,10 @@ def _model_id(args: argparse.Namespace) -> str:
 
 
 def _generate_answers(args: argparse.Namespace, questions: list[dict], model_id: str) -> list[dict]:
-    """Turn by turn, every question's conversation so far through the chat template, greedy."""
+    """Turn by turn, every question's conversation so far through the chat template, at its
+    category's temperature (``--sampling``)."""
+
+    import torch
 
     from .. import chat, loading, mtbench
     from ..generation import generate
@@ -43,26 +47,30 @@ def _generate_answers(args: argparse.Namespace, questions: list[dict], model_id:
     model = load_eval_model(args, bf16, device)
     convs: list[list[dict]] = [[] for _ in questions]
     answers: list[list[str]] = [[] for _ in questions]
+    temps = [mtbench.answer_temperature(q, args.sampling or "fastchat") for q in questions]
     for turn in range(max(len(q["turns"]) for q in questions)):
         todo = [i for i, q in enumerate(questions) if turn < len(q["turns"])]
         for i in todo:
             convs[i].append({"role": "user", "content": questions[i]["turns"][turn]})
-        prompts = [chat.prompt_text(tok, convs[i]) for i in todo]
-        outs = generate(
-            model,
-            tok,
-            prompts,
-            max_new_tokens=args.max_new_tokens or DEFAULTS["max_new_tokens"],
-            batch_size=args.batch_size or DEFAULTS["batch_size"],
-            stops=stops,
-            bf16=bf16,
-            progress=args.progress,
-            desc=f"mt-bench turn {turn + 1}",
-        )
-        for i, text in zip(todo, outs):
-            text = text.strip()
-            convs[i].append({"role": "assistant", "content": text})
-            answers[i].append(text)
+        for temp in sorted({temps[i] for i in todo}):  # one batch run per temperature, seeded: runs repeat
+            group = [i for i in todo if temps[i] == temp]
+            torch.manual_seed(args.seed if args.seed is not None else 0)
+            outs = generate(
+                model,
+                tok,
+                [chat.prompt_text(tok, convs[i]) for i in group],
+                max_new_tokens=args.max_new_tokens or DEFAULTS["max_new_tokens"],
+                batch_size=args.batch_size or DEFAULTS["batch_size"],
+                stops=stops,
+                bf16=bf16,
+                progress=args.progress,
+                desc=f"mt-bench turn {turn + 1}" + (f", temperature {temp}" if temp else ""),
+                temperature=temp,
+            )
+            for i, text in zip(group, outs):
+                text = text.strip()
+                convs[i].append({"role": "assistant", "content": text})
+                answers[i].append(text)
     return [mtbench.answer_record(q["question_id"], model_id, a) for q, a in zip(questions, answers)]
 
 

@@ -70,6 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--judge-model", help="mt-bench: the judge model's name at --judge-url (the paper: gpt-4o)")
     p.add_argument(
+        "--sampling",
+        choices=["fastchat", "greedy"],
+        help="mt-bench: answer at FastChat's temperature per question category (0.7 writing/roleplay, 0.1 "
+        "stem/humanities, greedy elsewhere), or greedily everywhere [fastchat]",
+    )
+    p.add_argument("--seed", type=int, help="mt-bench: the sampling seed, so a run repeats [0]")
+    p.add_argument(
         "--model-id",
         help="mt-bench: the name answers and judgments are filed under [the run folder's name, else the model's]",
     )
