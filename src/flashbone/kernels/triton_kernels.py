@@ -405,16 +405,17 @@ def _row_affine_rows_kernel(
         for k in tl.static_range(1 + PAIRS):
             b = b0 + k
             cols = b * R + j
-            m = rmask & (b < NB)
+            m = rmask & (cols[None, :] < NB * R)  # b < NB, as a tensor (see below)
             xb = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=m, other=0.0)
             blk = b * R * R + j[:, None] * R + j[None, :]
-            am = tl.load(a_ptr + blk, mask=b < NB, other=0.0)
+            inside = blk < NB * R * R  # b < NB as a tensor mask (Triton's interpreter takes no scalar one)
+            am = tl.load(a_ptr + blk, mask=inside, other=0.0)
             u = tl.dot(xb, tl.trans(am.to(xb.dtype)))
             tl.store(
                 z_ptr + rows[:, None] * sz + cols[None, :], (xb.to(tl.float32) + u).to(z_ptr.dtype.element_ty), mask=m
             )
             if HAS_C:
-                cm = tl.load(c_ptr + blk, mask=b < NB, other=0.0)
+                cm = tl.load(c_ptr + blk, mask=inside, other=0.0)
                 vacc = tl.dot(xb, tl.trans(cm.to(xb.dtype)), vacc)
             else:
                 vacc += u
