@@ -6,8 +6,8 @@ model instance before the adapters are attached.
               gate, up and down stay the model's own layers (adapters attach to them as before)
 
 Eager PyTorch runs each of these as five to ten element-wise kernels over the activations,
-float32 in between: on a 1.1 B Llama at 9.6k tokens a step that is about 45 ms of GPU time
-(a quarter of the step), 5 ms fused (docs/benchmarks.md). Only the classes whose math is
+float32 in between: on a 1.1 B Llama at 9.6k tokens a step that is about 44 ms of GPU time
+(a quarter of the step), 16 ms fused (docs/benchmarks.md). Only the classes whose math is
 exactly the formulas above are patched (``RMS_NORMS``, ``SWIGLU_MLPS``; Gemma's ``1 + w``
 norm and Phi-3's fused gate/up are not), per instance: other models in the process keep
 their own forward.
