@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .batching import IGNORE
 from .errors import BoneError
 
 PAPER_PROMPT = (
@@ -30,7 +31,6 @@ PAPER_PROMPT = (
 )
 PAPER_TARGET = "{response}\n<|EOT|>"
 EOT = "<|EOT|>"
-IGNORE = -100
 # (query, response) field names recognised without flags: MetaMathQA, GSM8K, Alpaca-like, MATH
 KNOWN_FIELDS = [
     ("query", "response"),

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+from .batching import IGNORE
+
 CHUNK_TOKENS = 4096  # 4096 x 32000 float32 logits: 0.5 GB per chunk
 # causal LMs whose forward ends in ``logits = self.<head>(hidden_states[:, slice, :])``
 CHUNKED_MODEL_TYPES = frozenset(
