@@ -99,30 +99,6 @@ def table7(layers: int | None) -> None:
         torch.cuda.empty_cache()
 
 
-def _quantize_linears_(model: nn.Module) -> None:
-    """Every projection to bitsandbytes NF4 (double quantisation, bf16 compute), layer by layer."""
-    import bitsandbytes as bnb
-
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, nn.Linear) and name.rpartition(".")[2] in LLAMA_PROJ:
-            q = bnb.nn.Linear4bit(
-                mod.in_features,
-                mod.out_features,
-                bias=False,
-                compute_dtype=torch.bfloat16,
-                quant_type="nf4",
-                compress_statistics=True,
-                device="meta",
-            )
-            q.weight = bnb.nn.Params4bit(
-                mod.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True
-            ).to("cuda")  # quantised on the GPU
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent), leaf, q)
-            del mod
-    torch.cuda.empty_cache()
-
-
 def qlora(layers: int | None) -> None:
     import peft
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -140,7 +116,8 @@ def qlora(layers: int | None) -> None:
     torch.manual_seed(0)
     with torch.device("cuda"), _default_dtype(torch.bfloat16):
         model = LlamaForCausalLM(cfg)
-    _quantize_linears_(model)
+    quant.quantize_(model, "4bit", LLAMA_PROJ)  # NF4, double quantisation, bf16 compute
+    torch.cuda.empty_cache()
     quant.prepare_for_training(model)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

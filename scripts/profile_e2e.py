@@ -7,10 +7,13 @@ Per method and variant: the loop's wall ms/step and peak memory over `--steps` t
 profiler), then a CUDA-only profile of two steps: GPU busy ms/step (kernel time, overlaps merged),
 so `wall - busy` is the time the GPU waited on the host; and the N costliest kernels, grouped.
 Modes: `base` (the loop as shipped), `plain-loss` (chunked loss off), `liger` (flashbone.fused: liger-kernel's
-RMSNorm and SwiGLU in the model instance).
+RMSNorm and SwiGLU in the model instance); joined with `+`: `nogroups` (sibling groups off),
+`unfused` (with --quantize: 4-bit bone through bitsandbytes' own layer plus a separate adapter
+term, no groups: the path before ops.quantized.DequantBoneLinear), e.g. `liger+unfused`.
 """
 
 import argparse
+import functools
 import gc
 import json
 import sys
@@ -21,8 +24,15 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from flashbone import layer
 from flashbone.commands import bench, bench_e2e
+from flashbone.ops.quantized import quantized_linear
+from flashbone.settings import SETTINGS
 from flashbone.training import Dist, Trainer, TrainSettings
+
+
+def _quantized_linear(*args, fuse: bool):
+    return quantized_linear(*args[:7], args[7] and fuse)
 
 
 def _busy_ms(prof, steps: int) -> float:
@@ -68,7 +78,10 @@ def _group(name: str) -> str:
 
 def run(a, dev, method: str, variant: str, rows, order) -> dict:
     base, _, how = method.partition("@")
-    a.liger = "on" if variant == "liger" else "off"
+    flags = set(variant.split("+"))
+    a.liger = "on" if "liger" in flags else "off"
+    SETTINGS.groups = not flags & {"nogroups", "unfused"}
+    layer.quantized_linear = functools.partial(_quantized_linear, fuse="unfused" not in flags)
     adapted = bench_e2e._model(a, dev, method, base)
     g = a.batch * a.grad_accum
     n_steps = a.warmup + a.steps + 2
@@ -82,7 +95,7 @@ def run(a, dev, method: str, variant: str, rows, order) -> dict:
         bf16=dev.type == "cuda",
         micro_batch_tokens=0 if how == "plain" else a.micro_batch_tokens,
         packing={"plain": False, "packed": True}.get(how),
-        chunked_loss=False if variant == "plain-loss" else None,
+        chunked_loss=False if "plain-loss" in flags else None,
     )
     timed = order[a.warmup * g : (a.warmup + a.steps) * g]
     tokens = sum(len(rows.cols["input_ids"][i]) for i in timed)

@@ -62,3 +62,23 @@ def test_e2e_bad_input_is_one_line(capsys):
     assert main(["bench", *TINY, "--methods", "bone@fast"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown method 'bone@fast'" in err and len(err.splitlines()) == 1
+
+
+def test_e2e_on_a_quantised_base(tmp_path, capsys):
+    """--quantize 4bit: both loops train the same 4-bit base (ours as flashbone train --quantize
+    prepares it, the Trainer's through peft.prepare_model_for_kbit_training) to the same losses;
+    full fine-tuning is refused with one line."""
+    import pytest
+
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "q.json"
+    argv = ["bench", *TINY, "--quantize", "4bit", "--gradient-checkpointing", "--json", str(out)]
+    assert main([*argv, "--methods", "bone,hf-miss"]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert all("error" not in r for r in rows.values()), rows
+    assert rows["bone"]["vs"] == "hf-miss" and rows["bone"]["trainable"] == rows["hf-miss"]["trainable"]
+    assert abs(rows["bone"]["mean_loss"] - rows["hf-miss"]["mean_loss"]) < 1e-4, rows
+    assert "4bit base" in capsys.readouterr().out
+    assert main([*argv, "--methods", "bone,full"]) == 2
+    err = capsys.readouterr().err
+    assert "full fine-tuning cannot train a quantised base" in err and "Traceback" not in err

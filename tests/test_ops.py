@@ -281,3 +281,30 @@ def test_adapter_call_casts_lazily_once_and_keeps_the_master():
     assert list(call.params) == ["B"] and len(call.params) == 1
     b.float().sum().backward()  # the cast is inside autograd: the master gets the gradient
     assert ad.B.grad is not None and ad.B.grad.dtype == torch.float32
+
+
+def test_bone_group_equals_its_members_alone():
+    """ops.bone_group (q/k/v or gate/up below the kernels' size: one node) gives each member's
+    output and every gradient (input, B, bias) of the members run one by one."""
+    from flashbone.ops import AdapterCall, adapted_linear, bone_group
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 32, dtype=torch.float64, requires_grad=True)
+    members = []
+    for out, variant, mini in ((32, "bone", None), (16, "bone-mini", 8), (16, "bone", None)):
+        w = torch.randn(out, 32, dtype=torch.float64)
+        bias = torch.randn(out, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(8, mini or out, dtype=torch.float64, requires_grad=True)
+        members.append((w, bias, AdapterCall(variant, 8, {"B": b}, mini_r=mini)))
+    grouped = bone_group(x, members)
+    alone = [adapted_linear(x, w, bias, [c]) for w, bias, c in members]
+    leaves = [x] + [t for _, bias, c in members for t in (bias, c.params["B"])]
+    weights = [torch.randn_like(a) for a in alone]
+    got = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grouped, weights)), leaves)
+    want = torch.autograd.grad(sum((a * v).sum() for a, v in zip(alone, weights)), leaves)
+    for g, a in zip(grouped, alone):
+        torch.testing.assert_close(g, a)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    not_bone = [(w, bias, AdapterCall("bat", 8, {"B": torch.zeros(4, 8, 8)})) for w, bias, _ in members[:1]]
+    assert bone_group(x, not_bone) is None  # not a bone group: the caller runs the layers alone

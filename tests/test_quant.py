@@ -114,7 +114,7 @@ def test_errors(tmp_path, capsys, monkeypatch):
     rc, _, err = train(capsys, tmp_path / "a", "--quantize", "4bit", "--method", "full")
     assert rc == 2 and "--method full" in err and "Traceback" not in err
     monkeypatch.setattr(bnb.functional, "quantize_4bit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
-    rc, _, err = train(capsys, tmp_path / "b", "--quantize", "4bit")
+    rc, _, err = train(capsys, tmp_path / "b", "--quantize", "4bit", "--device", "cpu")
     assert rc == 2 and "cannot quantise on cpu" in err and "leave out --quantize" in err
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
     rc, _, err = train(capsys, tmp_path / "c", "--quantize", "8bit")
@@ -145,3 +145,107 @@ def test_variant_on_quantized_base_cuda(variant, llama_folder):
         merged = bm.merge_and_unload()
     with torch.no_grad():
         torch.testing.assert_close(merged(x).logits.float(), y, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("mode", ["4bit", "8bit"])
+def test_quantize_in_memory_matches_a_quantised_load(mode, llama_folder):
+    """quant.quantize_ (flashbone bench's random-init bases) gives the layers that a quantised
+    load of the same weights gives: same kinds, the same dequantised weights."""
+    loaded = _quantized(llama_folder, mode)
+    model = AutoModelForCausalLM.from_pretrained(llama_folder, dtype=torch.float32)
+    targets = ["q_proj", "v_proj", "down_proj"]
+    names = quant.quantize_(model, mode, targets, torch.float32)
+    assert sorted(names) == sorted(n for n, _ in model.named_modules() if n.rpartition(".")[2] in targets)
+    assert getattr(model, f"is_loaded_in_{mode}") is True
+    for n in names:
+        assert quant.kind(model.get_submodule(n)) == mode
+        torch.testing.assert_close(quant.dequantize(model.get_submodule(n)), quant.dequantize(loaded.get_submodule(n)))
+    assert quant.kind(model.model.layers[0].self_attn.k_proj) is None  # not named: left dense
+
+
+def _adapted_pair(folder, variant: str, device: str):
+    """The same random bone adapters on a 4-bit base and on its dequantised float32 weights."""
+    cfg = BoneConfig(variant=variant, r=8, mini_r=8 if variant == "bone-mini" else None)
+    load = lambda: loading.load_model(str(folder), dtype=torch.float32, device=device, quantize="4bit").train()  # noqa: E731
+    qm, dense = get_bone_model(load(), cfg), load()
+    quant.dequantize_(dense, torch.float32)
+    dm = get_bone_model(dense, cfg)
+    torch.manual_seed(1)
+    for (n, p), (n2, p2) in zip(qm.named_parameters(), dm.named_parameters()):
+        if p.requires_grad:
+            assert n == n2
+            p.data.normal_(0, 0.05)
+            p2.data.copy_(p.data)
+    return qm, dm
+
+
+def _same_loss_and_grads(qm, dm, x, node: str) -> None:
+    seen = set()
+    hook = lambda m, i, o: seen.update(type(f).__name__ for f, _ in o.grad_fn.next_functions)  # noqa: E731
+    for _, layer in qm.bone_layers():
+        layer.register_forward_hook(hook)
+    lq, ld = qm(x, labels=x).loss, dm(x, labels=x).loss
+    lq.backward()
+    ld.backward()
+    assert node in seen, seen
+    torch.testing.assert_close(lq, ld, rtol=1e-5, atol=1e-6)
+    grads = {n: p.grad for n, p in dm.named_parameters() if p.requires_grad}
+    for n, p in qm.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["bone", "bone-mini"])
+def test_4bit_bone_is_one_node_with_the_dense_layers_gradients(variant, llama_folder):
+    """On a 4-bit base bone and bone-mini run as one autograd node (the weight dequantised in
+    forward and backward, ops.quantized.DequantBoneLinear); loss and every adapter gradient
+    equal those of the same adapters on the dequantised weights as plain nn.Linear layers."""
+    qm, dm = _adapted_pair(llama_folder, variant, "cpu")
+    _same_loss_and_grads(qm, dm, torch.randint(3, 64, (2, 5)), "DequantBoneLinearBackward")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", ["bone", "bone-mini"])
+def test_4bit_bone_groups_on_the_gpu_match_the_dense_layers(variant, llama_folder):
+    """On the GPU q/k/v and gate/up on a 4-bit base run as groups (after the forwards that
+    learn them; with gradient checkpointing a block's recomputation groups exactly as its
+    forward did): float32 compute, the same loss and gradients as the dequantised dense model."""
+    qm, dm = _adapted_pair(llama_folder, variant, "cuda")
+    qm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    x = torch.randint(3, 64, (2, 8), device="cuda")
+    for _ in range(3):  # the steps that learn the groups, checkpointed
+        qm(x, labels=x).loss.backward()
+    qm.zero_grad(set_to_none=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    _same_loss_and_grads(qm, dm, x, "BoneGroupLinearBackward")
+
+
+def test_4bit_siblings_run_as_one_node_with_the_layers_values(llama_folder):
+    """q/k/v on a 4-bit base as one group (flashbone.siblings -> torch_ops.BoneGroupLinear; the layer
+    takes this path on the GPU): outputs and gradients equal each layer run alone."""
+    from flashbone import siblings
+
+    bm = get_bone_model(_quantized(llama_folder, "4bit").train(), BoneConfig(variant="bone", r=8))
+    for _, p in bm.named_parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    attn = bm.model.model.layers[0].self_attn
+    layers = [attn.q_proj, attn.k_proj, attn.v_proj]
+    x = torch.randn(2, 5, 64, requires_grad=True)
+    for _ in range(siblings.LEARN_CALLS):  # groups run once every member has finished learning
+        assert siblings.run(layers[0], x, torch.float32) is None
+        for layer in layers:
+            siblings.learn(layer, x)
+    assert siblings.siblings_of(layers[0]) == layers[1:]
+    grouped = [siblings.run(layers[0], x, torch.float32)] + [siblings.take(m, x) for m in layers[1:]]
+    assert "BoneGroupLinearBackward" in type(grouped[0].grad_fn.next_functions[0][0]).__name__
+    alone = [layer(x) for layer in layers]  # on the CPU each layer runs its own node
+    for g, a in zip(grouped, alone):
+        torch.testing.assert_close(g, a, rtol=1e-5, atol=1e-6)
+    weights = [torch.randn_like(a) for a in alone]
+    params = [p for layer in layers for p in layer.parameters() if p.requires_grad]
+    got = torch.autograd.grad(sum((g * w).sum() for g, w in zip(grouped, weights)), [x, *params])
+    want = torch.autograd.grad(sum((a * w).sum() for a, w in zip(alone, weights)), [x, *params])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

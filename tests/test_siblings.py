@@ -3,6 +3,8 @@ when a waiting output is handed out. The grouped GPU math is in tests/test_kerne
 
 import weakref
 
+import pytest
+
 import torch
 
 from flashbone import BoneConfig, get_bone_model, siblings
@@ -80,3 +82,40 @@ def test_a_copied_model_learns_its_own_groups():
     twin = copy.deepcopy(model)
     tq = twin.model.model.layers[0].self_attn.q_proj
     assert isinstance(tq, BoneLayer) and siblings.siblings_of(tq) == []
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_small_groups_on_the_gpu_equal_the_layers_alone():
+    """Below the kernels' size (here float32, which they do not take) q/k/v and gate/up still
+    run as one node each (ops.bone_group) once learned; loss and gradients equal the model
+    with grouping off."""
+    from flashbone.settings import SETTINGS
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randint(3, 60, (2, 12), device="cuda")
+    results = []
+    for groups in (True, False):
+        SETTINGS.groups = groups
+        torch.manual_seed(0)
+        model = get_bone_model(llama().cuda(), BoneConfig(variant="bone", r=16)).train()
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data.normal_(0, 0.05)
+        seen = set()
+        for _, layer in model.bone_layers():
+            layer.register_forward_hook(
+                lambda m, i, o: seen.update(type(f).__name__ for f, _ in o.grad_fn.next_functions)
+            )
+        for _ in range(siblings.LEARN_CALLS):
+            model(x)
+        seen.clear()
+        loss = model(x, labels=x).loss
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters() if p.requires_grad], seen))
+    SETTINGS.groups = True
+    (lg, gg, seen_g), (la, ga, seen_a) = results
+    assert "BoneGroupLinearBackward" in seen_g and "BoneGroupLinearBackward" not in seen_a
+    torch.testing.assert_close(lg, la)
+    for g, a in zip(gg, ga):
+        torch.testing.assert_close(g, a, rtol=1e-5, atol=1e-6)

@@ -237,9 +237,18 @@ class BoneLayer(nn.Module):
         base = self.base_layer
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else quant.compute_dtype(base, x)
-        calls = [self.adapters[a].call(dtype) for a in live]
         with torch.autocast(device, enabled=False):
-            y = quantized_linear(x, base, lambda: quant.dequantize(base), base.bias, self.out_features, calls, dtype)
+            if x.is_cuda and self.quantized == "4bit" and not torch.compiler.is_compiling():
+                y = siblings.take(self, x)  # q/k/v and gate/up as one node, as for dense bases
+                if y is None:
+                    siblings.learn(self, x)
+                    y = siblings.run(self, x, dtype)
+                if y is not None:
+                    return y
+            calls = [self.adapters[a].call(dtype) for a in live]
+            y = quantized_linear(
+                x, base, quant.dequantizer(base), base.bias, self.out_features, calls, dtype, self.quantized == "4bit"
+            )
         return as_dtype(y, x.dtype)
 
     # -- merge ------------------------------------------------------------------------

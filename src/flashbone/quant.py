@@ -78,6 +78,27 @@ def dequantize(module: nn.Module) -> Tensor:
         return w.data.float() * (scb.float()[:, None] / 127.0)
 
 
+def dequantizer(module: nn.Module):
+    """A callable giving ``dequantize(module)``. For a 4-bit layer on the GPU it calls
+    bitsandbytes' two kernels directly (the double-quantised absmax, then the weight), as
+    ``bitsandbytes.functional.dequantize_4bit`` does, without its per-call checks: it runs in
+    every forward and backward of every layer."""
+    w = module.weight
+    if kind(module) != "4bit" or not w.is_cuda:
+        return lambda: dequantize(module)
+    ops, data, st = torch.ops.bitsandbytes, w.data, w.quant_state
+    if not st.nested:
+        return lambda: ops.dequantize_4bit.default(data, st.absmax, st.blocksize, st.quant_type, st.shape, st.dtype)
+    s2, code = st.state2, st.state2.code.to(w.device)
+
+    def dequant() -> Tensor:
+        absmax = ops.dequantize_blockwise.default(st.absmax, s2.absmax, code, s2.blocksize, s2.dtype)
+        absmax = (absmax + st.offset).float()
+        return ops.dequantize_4bit.default(data, absmax, st.blocksize, st.quant_type, st.shape, st.dtype)
+
+    return dequant
+
+
 def compute_dtype(module: nn.Module, x: Tensor) -> torch.dtype:
     """The dtype a quantised layer computes in: its 4-bit compute dtype, else the input's."""
     d = getattr(module, "compute_dtype", None)
@@ -120,6 +141,39 @@ def bnb_config(mode: str, compute: torch.dtype):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
         )
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def quantize_(root: nn.Module, mode: str, leaf_names, compute: torch.dtype = torch.bfloat16) -> list[str]:
+    """Replace the ``nn.Linear`` layers of ``root`` whose last name is in ``leaf_names`` by
+    bitsandbytes layers holding the same weight quantised (4-bit: NF4, double quantisation,
+    ``compute`` dtype; 8-bit: LLM.int8), on the device the weight is on, one layer at a time;
+    returns their names. For models built in memory (``flashbone bench``); a checkpoint on
+    disk loads quantised through :func:`flashbone.loading.load_model` instead."""
+    bnb = require_bitsandbytes(mode)
+    names = [n for n, m in root.named_modules() if type(m) is nn.Linear and n.rpartition(".")[2] in set(leaf_names)]
+    for name in names:
+        lin = root.get_submodule(name)
+        w, dev = lin.weight.data, lin.weight.device
+        if mode == "4bit":
+            q = bnb.nn.Linear4bit(
+                lin.in_features, lin.out_features, bias=lin.bias is not None, compute_dtype=compute,
+                quant_type="nf4", compress_statistics=True, device="meta",
+            )  # fmt: skip
+            q.weight = bnb.nn.Params4bit(w.to(compute), requires_grad=False, quant_type="nf4", compress_statistics=True)
+        else:
+            q = bnb.nn.Linear8bitLt(
+                lin.in_features, lin.out_features, bias=lin.bias is not None, has_fp16_weights=False, device="meta"
+            )
+            q.weight = bnb.nn.Int8Params(w.to(torch.float16), requires_grad=False, has_fp16_weights=False)
+        if lin.bias is not None:
+            q.bias = nn.Parameter(lin.bias.data.to(compute), requires_grad=False)
+        q.weight = q.weight.to(dev)  # bitsandbytes quantises as the weight moves to its device
+        parent, leaf = _parent(root, name)
+        setattr(parent, leaf, q)
+        del lin
+    if names and hasattr(root, "config"):  # the marker transformers sets on a quantised load
+        setattr(root, f"is_loaded_in_{mode}", True)
+    return names
 
 
 def prepare_for_training(model: nn.Module) -> None:
@@ -180,10 +234,12 @@ __all__ = [
     "kind",
     "is_quantized",
     "dequantize",
+    "dequantizer",
     "compute_dtype",
     "require_bitsandbytes",
     "check_backend",
     "bnb_config",
+    "quantize_",
     "prepare_for_training",
     "dequantize_",
 ]

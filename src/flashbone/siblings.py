@@ -14,7 +14,8 @@ another layer already read (same object, same version) becomes that layer's sibl
 checks again (the same input object, one active adapter, no dropout) and anything that does not
 match runs the per-layer path, so a learned group can only ever cost a wasted output, never a
 wrong one. Only CUDA calls take part; the bookkeeping lives here, keyed weakly by layer, so
-copies of a model learn their own groups. ``SETTINGS.groups = False`` (``FLASHBONE_GROUPS=0``) turns grouping off.
+copies of a model learn their own groups. Layers on a 4-bit base group too (bone and
+bone-mini: :func:`flashbone.ops.quantized.quantized_bone_group`). ``SETTINGS.groups = False`` (``FLASHBONE_GROUPS=0``) turns grouping off.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from . import quant
 from .ops import adapted_linear_group, as_dtype
+from .ops.quantized import quantized_bone_group
 from .settings import SETTINGS
 
 if TYPE_CHECKING:
     from .layer import BoneLayer
 
-LEARN_CALLS = 2  # forwards per layer that record who read its input first
+LEARN_CALLS = 2  # forwards per layer that record who read its input first (>= 2: see run)
 _first_reader: dict[int, tuple[weakref.ref, int, weakref.ref]] = {}  # id(x) -> (x, version, layer)
 _siblings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> [ref(layer), ...]
 _waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> (ref(x), version, y, adapter)
@@ -82,23 +85,32 @@ def run(layer: BoneLayer, x: Tensor, dtype: torch.dtype) -> Tensor | None:
     """``layer(x)`` computed together with its siblings' outputs (left waiting for them), or
     ``None`` when there is no group to run: then the caller runs the layer alone."""
     members = siblings_of(layer) if SETTINGS.groups else []
-    if not members:
+    # only once every member has finished learning: the grouping then never changes between a
+    # checkpointed block's forward and its recomputation, which must save the same tensors
+    # (the learning forward and the one after it, its recomputation, both run alone)
+    if not members or any(_learn_left.get(m, LEARN_CALLS) > 0 for m in (layer, *members)):
         return None
     members.insert(0, layer)
+    kind = layer.quantized  # a group is all dense, or all 4-bit (one dequantised GEMM each)
+    if kind not in (None, "4bit"):
+        return None
     args, adapters = [], []
     for m in members:
         live = m._live()
         w = m.base_layer.weight
-        if m.adapters_disabled or len(live) != 1 or m.is_conv1d or w.dtype != dtype:
+        if m.adapters_disabled or len(live) != 1 or m.is_conv1d or m.quantized != kind:
+            return None
+        if kind is None and w.dtype != dtype:
             return None
         adapter = m.adapters._modules[live[0]]
         call = adapter.call(dtype)
         if call.dropout is not None:
             return None
         bias = m.base_layer.bias
-        args.append((w, None if bias is None else as_dtype(bias, dtype), call))
+        bias = None if bias is None else as_dtype(bias, dtype)
+        args.append((w, bias, call) if kind is None else (quant.dequantizer(m.base_layer), bias, call, m.out_features))
         adapters.append(adapter)
-    outs = adapted_linear_group(as_dtype(x, dtype), args)
+    outs = (adapted_linear_group if kind is None else quantized_bone_group)(as_dtype(x, dtype), args)
     if outs is None:
         return None
     for m, adapter, y in zip(members[1:], adapters[1:], outs[1:]):

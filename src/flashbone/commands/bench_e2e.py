@@ -112,6 +112,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nproc", type=int, default=1, help="processes (GPUs); the global batch stays batch x accum")
     g.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp", help="flashbone's loop under --nproc")
     g.add_argument(
+        "--quantize",
+        choices=["4bit", "8bit"],
+        help="a bitsandbytes base (NF4 double quantisation / LLM.int8) for every method; the Trainer's "
+        "gets peft.prepare_model_for_kbit_training (PEFT's QLoRA recipe), ours what flashbone train "
+        "--quantize does",
+    )
+    g.add_argument(
         "--liger",
         choices=["auto", "on", "off"],
         default="auto",
@@ -136,6 +143,17 @@ def _resolve(a: argparse.Namespace, dev: torch.device) -> None:
 
         a.micro_batch_tokens = AUTO_MICRO_BATCH_TOKENS if dev.type == "cuda" else 4 * a.max_len
     a.methods_list = DEFAULT[dev.type] if not a.methods else [m.strip() for m in a.methods.split(",") if m.strip()]
+    if a.quantize:
+        if not a.methods:  # full fine-tuning cannot train a quantised base
+            a.methods_list = [m for m in a.methods_list if m.partition("@")[0] not in ("full", "hf-full")]
+        elif any(m.partition("@")[0] in ("full", "hf-full") for m in a.methods_list):
+            raise CLIError("--quantize: full fine-tuning cannot train a quantised base; leave full and hf-full out")
+        from .. import quant
+
+        try:
+            quant.check_backend(a.quantize, dev)
+        except quant.QuantizationError as e:
+            raise CLIError(str(e)) from None
     for m in a.methods_list:
         base, _, how = m.partition("@")
         hf = m.removesuffix("-bf16")
@@ -181,15 +199,29 @@ def _model(a, dev, method: str, base: str):
     dtype = torch.float32 if full or dev.type != "cuda" else torch.bfloat16  # as flashbone train
     model = bench.build_model(a, dev, dtype)
     model.config.use_cache = False
+    if a.quantize:  # as a quantised load would give it: every adapted projection in 4/8 bits
+        from .. import quant
+
+        quant.quantize_(model, a.quantize, bench.TARGETS, dtype)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     if not method.startswith("hf-"):
         from ..fused import apply
 
+        if a.quantize:  # what flashbone train --quantize does (loading.load_model)
+            quant.prepare_for_training(model)
         apply(model, a.liger, dev)
         r = bench.matched_lora_r(a) if base == "lora" else a.r
-        return build(model, base, r, list(bench.TARGETS), lora_alpha=None, mini_r=None, base_name="e2e")
+        mini_r = (a.mini_r or a.r) if base == "bone-mini" else None
+        return build(model, base, r, list(bench.TARGETS), lora_alpha=None, mini_r=mini_r, base_name="e2e")
     if full:
         return model
     import peft
+
+    if a.quantize:  # PEFT's QLoRA recipe: non-quantised weights to float32, input gradients on
+        peft.prepare_model_for_kbit_training(
+            model, a.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
 
     if base == "hf-lora":
         r = bench.matched_lora_r(a)
@@ -408,7 +440,8 @@ def run_e2e(a: argparse.Namespace, dev: torch.device) -> int:
             f"{a.max_len} tokens (mean {mean:.0f}), batch {a.batch} x accum {a.grad_accum}, {a.warmup}+{a.steps} "
             f"steps, flashbone micro-batch tokens {a.micro_batch_tokens}"
             + (f", {a.strategy}" if env else "")
-            + (", gradient checkpointing" if a.gradient_checkpointing else ""),
+            + (", gradient checkpointing" if a.gradient_checkpointing else "")
+            + (f", {a.quantize} base" if a.quantize else ""),
             flush=True,
         )
     table = []

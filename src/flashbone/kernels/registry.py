@@ -167,9 +167,13 @@ def layer_group(x: Tensor, members: list) -> list[Tensor] | None:
     ):
         return None
     r = members[0][2].r
+    if any(not supported(call.variant, x, w, r) for w, _, call in members):
+        # below the kernels' size (or without them): one PyTorch node for the group still
+        # saves the host two or three layers' worth of Python and autograd (docs/benchmarks.md)
+        return ops.bone_group(rows(x), members)
     flat = []
     for (w, bias, call), spec in zip(members, specs):
-        if call.r != r or not supported(call.variant, x, w, r):
+        if call.r != r:
             return None
         wx = extended_weight(w, call)
         if wx is None:

@@ -263,6 +263,18 @@ def adapted_linear_group(
     return None if outs is None else [y.view(*lead, y.shape[-1]) for y in outs]
 
 
+def bone_group(x: Tensor, members: Sequence[tuple[Tensor, Tensor | None, AdapterCall]]) -> list[Tensor] | None:
+    """The PyTorch path of a group of bone / bone-mini layers (frozen weights, one rank, no
+    dropout) on ``x`` of shape ``(T, in)``: one node (:class:`torch_ops.BoneGroupLinear`);
+    ``None`` for any other group. The GPU group path runs it where its kernels do not apply."""
+    r = members[0][2].r
+    if any(c.variant not in _BLOCK_SUM_UPDATES or c.dropout is not None or c.r != r for _, _, c in members):
+        return None
+    weights = [(lambda w=w: w) for w, _, _ in members]
+    flat = [t for w, bias, c in members for t in (bias, c.bone_b(w.shape[0]))]
+    return list(T.BoneGroupLinear.apply(x, r, weights, *flat))
+
+
 def _flat(calls: Sequence[AdapterCall]) -> list[Tensor]:
     return [p for c in calls for p in c.params.values()]
 
@@ -279,6 +291,7 @@ __all__ = [
     "AdapterCall",
     "adapted_linear",
     "adapted_linear_group",
+    "bone_group",
     "set_backend",
     "get_backend",
     "use_backend",

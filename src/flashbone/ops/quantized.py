@@ -3,6 +3,15 @@
 The base is given as two callables: ``base(x)``, the quantised layer's own forward (with its
 input gradient), and ``dequant()``, a fresh dense ``(out, in)`` weight. Nothing here keeps a
 dense copy of ``W`` beyond the one layer's forward or backward that needs it.
+
+    4-bit base, bone / bone-mini first:  one node, W dequantised in forward and in backward
+    (q/k/v and gate/up: one node for the group, ``quantized_bone_group``)
+        y  = x W^T + bias + s B,        s = sum_b x_b        (T, r)
+        dx = dy W + tile_in(dy B^T),    dB = s^T dy
+    bitsandbytes' own 4-bit forward is this ``dequantize -> F.linear`` too, but through four
+    Python layers and a separate autograd node; at the papers' micro-batch the step was
+    host-bound on them (docs/benchmarks.md). LLM.int8 (8-bit) is not a dequantised GEMM, so
+    8-bit bases keep ``base(x)``.
 """
 
 from __future__ import annotations
@@ -43,10 +52,54 @@ class DequantWeightSpaceLinear(torch.autograd.Function):
         return (dx, dbias, None, None, None, *dparams)
 
 
+class DequantBoneLinear(torch.autograd.Function):
+    """``y = x W^T + bias + (sum_b x_b) B``, ``W = dequant()`` in forward and again in backward;
+    only ``s = sum_b x_b`` (T, r) and ``B`` are saved."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, bias: Tensor | None, dequant: Dequant, b: Tensor, r: int) -> Tensor:
+        w = dequant().to(x.dtype)
+        s = T.block_sum(x, r)
+        y = F.linear(x, w, bias)
+        del w  # the dense weight goes before the skinny GEMM allocates
+        y.addmm_(s, b)
+        ctx.save_for_backward(b, s)
+        ctx.dequant, ctx.r = dequant, r
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        b, s = ctx.saved_tensors
+        dx = db = None
+        if ctx.needs_input_grad[0]:
+            dx = T.add_to_blocks_(dy @ ctx.dequant().to(dy.dtype), dy @ b.t(), ctx.r)
+        if ctx.needs_input_grad[3]:
+            db = s.t() @ dy
+        dbias = dy.sum(0) if ctx.needs_input_grad[1] else None
+        return dx, dbias, None, db, None
+
+
+def quantized_bone_group(
+    x: Tensor, members: Sequence[tuple[Dequant, Tensor | None, AdapterCall, int]]
+) -> list[Tensor] | None:
+    """``quantized_linear`` of several 4-bit layers that read ``x`` (``(..., in)``), each
+    ``(dequant, bias, call, out)`` with one adapter, as one node (:class:`torch_ops.BoneGroupLinear`,
+    each weight dequantised in forward and again in backward); ``None`` unless every member is
+    bone or bone-mini without dropout, all of one rank."""
+    r = members[0][2].r
+    if any(c.variant not in _BLOCK_SUM or c.dropout is not None or c.r != r for _, _, c, _ in members):
+        return None
+    lead = x.shape[:-1]
+    flat = [t for _, bias, c, out in members for t in (bias, c.bone_b(out))]
+    ys = T.BoneGroupLinear.apply(x.reshape(-1, x.shape[-1]), r, [m[0] for m in members], *flat)
+    return [y.view(*lead, y.shape[-1]) for y in ys]
+
+
 # Hand-written (build, grad) of W' = W + dW(W); any other weight-reading variant builds W'
 # from its dense delta and gets its gradient by autograd (T.autograd_weight_grad).
 _WEIGHT_PATHS = {"bat": (T.bat_build, T.bat_grad), "bat-hadamard": (T.bat_hadamard_build, T.bat_hadamard_grad)}
 _ROW_AFFINE = ("bat-row", "bone-ab")  # their own path: the base layer's forward on x + u
+_BLOCK_SUM = ("bone", "bone-mini")  # additive, y += (sum_b x_b) B
 
 
 def _row_affine(x: Tensor, base: Callable[[Tensor], Tensor], out: int, c: AdapterCall, dtype) -> Tensor:
@@ -68,8 +121,11 @@ def quantized_linear(
     out: int,
     calls: Sequence[AdapterCall],
     dtype: torch.dtype,
+    dequant_is_base: bool = False,
 ) -> Tensor:
-    """``x @ W_adapted^T + bias`` with ``W`` quantised; same semantics as ``adapted_linear``."""
+    """``x @ W_adapted^T + bias`` with ``W`` quantised; same semantics as ``adapted_linear``.
+    ``dequant_is_base``: ``base(x)`` is ``F.linear(x, dequant())`` (bitsandbytes 4-bit), so
+    bone and bone-mini may fuse with it into one node."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).to(dtype)
     reading, additive = _split(calls)
@@ -84,6 +140,10 @@ def quantized_linear(
             grad = T.autograd_weight_grad(build)
         b = None if bias is None else bias.to(dtype)
         y = DequantWeightSpaceLinear.apply(x2, b, dequant, build, grad, *_flat(reading))
+    elif dequant_is_base and additive and additive[0].variant in _BLOCK_SUM and additive[0].dropout is None:
+        c, additive = additive[0], additive[1:]
+        b = None if bias is None else bias.to(dtype)
+        y = DequantBoneLinear.apply(x2, b, dequant, c.bone_b(out), c.r)
     else:
         y = base(x2).to(dtype)
     for c in additive:
@@ -91,4 +151,4 @@ def quantized_linear(
     return y.view(*lead, out)
 
 
-__all__ = ["DequantWeightSpaceLinear", "quantized_linear"]
+__all__ = ["DequantBoneLinear", "DequantWeightSpaceLinear", "quantized_bone_group", "quantized_linear"]

@@ -5,6 +5,8 @@ Shapes: ``x`` is ``(T, in)`` (callers flatten batch dims), ``W`` is ``(out, in)`
 
     bone           s = sum_b x_b                      y = x W^T + s B
                    dB = s^T dy      ds = dy B^T        dx = dy W + ds (to every block)
+    bone group     layers i reading one x: one s, y_i = x W_i^T + s B_i
+                   dx = sum_i dy_i W_i + (sum_i dy_i B_i^T) (to every block), one buffer
     row-affine     u_b = x_b A_b^T  v_b = x_b C_b^T    y = (x + u) W^T + tile_out(sum_b v_b)
     (bat-row: A=C=B; bone-ab: A, C=B)
                    h = dy W         g = sum_a dy_a
@@ -78,6 +80,47 @@ class BoneLinear(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             db = s.t() @ dy
         return dx, None, _bias_grad(ctx, dy, 2), db, None
+
+
+class BoneGroupLinear(torch.autograd.Function):
+    """Several bone layers that read one input (q/k/v, gate/up) as one autograd node.
+
+    ``weights[i]()`` gives member i's ``(out_i, in)`` weight: the frozen tensor itself, or a
+    4-bit one dequantised (:mod:`.quantized`), called in forward and again in backward, one
+    member at a time. ``flat`` holds ``(bias, B)`` per member. One Python forward and backward
+    for the group, and the members' input gradients summed by cuBLAS into one buffer instead
+    of pairwise by autograd: at a few thousand tokens a step is host-bound on exactly this."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, r: int, weights: Sequence[Callable[[], Tensor]], *flat):
+        ctx.set_materialize_grads(False)
+        s = block_sum(x, r)
+        ys = []
+        for weight, bias, b in zip(weights, flat[::2], flat[1::2]):
+            y = _linear(x, weight().to(x.dtype), bias)
+            ys.append(y.addmm_(s, b))
+        ctx.save_for_backward(s, *flat[1::2])
+        ctx.r, ctx.weights = r, weights
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *dys):
+        s, *bs = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx = ds = None
+        grads = []
+        for i, (dy, b, weight) in enumerate(zip(dys, bs, ctx.weights)):
+            if dy is None:  # this member's output took no part in the loss
+                grads += [None, None]
+                continue
+            if need[0]:
+                w = weight().to(dy.dtype)
+                dx = dy @ w if dx is None else dx.addmm_(dy, w)
+                ds = dy @ b.t() if ds is None else ds.addmm_(dy, b.t())
+            grads += [dy.sum(0) if need[3 + 2 * i] else None, s.t() @ dy if need[4 + 2 * i] else None]
+        if dx is not None:
+            dx = add_to_blocks_(dx, ds, ctx.r)
+        return (dx, None, None, *grads)
 
 
 def block_apply(xb: Tensor, m: Tensor) -> Tensor:
