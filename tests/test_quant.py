@@ -204,6 +204,21 @@ def test_4bit_bone_is_one_node_with_the_dense_layers_gradients(variant, llama_fo
     _same_loss_and_grads(qm, dm, torch.randint(3, 64, (2, 5)), "DequantBoneLinearBackward")
 
 
+def test_4bit_bone_under_checkpointing_keeps_w_from_the_recomputation(llama_folder, monkeypatch):
+    """With gradient checkpointing the 4-bit node saves the weight it dequantised while its
+    block recomputes, for the backward right after: each weight is dequantised twice per step
+    (forward, recomputation), not three times, with the same loss and gradients as the dense
+    model. Outside checkpointing nothing dense is saved (test_variant_on_quantized_base)."""
+    qm, dm = _adapted_pair(llama_folder, "bone", "cpu")
+    qm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    real = quant.dequantize
+    monkeypatch.setattr(quant, "dequantize", lambda m: calls.append(m) or real(m))
+    _same_loss_and_grads(qm, dm, torch.randint(3, 64, (2, 5)), "DequantBoneLinearBackward")
+    n_layers = sum(1 for _ in qm.bone_layers())
+    assert len(calls) == 2 * n_layers, (len(calls), n_layers)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("variant", ["bone", "bone-mini"])

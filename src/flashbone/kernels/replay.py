@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..ops.torch_ops import saved_tensor_hooks_active
 from ..settings import SETTINGS
 
 _VERIFY_LEFT = 8
@@ -108,16 +109,7 @@ class Replay:
         return value
 
 
-def saved_tensor_hooks_active() -> bool:
-    """Whether saved-tensor hooks (e.g. non-reentrant checkpointing) are active right now."""
-    return _hooks_active()
-
-
-def _hooks_active() -> bool:
-    try:
-        return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
-    except (AttributeError, RuntimeError):  # unknown PyTorch internals: be conservative
-        return True
+_hooks_active = saved_tensor_hooks_active  # defined with the PyTorch paths (ops.torch_ops)
 
 
 @dataclass(frozen=True)

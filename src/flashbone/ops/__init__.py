@@ -272,7 +272,7 @@ def bone_group(x: Tensor, members: Sequence[tuple[Tensor, Tensor | None, Adapter
         return None
     weights = [(lambda w=w: w) for w, _, _ in members]
     flat = [t for w, bias, c in members for t in (bias, c.bone_b(w.shape[0]))]
-    return list(T.BoneGroupLinear.apply(x, r, weights, *flat))
+    return list(T.BoneGroupLinear.apply(x, r, weights, True, *flat))
 
 
 def _flat(calls: Sequence[AdapterCall]) -> list[Tensor]:

@@ -5,7 +5,8 @@ input gradient), and ``dequant()``, a fresh dense ``(out, in)`` weight. Nothing 
 dense copy of ``W`` beyond the one layer's forward or backward that needs it.
 
     4-bit base, bone / bone-mini first:  one node, W dequantised in forward and in backward
-    (q/k/v and gate/up: one node for the group, ``quantized_bone_group``)
+    (q/k/v and gate/up: one node for the group, ``quantized_bone_group``); inside a
+    checkpointed block, W is dequantised once for the recomputation and its backward
         y  = x W^T + bias + s B,        s = sum_b x_b        (T, r)
         dx = dy W + tile_in(dy B^T),    dB = s^T dy
     bitsandbytes' own 4-bit forward is this ``dequantize -> F.linear`` too, but through four
@@ -53,26 +54,28 @@ class DequantWeightSpaceLinear(torch.autograd.Function):
 
 
 class DequantBoneLinear(torch.autograd.Function):
-    """``y = x W^T + bias + (sum_b x_b) B``, ``W = dequant()`` in forward and again in backward;
-    only ``s = sum_b x_b`` (T, r) and ``B`` are saved."""
+    """``y = x W^T + bias + (sum_b x_b) B``, ``W = dequant()`` in forward and again in backward
+    (under checkpointing: kept from the recomputation); else only ``s = sum_b x_b`` (T, r) and
+    ``B`` are saved."""
 
     @staticmethod
     def forward(ctx, x: Tensor, bias: Tensor | None, dequant: Dequant, b: Tensor, r: int) -> Tensor:
         w = dequant().to(x.dtype)
         s = T.block_sum(x, r)
-        y = F.linear(x, w, bias)
-        del w  # the dense weight goes before the skinny GEMM allocates
-        y.addmm_(s, b)
-        ctx.save_for_backward(b, s)
+        y = F.linear(x, w, bias).addmm_(s, b)
+        # inside a checkpointed block W is kept from its recomputation for the backward right
+        # after it (one block's weights at a time); elsewhere it is dequantised again there
+        ctx.save_for_backward(b, s, *((w,) if T.inside_checkpoint() else ()))
         ctx.dequant, ctx.r = dequant, r
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        b, s = ctx.saved_tensors
+        b, s, *kept = ctx.saved_tensors
         dx = db = None
         if ctx.needs_input_grad[0]:
-            dx = T.add_to_blocks_(dy @ ctx.dequant().to(dy.dtype), dy @ b.t(), ctx.r)
+            w = kept[0] if kept else ctx.dequant().to(dy.dtype)
+            dx = T.add_to_blocks_(dy @ w, dy @ b.t(), ctx.r)
         if ctx.needs_input_grad[3]:
             db = s.t() @ dy
         dbias = dy.sum(0) if ctx.needs_input_grad[1] else None
@@ -91,7 +94,8 @@ def quantized_bone_group(
         return None
     lead = x.shape[:-1]
     flat = [t for _, bias, c, out in members for t in (bias, c.bone_b(out))]
-    ys = T.BoneGroupLinear.apply(x.reshape(-1, x.shape[-1]), r, [m[0] for m in members], *flat)
+    keep = T.inside_checkpoint()  # checkpointed: dequantise once for recompute and backward
+    ys = T.BoneGroupLinear.apply(x.reshape(-1, x.shape[-1]), r, [m[0] for m in members], keep, *flat)
     return [y.view(*lead, y.shape[-1]) for y in ys]
 
 

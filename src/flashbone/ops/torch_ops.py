@@ -31,6 +31,26 @@ WeightBuild = Callable[[Tensor, Sequence[Tensor]], Tensor]
 WeightGrad = Callable[[Tensor, Sequence[Tensor], Tensor], Sequence[Tensor]]
 
 
+def saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks (e.g. non-reentrant checkpointing) are active right now."""
+    try:
+        return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    except (AttributeError, RuntimeError):  # unknown PyTorch internals: be conservative
+        return True
+
+
+def inside_checkpoint() -> bool:
+    """Whether the innermost saved-tensor hooks are ``torch.utils.checkpoint``'s (non-reentrant
+    checkpointing: tensors saved in a block's forward are dropped, and kept from its
+    recomputation only until its backward). Any other hooks (offloading, ...), or PyTorch
+    internals this does not know: False."""
+    try:
+        hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    except (AttributeError, RuntimeError):
+        return False
+    return hooks is not None and getattr(hooks[0], "__module__", "") == "torch.utils.checkpoint"
+
+
 def block_sum(x: Tensor, r: int) -> Tensor:
     """``s = sum_b x_b`` of ``(T, in) -> (T, r)``; a partial last block is zero-padded."""
     t, inn = x.shape
@@ -86,26 +106,31 @@ class BoneGroupLinear(torch.autograd.Function):
     """Several bone layers that read one input (q/k/v, gate/up) as one autograd node.
 
     ``weights[i]()`` gives member i's ``(out_i, in)`` weight: the frozen tensor itself, or a
-    4-bit one dequantised (:mod:`.quantized`), called in forward and again in backward, one
-    member at a time. ``flat`` holds ``(bias, B)`` per member. One Python forward and backward
+    4-bit one dequantised (:mod:`.quantized`). ``keep``: save the weights for backward (a
+    frozen tensor costs nothing; a dequantised one only inside a checkpointed block, whose
+    recomputation runs just before its backward, so one block's weights live at a time), else
+    call ``weights[i]()`` again there. ``flat`` holds ``(bias, B)`` per member. One Python forward and backward
     for the group, and the members' input gradients summed by cuBLAS into one buffer instead
     of pairwise by autograd: at a few thousand tokens a step is host-bound on exactly this."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, r: int, weights: Sequence[Callable[[], Tensor]], *flat):
+    def forward(ctx, x: Tensor, r: int, weights: Sequence[Callable[[], Tensor]], keep: bool, *flat):
         ctx.set_materialize_grads(False)
         s = block_sum(x, r)
-        ys = []
+        ys, ws = [], []
         for weight, bias, b in zip(weights, flat[::2], flat[1::2]):
-            y = _linear(x, weight().to(x.dtype), bias)
-            ys.append(y.addmm_(s, b))
-        ctx.save_for_backward(s, *flat[1::2])
+            w = weight().to(x.dtype)
+            ys.append(_linear(x, w, bias).addmm_(s, b))
+            if keep:
+                ws.append(w)
+        ctx.save_for_backward(s, *flat[1::2], *ws)
         ctx.r, ctx.weights = r, weights
         return tuple(ys)
 
     @staticmethod
     def backward(ctx, *dys):
-        s, *bs = ctx.saved_tensors
+        s, *saved = ctx.saved_tensors
+        bs, ws = saved[: len(ctx.weights)], saved[len(ctx.weights) :]
         need = ctx.needs_input_grad
         dx = ds = None
         grads = []
@@ -114,13 +139,13 @@ class BoneGroupLinear(torch.autograd.Function):
                 grads += [None, None]
                 continue
             if need[0]:
-                w = weight().to(dy.dtype)
+                w = ws[i] if ws else weight().to(dy.dtype)
                 dx = dy @ w if dx is None else dx.addmm_(dy, w)
                 ds = dy @ b.t() if ds is None else ds.addmm_(dy, b.t())
-            grads += [dy.sum(0) if need[3 + 2 * i] else None, s.t() @ dy if need[4 + 2 * i] else None]
+            grads += [dy.sum(0) if need[4 + 2 * i] else None, s.t() @ dy if need[5 + 2 * i] else None]
         if dx is not None:
             dx = add_to_blocks_(dx, ds, ctx.r)
-        return (dx, None, None, *grads)
+        return (dx, None, None, None, *grads)
 
 
 def block_apply(xb: Tensor, m: Tensor) -> Tensor:
