@@ -9,7 +9,7 @@ so `wall - busy` is the time the GPU waited on the host; and the N costliest ker
 Modes: `base` (the loop as shipped), `plain-loss` (chunked loss off), `liger` (flashbone.fused: liger-kernel's
 RMSNorm and SwiGLU in the model instance); joined with `+`: `nogroups` (sibling groups off),
 `unfused` (with --quantize: 4-bit bone through bitsandbytes' own layer plus a separate adapter
-term, no groups: the path before ops.quantized.DequantBoneLinear), e.g. `liger+unfused`.
+term, no groups: the path before the 4-bit bone node of ops.quantized), e.g. `liger+unfused`.
 """
 
 import argparse

@@ -179,15 +179,28 @@ def _adapted_pair(folder, variant: str, device: str):
     return qm, dm
 
 
-def _same_loss_and_grads(qm, dm, x, node: str) -> None:
-    seen = set()
-    hook = lambda m, i, o: seen.update(type(f).__name__ for f, _ in o.grad_fn.next_functions)  # noqa: E731
-    for _, layer in qm.bone_layers():
-        layer.register_forward_hook(hook)
+def _same_loss_and_grads(qm, dm, x, grouped: bool) -> None:
+    """qm's loss and adapter gradients equal dm's; every 4-bit bone layer ran as a
+    BoneGroupLinear node, q/k/v sharing one node when ``grouped``, each its own otherwise."""
+    nodes = {}
+
+    def hook(name):
+        def record(module, args, out) -> None:  # returns None: the output stays as it is
+            nodes.setdefault(name, out.grad_fn.next_functions[0][0])
+
+        return record
+
+    for name, layer in qm.bone_layers():
+        layer.register_forward_hook(hook(name))
     lq, ld = qm(x, labels=x).loss, dm(x, labels=x).loss
     lq.backward()
     ld.backward()
-    assert node in seen, seen
+    assert {type(n).__name__ for n in nodes.values()} == {"BoneGroupLinearBackward"}, nodes
+    q, k, v = (
+        next(n for name, n in nodes.items() if name.endswith(f"layers.0.self_attn.{p}"))
+        for p in ("q_proj", "k_proj", "v_proj")
+    )
+    assert (q is k is v) == grouped and (grouped or len({id(q), id(k), id(v)}) == 3)
     torch.testing.assert_close(lq, ld, rtol=1e-5, atol=1e-6)
     grads = {n: p.grad for n, p in dm.named_parameters() if p.requires_grad}
     for n, p in qm.named_parameters():
@@ -197,11 +210,11 @@ def _same_loss_and_grads(qm, dm, x, node: str) -> None:
 
 @pytest.mark.parametrize("variant", ["bone", "bone-mini"])
 def test_4bit_bone_is_one_node_with_the_dense_layers_gradients(variant, llama_folder):
-    """On a 4-bit base bone and bone-mini run as one autograd node (the weight dequantised in
-    forward and backward, ops.quantized.DequantBoneLinear); loss and every adapter gradient
+    """On a 4-bit base bone and bone-mini run as one autograd node per layer (the weight
+    dequantised in forward and backward, torch_ops.BoneGroupLinear with one member); loss and every adapter gradient
     equal those of the same adapters on the dequantised weights as plain nn.Linear layers."""
     qm, dm = _adapted_pair(llama_folder, variant, "cpu")
-    _same_loss_and_grads(qm, dm, torch.randint(3, 64, (2, 5)), "DequantBoneLinearBackward")
+    _same_loss_and_grads(qm, dm, torch.randint(3, 64, (2, 5)), grouped=False)
 
 
 def test_4bit_bone_under_checkpointing_keeps_w_from_the_recomputation(llama_folder, monkeypatch):
@@ -214,7 +227,7 @@ def test_4bit_bone_under_checkpointing_keeps_w_from_the_recomputation(llama_fold
     calls = []
     real = quant.dequantize
     monkeypatch.setattr(quant, "dequantize", lambda m: calls.append(m) or real(m))
-    _same_loss_and_grads(qm, dm, torch.randint(3, 64, (2, 5)), "DequantBoneLinearBackward")
+    _same_loss_and_grads(qm, dm, torch.randint(3, 64, (2, 5)), grouped=False)
     n_layers = sum(1 for _ in qm.bone_layers())
     assert len(calls) == 2 * n_layers, (len(calls), n_layers)
 
@@ -233,7 +246,7 @@ def test_4bit_bone_groups_on_the_gpu_match_the_dense_layers(variant, llama_folde
         qm(x, labels=x).loss.backward()
     qm.zero_grad(set_to_none=True)
     torch.backends.cuda.matmul.allow_tf32 = False
-    _same_loss_and_grads(qm, dm, x, "BoneGroupLinearBackward")
+    _same_loss_and_grads(qm, dm, x, grouped=True)
 
 
 def test_4bit_siblings_run_as_one_node_with_the_layers_values(llama_folder):

@@ -4,9 +4,10 @@ The base is given as two callables: ``base(x)``, the quantised layer's own forwa
 input gradient), and ``dequant()``, a fresh dense ``(out, in)`` weight. Nothing here keeps a
 dense copy of ``W`` beyond the one layer's forward or backward that needs it.
 
-    4-bit base, bone / bone-mini first:  one node, W dequantised in forward and in backward
-    (q/k/v and gate/up: one node for the group, ``quantized_bone_group``); inside a
-    checkpointed block, W is dequantised once for the recomputation and its backward
+    4-bit base, bone / bone-mini first:  one node (torch_ops.BoneGroupLinear with one member),
+    W dequantised in forward and in backward (q/k/v and gate/up: one node for the group,
+    ``quantized_bone_group``); inside a checkpointed block, W is dequantised once for the
+    recomputation and its backward
         y  = x W^T + bias + s B,        s = sum_b x_b        (T, r)
         dx = dy W + tile_in(dy B^T),    dB = s^T dy
     bitsandbytes' own 4-bit forward is this ``dequantize -> F.linear`` too, but through four
@@ -51,35 +52,6 @@ class DequantWeightSpaceLinear(torch.autograd.Function):
             dparams = list(ctx.grad(w, params, dy.t() @ x))
         dbias = dy.sum(0) if ctx.needs_input_grad[1] else None
         return (dx, dbias, None, None, None, *dparams)
-
-
-class DequantBoneLinear(torch.autograd.Function):
-    """``y = x W^T + bias + (sum_b x_b) B``, ``W = dequant()`` in forward and again in backward
-    (under checkpointing: kept from the recomputation); else only ``s = sum_b x_b`` (T, r) and
-    ``B`` are saved."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, bias: Tensor | None, dequant: Dequant, b: Tensor, r: int) -> Tensor:
-        w = dequant().to(x.dtype)
-        s = T.block_sum(x, r)
-        y = F.linear(x, w, bias).addmm_(s, b)
-        # inside a checkpointed block W is kept from its recomputation for the backward right
-        # after it (one block's weights at a time); elsewhere it is dequantised again there
-        ctx.save_for_backward(b, s, *((w,) if T.inside_checkpoint() else ()))
-        ctx.dequant, ctx.r = dequant, r
-        return y
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        b, s, *kept = ctx.saved_tensors
-        dx = db = None
-        if ctx.needs_input_grad[0]:
-            w = kept[0] if kept else ctx.dequant().to(dy.dtype)
-            dx = T.add_to_blocks_(dy @ w, dy @ b.t(), ctx.r)
-        if ctx.needs_input_grad[3]:
-            db = s.t() @ dy
-        dbias = dy.sum(0) if ctx.needs_input_grad[1] else None
-        return dx, dbias, None, db, None
 
 
 def quantized_bone_group(
@@ -147,7 +119,7 @@ def quantized_linear(
     elif dequant_is_base and additive and additive[0].variant in _BLOCK_SUM and additive[0].dropout is None:
         c, additive = additive[0], additive[1:]
         b = None if bias is None else bias.to(dtype)
-        y = DequantBoneLinear.apply(x2, b, dequant, c.bone_b(out), c.r)
+        (y,) = T.BoneGroupLinear.apply(x2, c.r, [dequant], T.inside_checkpoint(), b, c.bone_b(out))
     else:
         y = base(x2).to(dtype)
     for c in additive:
@@ -155,4 +127,4 @@ def quantized_linear(
     return y.view(*lead, out)
 
 
-__all__ = ["DequantBoneLinear", "DequantWeightSpaceLinear", "quantized_bone_group", "quantized_linear"]
+__all__ = ["DequantWeightSpaceLinear", "quantized_bone_group", "quantized_linear"]
