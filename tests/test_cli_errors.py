@@ -48,6 +48,7 @@ def test_bad_training_data(tmp_path, capsys):
         (["--max-memory", "0"], ["--max-memory", "positive"]),
         (["--max-memory", "8", "--nproc", "2"], ["--max-memory", "one process"]),
         (["--liger", "on", "--device", "cpu"], ["--liger on", "CUDA"]),
+        (["--cuda-graphs", "--device", "cpu"], ["--cuda-graphs", "CUDA device"]),
     ],
 )
 def test_bad_method_settings(args, words, tmp_path, capsys):

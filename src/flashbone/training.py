@@ -13,7 +13,9 @@ length-sorted, and with ``packing`` lays them end to end (batching.py); the glob
 rows, stays ``batch_size x grad_accum``. A step queues its GPU work without waiting on it:
 token counts come from the row lengths the host already knows, and the step's loss and
 gradient norm are read (one sync) after the next step is queued. On CUDA, running out of
-memory under a token budget (one process) redoes the step at half the budget.
+memory under a token budget (one process) redoes the step at half the budget. With padding-free
+packing in one CUDA process each micro-batch's forward and backward is a CUDA graph, recorded
+once per padded shape and replayed (graphs.py): the host no longer paces the GPU.
 
 N processes (``Dist(rank, world)``, model wrapped by ``wrap``: DDP or FSDP2): rank r takes
 micro-batches g*N + r, so the step's rows are a one-process step's. The step's token count n
@@ -47,7 +49,7 @@ from .data import IGNORE, DataError, collate, epoch_order
 from .distributed import full_optimizer_state, full_tensor, gather_full, is_sharded, place_like, shard_optimizer_state
 from .checkpoints import CheckpointError, check_resume, latest_checkpoint, load_checkpoint, save_checkpoint
 from .errors import BoneError
-from . import validation, varlen
+from . import graphs, validation, varlen
 from .loss import HeadCapture, chunked_loss_sum, target_positions
 from .reporting import Reporters
 
@@ -77,6 +79,8 @@ class TrainSettings:
     report_to: tuple[str, ...] = ("tensorboard",)  # also "wandb"; metrics.jsonl is always written
     run_config: dict = field(default_factory=dict)  # what a wandb run records as its config
     val_every: int = 0  # validation loss after every N-th step and the last (0: none; validation.py)
+    cuda_graphs: bool | None = None  # packed micro-batches as CUDA graphs (graphs.py); None: where they can
+    graph_bucket: int = 256  # graphs: a micro-batch's tokens are padded to a multiple of this
 
 
 @dataclass
@@ -230,6 +234,28 @@ class Trainer:
             validation.micro_batches(row_lengths(val_rows)[0], settings.batch_size) if self.val_rows is not None else []
         )
         self.last_val_loss: float | None = None
+        self.graphs = self._graphs(settings.cuda_graphs)
+
+    def _graphs(self, asked: bool | None) -> graphs.MicroBatchGraphs | None:
+        """The micro-batch graphs: where asked (else a clear error where the step cannot be
+        one), by default wherever they can run and no memory cap asks to halve micro-batches."""
+        if asked is False:
+            return None
+        why = None
+        if self.device.type != "cuda":
+            why = "they need a CUDA device"
+        elif self.dist.world > 1:
+            why = "they run in one process (not under --nproc)"
+        elif not self.flat:
+            why = (
+                "they need padding-free packed rows (--packing on a Llama, Mistral or Qwen model): "
+                "padded rows carry attention masks that transformers checks on the host"
+            )
+        if asked is None:
+            return None if why or self.s.max_memory_gib else graphs.MicroBatchGraphs(self.device)
+        if why:
+            raise BoneError(f"--cuda-graphs: {why}; leave --cuda-graphs out")
+        return graphs.MicroBatchGraphs(self.device)
 
     def _indices(self, g: int) -> list[int]:
         """Row indices of plain micro-batch ``g`` of the endless, seeded stream."""
@@ -249,6 +275,13 @@ class Trainer:
 
     def _collate(self, mb: MicroBatch, rows=None) -> dict[str, torch.Tensor]:
         """Micro-batch ``mb`` of the training rows (or of ``rows``: the validation rows) on the device."""
+        batch = self._host_batch(mb, rows)
+        if self.device.type == "cuda":  # pinned + non_blocking: the copy does not wait on the GPU
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _host_batch(self, mb: MicroBatch, rows=None) -> dict[str, torch.Tensor]:
+        """Micro-batch ``mb`` as CPU tensors (see :meth:`_collate`)."""
         cols = (self.rows if rows is None else rows)[mb.rows]
         lengths = [self.lengths[i] for i in mb.rows] if rows is None else [len(a) for a in cols["input_ids"]]
         rows = [{"input_ids": a, "n_prompt": n} for a, n in zip(cols["input_ids"], cols["n_prompt"])]
@@ -264,9 +297,7 @@ class Trainer:
             batch = collate_packed(rows, [[where[i] for i in b] for b in mb.bins], self.pad_id)
         if self.capture is not None:  # picked here, on the host: the device never syncs for them
             batch["loss_positions"], batch["loss_targets"] = target_positions(batch["labels"])
-        if self.device.type == "cuda":  # pinned + non_blocking: the copy does not wait on the GPU
-            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return batch
 
     def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.bf16 else contextlib.nullcontext()
@@ -307,6 +338,8 @@ class Trainer:
         returns the summed loss (on the device) and the step's target and input tokens."""
         plan, n_tok, n_in = self._step_plan(step)
         n_tok = max(1, n_tok)
+        if self.graphs is not None:
+            return self._graphed_step(plan, n_tok), n_tok, n_in
         loss_sum = torch.zeros((), device=self.device)
         batch = self._collate(plan[0])
         for k in range(len(plan)):
@@ -320,10 +353,30 @@ class Trainer:
             loss_sum += loss.detach()
         return loss_sum, n_tok, n_in
 
+    def _graphed_step(self, plan: list[MicroBatch], n_tok: int) -> torch.Tensor:
+        """:meth:`_backward_step` with every micro-batch padded to a bucket and run as a CUDA
+        graph (graphs.py); the same loss and gradients as the unpadded micro-batches."""
+        loss_sum = torch.zeros((), device=self.device)
+        for mb in plan:
+            host = graphs.pad_packed(self._host_batch(mb), [self.lengths[i] for i in mb.rows], self.s.graph_bucket)
+            if self.device.type == "cuda":  # copied into the graph's buffers without waiting
+                host = {k: v.pin_memory() for k, v in host.items()}
+            loss_sum += self.graphs(self._graph_body, host, self.dist.world / n_tok)
+        return loss_sum
+
+    def _graph_body(self, batch: dict[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+        """One padded packed micro-batch's forward and backward: what a graph records."""
+        cu = batch["cu_seqlens"]
+        with varlen.flat_attention(self.unwrapped, cu, batch["input_ids"].shape[1]):
+            loss = self._loss_sum(batch)
+            varlen.check_calls(self.n_layers)
+            (loss * scale).backward()
+        return loss.detach()
+
     def _backward_step_fitting(self, step: int) -> tuple[torch.Tensor, int, int]:
         """:meth:`_backward_step`; on CUDA out of memory under a token budget (one process), the
         step again from zero gradients and the same RNG state at half the budget."""
-        if self.budget <= 0 or self.dist.world > 1 or self.device.type != "cuda":
+        if self.budget <= 0 or self.dist.world > 1 or self.device.type != "cuda" or self.graphs is not None:
             return self._backward_step(step)
         rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
         while True:
@@ -362,6 +415,17 @@ class Trainer:
         if last or not isinstance(self.model, DistributedDataParallel):
             return contextlib.nullcontext()
         return self.model.no_sync()
+
+    def _release_layouts(self) -> None:
+        """After training: frozen weights that the kernels padded get their contiguous layout
+        back, so what runs next (evaluation, generation) computes as on a freshly loaded model,
+        bit for bit (cuBLAS may pick other algorithms for a padded row stride). Recorded graphs
+        read the old layout: they go too, and a later run records again."""
+        if self.graphs is not None:
+            self.graphs.reset()
+        from .layer import compact_weights
+
+        compact_weights(self.unwrapped)
 
     def _checkpoint(self, step: int, elapsed: float, tokens: int, loss: float | None = None) -> None:
         main = self.dist.is_main  # every process takes part in gathering the shards
@@ -490,7 +554,8 @@ class Trainer:
                 )
                 self.opt.step()
                 self.sched.step()
-                self.opt.zero_grad(set_to_none=True)
+                # graphs accumulate into the gradients' own memory: zeroed, kept
+                self.opt.zero_grad(set_to_none=self.graphs is None)
                 tokens += n_in
                 if pending is not None:  # the step before, while this one runs on the GPU
                     loss_v = log(pending)
@@ -517,6 +582,7 @@ class Trainer:
             if report is not None:
                 report.close()
         peak = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda" else None
+        self._release_layouts()
         return {
             "steps": end,
             "total_steps": self.total,
@@ -527,6 +593,7 @@ class Trainer:
             "train_seconds": round(time.time() - t0, 2),
             "peak_gpu_memory_gib": peak,
             "resumed_seconds": elapsed0,
+            "cuda_graphs": None if self.graphs is None else self.graphs.summary(),
         }
 
 

@@ -62,6 +62,8 @@ def _per_row(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: list[int], s
     """The reference: causal SDPA on each row; q (N, H, D), k/v (N, Hkv, D) -> (N, H, D)."""
     out = []
     for s, e in zip(cu[:-1], cu[1:]):
+        if e == s:  # an empty row (graphs.py pads the row count with them)
+            continue
         qi, ki, vi = (t[s:e].transpose(0, 1) for t in (q, k, v))
         out.append(
             F.scaled_dot_product_attention(

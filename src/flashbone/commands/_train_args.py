@@ -121,6 +121,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "padding-free; else off]",
     )
     g.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record each packed micro-batch's forward and backward as a CUDA graph (one per padded "
+        "shape) and replay it: the host stops being the bottleneck [on where it can run: one CUDA "
+        "process, padding-free packing, no --max-memory]",
+    )
+    g.add_argument(
         "--max-memory",
         type=float,
         help="GiB of GPU memory training may use: micro-batches are halved "

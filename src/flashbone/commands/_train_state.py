@@ -69,6 +69,7 @@ class TrainOptions:
     gradient_checkpointing: bool | None = None
     micro_batch_tokens: int | None = None
     packing: bool | None = None
+    cuda_graphs: bool | None = None
     max_memory: float | None = None
     liger: str | None = None
     # output

@@ -276,6 +276,7 @@ def summarize(
         "tokens": result["tokens"],
         "train_seconds": result["train_seconds"],
         "peak_gpu_memory_gib": result.get("peak_gpu_memory_gib"),
+        "cuda_graphs": result.get("cuda_graphs"),
         "wall_seconds": round(wall, 1),
         "eval_task": v.eval_task,
         "accuracy_before": before,

@@ -3,6 +3,7 @@
     flashbone bench                          # CUDA: 8 layers of LLaMA2-7B width, bf16, 4 x 1024
     flashbone bench --methods floor,bone,peft-miss --json out.json
     flashbone bench --layers 32 --batch 8 --seq 512 --gradient-checkpointing   # papers' Tables 6-7
+    flashbone bench --cuda-graphs            # each step captured once and replayed: GPU time alone
     flashbone bench --kernels [--sweep r|tokens|width]   # per-layer fwd/bwd against the ceilings
 
 One process, one device: for each method a fresh Llama-shaped model (random init, same seed,
@@ -67,6 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--gradient-checkpointing", action="store_true")
     t = p.add_argument_group("run")
+    t.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="every method's whole step (forward, backward, AdamW) captured once as a CUDA graph and "
+        "replayed: the GPU's time alone, without the host's (with --e2e: methods X@graphs)",
+    )
     t.add_argument("--methods", default=None, help=f"comma list (default: {','.join(DEFAULT_METHODS)})")
     t.add_argument("--steps", type=int, default=None, help="timed steps (median is reported)")
     t.add_argument("--warmup", type=int, default=None, help="untimed steps first")
@@ -231,22 +238,47 @@ def training_step(method: str, a: argparse.Namespace, dev: torch.device, dtype: 
     :func:`run_method` times; scripts/device_profile.py and friends profile the same step)."""
     model = wrap(build_model(a, dev, dtype), method, a)
     params = [p for p in model.parameters() if p.requires_grad]
+    graphs = getattr(a, "cuda_graphs", False) and dev.type == "cuda"
     opt = None
     if params:
         fused = {"fused": True} if dev.type == "cuda" else {}
-        opt = torch.optim.AdamW(params, lr=1e-5, **fused)
+        opt = torch.optim.AdamW(params, lr=1e-5, capturable=graphs, **fused)
     gen = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen).to(dev)
 
     def step() -> torch.Tensor:
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
         if opt is not None:
             opt.step()
             opt.zero_grad(set_to_none=True)
         return loss
 
-    return model, step
+    return model, (_graphed(step, dev) if graphs else step)
+
+
+def _graphed(step, dev: torch.device, warmup: int = 3):
+    """``step`` captured as one CUDA graph after ``warmup`` eager runs on a side stream (as
+    PyTorch's whole-network capture does); calls replay it and return its loss buffer. Peak
+    memory is counted from here: a replay allocates nothing, its activations live in the graph's
+    pool since the capture."""
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return loss
+
+    return replay
 
 
 def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: torch.dtype) -> dict:
@@ -256,7 +288,7 @@ def run_method(method: str, a: argparse.Namespace, dev: torch.device, dtype: tor
     model, step_fn = training_step(method, a, dev, dtype)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     backend = use_backend("torch") if method.endswith("@torch") else contextlib.nullcontext()
-    if dev.type == "cuda":
+    if dev.type == "cuda" and not a.cuda_graphs:  # (graphs: counted from their warm-up, _graphed)
         _sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     times, hosts, losses = [], [], []
@@ -341,6 +373,8 @@ def run(args: argparse.Namespace) -> int:
 
         return run_e2e(args, pick_device(args))
     dev, dtype = resolve(args)
+    if args.cuda_graphs and dev.type != "cuda":
+        raise CLIError("--cuda-graphs needs a CUDA device; leave it out")
     if args.kernels:
         from .bench_kernels import run_kernels
 
@@ -351,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
         f"# {env['device']} | torch {env['torch']} | transformers {env['transformers']} | "
         f"peft {env['peft']} | {args.layers} layers, hidden {args.hidden}, intermediate "
         f"{args.intermediate}, {args.batch}x{args.seq} tokens, r={args.r}, {dtype}, "
-        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}",
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}"
+        + (", CUDA graphs" if args.cuda_graphs else ""),
         flush=True,
     )
     rows = []

@@ -18,7 +18,8 @@ the start of training (per process).
 
 Methods: ``bone``, ``bat``, ``bat-row`` ... (``flashbone train --method X``: its loop with the
 automatic token budget on CUDA; ``X@plain``: micro-batches of ``--batch`` rows as asked,
-``X@packed``: packed rows), ``lora`` and ``full`` through the same loop; ``hf-miss``,
+``X@packed``: packed rows, ``X@graphs``: packed rows as CUDA graphs (``--cuda-graphs``; the
+default loop uses them where it can), ``X@eager``: the default loop without them), ``lora`` and ``full`` through the same loop; ``hf-miss``,
 ``hf-bat``, ``hf-lora``, ``hf-full`` (``transformers.Trainer``; PEFT's float32 adapters,
 ``-bf16`` for bf16 ones). ``vs`` is tokens/s over the Trainer counterpart's in the same run.
 """
@@ -138,6 +139,8 @@ def _resolve(a: argparse.Namespace, dev: torch.device) -> None:
     if a.min_len > a.max_len or a.min_len < 4:
         raise CLIError(f"--min-len {a.min_len} must be at least 4 and at most --max-len {a.max_len}")
     a.seq = a.max_len
+    if a.cuda_graphs:
+        raise CLIError("--e2e: name the runs with CUDA graphs as methods X@graphs (e.g. bone@graphs)")
     if a.micro_batch_tokens is None:
         from .train import AUTO_MICRO_BATCH_TOKENS
 
@@ -157,11 +160,13 @@ def _resolve(a: argparse.Namespace, dev: torch.device) -> None:
     for m in a.methods_list:
         base, _, how = m.partition("@")
         hf = m.removesuffix("-bf16")
-        if not ((base in OURS and how in ("", "plain", "packed")) or (hf in HF and "@" not in m)):
+        if not ((base in OURS and how in ("", "plain", "packed", "graphs", "eager")) or (hf in HF and "@" not in m)):
             raise CLIError(
-                f"--e2e: unknown method {m!r}; choose from {', '.join(OURS)} (optionally @plain or "
-                f"@packed) and {', '.join(HF)} (optionally -bf16)"
+                f"--e2e: unknown method {m!r}; choose from {', '.join(OURS)} (optionally @plain, "
+                f"@packed, @graphs or @eager) and {', '.join(HF)} (optionally -bf16)"
             )
+        if how == "graphs" and (dev.type != "cuda" or a.nproc > 1):
+            raise CLIError(f"--e2e: {m} runs CUDA graphs: it needs a CUDA device and one process")
 
 
 class RowTable:
@@ -236,15 +241,16 @@ def _model(a, dev, method: str, base: str):
 class _Clock:
     """Device-synced time at the end of the warm-up and of the last step."""
 
-    def __init__(self, dev, warmup: int, last: int):
+    def __init__(self, dev, warmup: int, last: int, keep_peak: bool = False):
         self.dev, self.warmup, self.last, self.t = dev, warmup, last, {}
+        self.keep_peak = keep_peak  # CUDA graphs: activations live in their pool from the capture on
 
     def __call__(self, step: int) -> None:
         if step in (self.warmup, self.last):
             if self.dev.type == "cuda":
                 torch.cuda.synchronize(self.dev)
             self.t[step] = time.perf_counter()
-        if step == self.warmup and self.dev.type == "cuda":
+        if step == self.warmup and self.dev.type == "cuda" and not self.keep_peak:
             torch.cuda.reset_peak_memory_stats(self.dev)  # the loop's own peak, warm caches included
 
 
@@ -265,18 +271,22 @@ def _run_ours(a, dev, method: str, rows: RowTable, env, work: Path) -> dict:
         progress=False,
         bf16=dev.type == "cuda",
         micro_batch_tokens=0 if how == "plain" else a.micro_batch_tokens,
-        packing={"plain": False, "packed": True}.get(how),
+        packing={"plain": False, "packed": True, "graphs": True}.get(how),
+        cuda_graphs={"graphs": True, "": None}.get(how, False),
     )
     wrap = distributed.wrapper(a.strategy, dev, dev.type == "cuda", adapted.hf_model) if env else None
     trainer = Trainer(adapted.model, rows, 0, s, work, dist=dist, wrap=wrap)
-    clock = trainer.step_hook = _Clock(dev, a.warmup, a.warmup + a.steps)
+    clock = trainer.step_hook = _Clock(dev, a.warmup, a.warmup + a.steps, keep_peak=trainer.graphs is not None)
     trainer.run()
     losses = [json.loads(x)["loss"] for x in (work / "metrics.jsonl").read_text().splitlines()] if dist.is_main else []
-    return {
+    out = {
         "trainable": adapted.n_trainable,
         "seconds": clock.t[clock.last] - clock.t[clock.warmup],
         "mean_loss": sum(losses) / len(losses) if losses else None,
     }
+    if trainer.graphs is not None:  # how many shapes were recorded, how many micro-batches replayed
+        out["graphs"] = {"captured": trainer.graphs.captures, "replayed": trainer.graphs.replays}
+    return out
 
 
 def _run_hf(a, dev, method: str, rows: RowTable, order: list[int], env, work: Path) -> dict:
@@ -364,6 +374,7 @@ def run_method(a, dev, method: str, rows: RowTable, order: list[int], env) -> di
         step_ms=out["seconds"] / a.steps * 1e3,
         peak_gib=peak,
         mean_loss=out["mean_loss"],
+        **({"graphs": out["graphs"]} if "graphs" in out else {}),
     )
     gc.collect()
     if dev.type == "cuda":

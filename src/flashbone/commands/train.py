@@ -332,6 +332,7 @@ def _print_config(v: TrainOptions, ctx: RunContext) -> None:
         + (", gradient checkpointing" if v.gradient_checkpointing else "")
         + (f", micro-batches of <= {v.micro_batch_tokens_resolved} tokens" if v.micro_batch_tokens_resolved else "")
         + (", packed rows" if v.packing else "")
+        + (", CUDA graphs" if v.cuda_graphs else "")
         + (
             f"; {v.nproc} processes, {v.strategy}, each batch {v.proc_batch[0]} x accum {v.proc_batch[1]} per step"
             if v.nproc > 1
@@ -402,6 +403,17 @@ def _train(args: argparse.Namespace, v: TrainOptions, t_wall: float, env=None) -
 
     dist_main = env is None or env.rank == 0
     device = loading.pick_device(v.device)
+    if v.cuda_graphs and (device.type != "cuda" or v.nproc > 1 or v.packing is False or v.max_memory):
+        why = (
+            "a CUDA device"
+            if device.type != "cuda"
+            else "one process"
+            if v.nproc > 1
+            else "--packing"
+            if v.packing is False
+            else "no --max-memory (a graph's micro-batches keep their size)"
+        )
+        raise CLIError(f"--cuda-graphs needs {why}; leave --cuda-graphs out")
     if env:
         device = distributed.init(env, device)
     folder = _plan_out(v)
@@ -464,6 +476,7 @@ def _train_in(args: argparse.Namespace, v: TrainOptions, t_wall: float, env, fol
         progress=v.progress,
         micro_batch_tokens=v.micro_batch_tokens_resolved,
         packing=v.packing,
+        cuda_graphs=v.cuda_graphs,
         max_memory_gib=v.max_memory,
         fingerprint=v.pick(FINGERPRINT),
     )

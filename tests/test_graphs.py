@@ -1,0 +1,148 @@
+"""CUDA graphs of packed micro-batches (graphs.py): padding to a bucket keeps the loss and the
+gradients (CPU, fp32: the padded steps run eagerly), the training loop with graphs reaches the
+plain loop's adapter, and on CUDA the captured and replayed steps do too."""
+
+import pytest
+import torch
+
+from flashbone import graphs, varlen
+from flashbone.batching import collate_packed
+from flashbone.errors import BoneError
+from flashbone.loss import target_positions
+from test_batching import _rel, _rows
+from test_varlen import _loss_and_grads, _train
+from tiny_models import llama
+
+
+def _packed(n_rows=5, seed=3):
+    ds = _rows(n_rows, seed=seed)
+    rows = [{"input_ids": ds[i]["input_ids"], "n_prompt": ds[i]["n_prompt"]} for i in range(n_rows)]
+    batch = collate_packed(rows, [list(range(n_rows))], 0)
+    return batch, [len(r["input_ids"]) for r in rows]
+
+
+def test_padding_to_a_bucket_keeps_the_loss_and_gradients():
+    torch.manual_seed(0)
+    model = llama()
+    batch, lengths = _packed()
+    batch["cu_seqlens"] = varlen.cu_seqlens(lengths)
+    ref_loss, ref = _loss_and_grads(model, batch, flat=True)
+    padded = graphs.pad_packed({k: v for k, v in batch.items() if k != "cu_seqlens"}, lengths, 64)
+    n = sum(lengths)
+    assert padded["input_ids"].shape == (1, graphs.padded_width(n, 64)) and n % 64  # really padded
+    assert padded["cu_seqlens"].shape[0] % graphs.ROW_MULTIPLE == 0
+    assert padded["cu_seqlens"][-1] == padded["input_ids"].shape[1]
+    loss, grads = _loss_and_grads(model, padded, flat=True)
+    assert torch.allclose(loss, ref_loss, rtol=1e-6)
+    assert _rel(grads, ref) <= 1e-6
+
+
+def test_padded_target_positions_are_ignored():
+    batch, lengths = _packed()
+    batch["loss_positions"], batch["loss_targets"] = target_positions(batch["labels"])
+    padded = graphs.pad_packed(batch, lengths, 64)
+    k = batch["loss_positions"].shape[0]
+    assert padded["loss_positions"].shape[0] == padded["input_ids"].shape[1] >= k
+    assert torch.equal(padded["loss_positions"][:k], batch["loss_positions"])
+    assert (padded["loss_targets"][k:] == -100).all()
+
+
+def test_padded_widths_are_few_and_close():
+    widths = {graphs.padded_width(n, 256) for n in range(4097, 8193)}
+    assert len(widths) == graphs.PER_OCTAVE
+    assert all(n <= graphs.padded_width(n, 256) <= 1.125 * n for n in range(4097, 20000, 37))
+    assert graphs.padded_width(300, 256) == 512
+
+
+def test_one_graph_per_bucket():
+    a, la = _packed(5, seed=3)
+    b, lb = _packed(6, seed=5)
+    ka = graphs.shape_key(graphs.pad_packed(a, la, 4096))
+    kb = graphs.shape_key(graphs.pad_packed(b, lb, 4096))
+    assert ka == kb  # different row counts and lengths, one padded shape
+
+
+def _train_graphed(tmp_path, name, device="cpu", **kw):
+    """The loop of test_varlen._train with its micro-batches through MicroBatchGraphs."""
+    from flashbone.training import Trainer
+
+    real_init = Trainer.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        self.graphs = graphs.MicroBatchGraphs(self.device, eager_first=1)
+        self.s.graph_bucket = 32
+
+    Trainer.__init__ = init
+    try:
+        return _train(tmp_path, name, packing=True, **kw)
+    finally:
+        Trainer.__init__ = real_init
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_the_padded_loop_reaches_the_plain_adapter(tmp_path, checkpointing):
+    _, plain = _train(tmp_path, "plain")
+    trainer, padded = _train_graphed(tmp_path, "padded", checkpointing=checkpointing, chunked_loss=True)
+    assert trainer.flat and trainer.graphs.eager_left < 0  # every micro-batch went through it
+    assert _rel(padded, plain) <= 1e-5
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_run(tmp_path):
+    from flashbone.config import BoneConfig
+    from flashbone.model import get_bone_model
+    from flashbone.training import Trainer, TrainSettings
+
+    model = get_bone_model(llama(), BoneConfig(variant="bone", r=8, target_modules=["q_proj"]))
+    with pytest.raises(BoneError, match="--cuda-graphs: they need a CUDA device"):
+        Trainer(model, _rows(8), 0, TrainSettings(cuda_graphs=True, packing=True, progress=False), tmp_path)
+
+
+def _cuda_train(tmp_path, name, eager_first, checkpointing=False, quantize=None, bucket=256):
+    """A tiny Llama with bone on CUDA (bf16 autocast: the varlen flash kernel), packed rows."""
+    from flashbone.config import BoneConfig
+    from flashbone.model import get_bone_model
+    from flashbone.training import Trainer, TrainSettings
+
+    torch.manual_seed(0)
+    base = llama().cuda()
+    if quantize:
+        from flashbone import quant
+
+        quant.quantize_(base, quantize, ["q_proj", "v_proj", "up_proj"], torch.bfloat16)
+        quant.prepare_for_training(base)
+    model = get_bone_model(base, BoneConfig(variant="bone", r=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    s = TrainSettings(lr=3e-3, batch_size=4, grad_accum=2, max_steps=6, seed=0, progress=False, bf16=True, packing=True)
+    s.graph_bucket = bucket  # 256: every micro-batch one shape, one capture, then replays
+    trainer = Trainer(model, _rows(48), 0, s, tmp_path / name)
+    trainer.graphs = graphs.MicroBatchGraphs(trainer.device, eager_first=eager_first)
+    result = trainer.run()
+    return trainer, result, {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "checkpointing,bucket", [(False, 256), (True, 256), (False, 16)], ids=["plain", "checkpointing", "many-shapes"]
+)
+def test_captured_and_replayed_steps_train_as_the_eager_ones(tmp_path, checkpointing, bucket):
+    kw = dict(checkpointing=checkpointing, bucket=bucket)
+    _, eager_result, eager = _cuda_train(tmp_path, "eager", eager_first=10**9, **kw)
+    trainer, result, graphed = _cuda_train(tmp_path, "graphs", eager_first=2, **kw)
+    assert (trainer.graphs.captures == 1) if bucket == 256 else (trainer.graphs.captures > 2)
+    assert trainer.graphs.replays >= 12 - 2 - 1  # every micro-batch after the eager ones and the first capture
+    assert _rel(graphed, eager) <= 1e-3
+    assert abs(result["final_loss"] - eager_result["final_loss"]) <= 1e-3 * abs(eager_result["final_loss"])
+
+
+@needs_cuda
+def test_captured_steps_on_a_4bit_base(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    _, _, eager = _cuda_train(tmp_path, "eager", eager_first=10**9, checkpointing=True, quantize="4bit")
+    trainer, _, graphed = _cuda_train(tmp_path, "graphs", eager_first=2, checkpointing=True, quantize="4bit")
+    assert trainer.graphs.captures == 1
+    assert _rel(graphed, eager) <= 1e-3
