@@ -146,3 +146,26 @@ def test_captured_steps_on_a_4bit_base(tmp_path):
     trainer, _, graphed = _cuda_train(tmp_path, "graphs", eager_first=2, checkpointing=True, quantize="4bit")
     assert trainer.graphs.captures == 1
     assert _rel(graphed, eager) <= 1e-3
+
+
+@needs_cuda
+@pytest.mark.parametrize("which", ["first", "later"])
+def test_a_step_that_cannot_be_recorded_trains_on_eagerly(tmp_path, monkeypatch, which):
+    """A step that waits on the GPU (here: ``.item()`` while recording) cannot be a graph: the
+    loop warns once and trains on eagerly, to the adapter of a run without graphs."""
+    from flashbone.training import Trainer
+
+    real_body = Trainer._graph_body
+
+    def syncing_body(self, batch, scale):
+        if torch.cuda.is_current_stream_capturing() and (which == "first" or self.graphs.captures >= 1):
+            batch["input_ids"].sum().item()  # a host sync: recording fails here
+        return real_body(self, batch, scale)
+
+    _, _, eager = _cuda_train(tmp_path, "eager", eager_first=10**9, bucket=16)
+    monkeypatch.setattr(Trainer, "_graph_body", syncing_body)
+    with pytest.warns(RuntimeWarning, match="cannot be recorded as a CUDA graph"):
+        trainer, result, graphed = _cuda_train(tmp_path, "graphs", eager_first=2, bucket=16)
+    assert trainer.graphs.failed and result["cuda_graphs"]["failed"]
+    assert trainer.graphs.captures == (0 if which == "first" else 1)
+    assert _rel(graphed, eager) <= 1e-3

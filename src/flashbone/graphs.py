@@ -109,7 +109,7 @@ class MicroBatchGraphs:
         self.scale = torch.zeros((), device=device, dtype=torch.float32)
         self.captures = 0
         self.replays = 0
-        self.failed: str | None = None  # why the first recording failed: graphs are off since
+        self.failed: str | None = None  # why a recording failed: new shapes run eagerly since
 
     def __call__(
         self, body: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor], host: dict, scale: float
@@ -139,20 +139,13 @@ class MicroBatchGraphs:
             torch.cuda.current_stream(self.device).wait_stream(side)
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
-            try:
-                self._capture(key, body, inputs)
-            except RuntimeError as e:  # something in the model's step syncs with the host
-                self.failed = str(e).splitlines()[0][:200]
-                warnings.warn(
-                    f"flashbone: this model's training step cannot be recorded as a CUDA graph ({self.failed}); "
-                    "training goes on without graphs (--no-cuda-graphs hides this)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            self._try_capture(key, body, inputs)
             return loss
         # a later shape: record it and replay it at once (no autotuning or lazy state is left,
         # and recording costs the host what one eager micro-batch does)
-        g = self._capture(key, body, inputs)
+        g = self._try_capture(key, body, inputs)
+        if g is None:  # recording computed nothing: this micro-batch eagerly, as the loop would
+            return body(inputs, self.scale)
         g.graph.replay()
         self.replays += 1
         return g.loss.clone()
@@ -167,6 +160,21 @@ class MicroBatchGraphs:
         """What ran as graphs: shapes recorded, micro-batches replayed, and whether recording
         failed (then the loop went on without graphs)."""
         return {"captured": self.captures, "replayed": self.replays, "failed": self.failed}
+
+    def _try_capture(self, key: tuple, body, inputs: dict[str, torch.Tensor]) -> _Graph | None:
+        """The recording of ``body`` on this shape, or None (and graphs off for new shapes, one
+        warning) when something in the step cannot be recorded, e.g. it waits on the GPU."""
+        try:
+            return self._capture(key, body, inputs)
+        except RuntimeError as e:
+            self.failed = str(e).splitlines()[0][:200]
+            warnings.warn(
+                f"flashbone: this model's training step cannot be recorded as a CUDA graph ({self.failed}); "
+                "training goes on without recording new shapes (--no-cuda-graphs turns graphs off)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
 
     def _capture(self, key: tuple, body, inputs: dict[str, torch.Tensor]) -> _Graph:
         graph = torch.cuda.CUDAGraph()
