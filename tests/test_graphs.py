@@ -169,3 +169,14 @@ def test_a_step_that_cannot_be_recorded_trains_on_eagerly(tmp_path, monkeypatch,
     assert trainer.graphs.failed and result["cuda_graphs"]["failed"]
     assert trainer.graphs.captures == (0 if which == "first" else 1)
     assert _rel(graphed, eager) <= 1e-3
+
+
+def test_the_closing_lines_say_what_ran_as_graphs(tmp_path):
+    from flashbone.commands._train_steps import report
+
+    s = {"saved": "x", "val_loss": None, "accuracy_after": None}
+    assert "CUDA graphs" not in report({**s, "cuda_graphs": None}, tmp_path)
+    text = report({**s, "cuda_graphs": {"captured": 3, "replayed": 40, "failed": None}}, tmp_path)
+    assert "CUDA graphs: 3 micro-batch shapes recorded, 40 micro-batches replayed" in text
+    text = report({**s, "cuda_graphs": {"captured": 0, "replayed": 0, "failed": "operation not permitted"}}, tmp_path)
+    assert "new shapes ran without graphs: operation not permitted" in text

@@ -303,6 +303,12 @@ def loss_plot(out: Path, title: str | None = None) -> None:
 
 def report(s: dict, out: Path) -> str:
     lines = [f"saved {s['saved']}  (metrics.jsonl, loss.png, config.yaml, summary.json in {out})"]
+    g = s.get("cuda_graphs")
+    if g and (g["captured"] or g["failed"]):
+        lines.append(
+            f"CUDA graphs: {g['captured']} micro-batch shapes recorded, {g['replayed']} micro-batches replayed"
+            + (f"; new shapes ran without graphs: {g['failed']}" if g["failed"] else "")
+        )
     if s.get("val_loss") is not None:
         lines.append(f"validation loss {s['val_loss']:.4f} after the last step (training loss {s['final_loss']:.4f})")
     if s["accuracy_after"] is not None:
