@@ -178,8 +178,9 @@ def _eval(eval_rows, model, v: TrainOptions, ctx: RunContext, desc: str):
 
 
 def eval_after(v: TrainOptions, ctx: RunContext, out: Path, eval_rows, saved_to: Path) -> float | None:
-    """The trained model's accuracy; a sharded (FSDP) one is read back from what was saved,
-    since generation in lockstep through sharded layers would stall on uneven lengths."""
+    """The trained model's accuracy, its adapter merged (as ``flashbone eval`` does by default);
+    a sharded (FSDP) one is read back from what was saved, since generation in lockstep through
+    sharded layers would stall on uneven lengths."""
     from .. import baselines, loading
 
     if v.eval_task == "none":
@@ -197,6 +198,10 @@ def eval_after(v: TrainOptions, ctx: RunContext, out: Path, eval_rows, saved_to:
             model = baselines.attach_adapter(model, saved_to)
     elif v.gradient_checkpointing:
         ctx.model.config.use_cache = True
+    if v.method != "full" and not v.quantize:
+        # merged, as `flashbone eval` scores an adapter by default: the same weights to the bit,
+        # so the two report the same accuracy in bf16 too (the adapter is saved already)
+        model = baselines.merge_into_base(model)
     res = _eval(eval_rows, model, v, ctx, "eval after")
     if ctx.dist.is_main:
         _write_eval(out / "eval_after.jsonl", res)
@@ -265,8 +270,8 @@ def summarize(
         "targets": v.targets_resolved,
         "recipe": v.recipe,
         "lora_alpha": adapted.extra.get("lora_alpha"),
-        "trainable_params": adapted.n_trainable,
-        "total_params": adapted.n_total,
+        "trainable_params": result.get("trainable_params", adapted.n_trainable),
+        "total_params": result.get("total_params", adapted.n_total),
         "model": v.model,
         "data": v.data,
         "train_rows": n_rows,

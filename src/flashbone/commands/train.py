@@ -515,6 +515,7 @@ def _train_in(args: argparse.Namespace, v: TrainOptions, t_wall: float, env, fol
         )
         return 0
     saved_to = st.save_result(adapted, ctx.tokenizer, out, dist)
+    result["trainable_params"], result["total_params"] = adapted.n_trainable, adapted.n_total  # before a merge
     after = st.eval_after(v, ctx, out, eval_rows, saved_to)
     if not dist.is_main:
         return 0
