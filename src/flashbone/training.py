@@ -234,9 +234,9 @@ class Trainer:
             validation.micro_batches(row_lengths(val_rows)[0], settings.batch_size) if self.val_rows is not None else []
         )
         self.last_val_loss: float | None = None
-        self.graphs = self._graphs(settings.cuda_graphs)
+        self.graphs = self._make_graphs(settings.cuda_graphs)
 
-    def _graphs(self, asked: bool | None) -> graphs.MicroBatchGraphs | None:
+    def _make_graphs(self, asked: bool | None) -> graphs.MicroBatchGraphs | None:
         """The micro-batch graphs: where asked (else a clear error where the step cannot be
         one), by default wherever they can run and no memory cap asks to halve micro-batches."""
         if asked is False:
