@@ -189,3 +189,54 @@ def test_the_closing_lines_say_what_ran_as_graphs(tmp_path):
     assert "CUDA graphs: 3 micro-batch shapes recorded, 40 micro-batches replayed" in text
     text = report({**s, "cuda_graphs": {"captured": 0, "replayed": 0, "failed": "operation not permitted"}}, tmp_path)
     assert "new shapes ran without graphs: operation not permitted" in text
+
+
+def _graphed_process(rank: int, world: int, out: str, port: int) -> None:
+    """One of ``world`` gloo processes: the padded (graph) loop without a DDP wrapper, which
+    all-reduces the gradients itself once per step; rank 0 saves the trained adapter."""
+    import os
+
+    import torch.distributed as dist
+
+    from flashbone.config import BoneConfig
+    from flashbone.model import get_bone_model
+    from flashbone.training import Dist, Trainer, TrainSettings
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same base everywhere (as loaded from one checkpoint)
+        model = get_bone_model(llama(), BoneConfig(variant="bone", r=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+        torch.manual_seed(100 + rank)  # different initial adapters: rank 0's must reach every process
+        for p in model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.02)
+        s = TrainSettings(
+            lr=3e-3, batch_size=2, grad_accum=4 // world, max_steps=6, seed=0, progress=False, packing=True
+        )
+        trainer = Trainer(model, _rows(48), 0, s, f"{out}/rank{rank}", dist=Dist(rank, world))
+        trainer.graphs = graphs.MicroBatchGraphs(trainer.device, eager_first=1)
+        trainer.s.graph_bucket = 32
+        trainer.run()
+        if rank == 0:
+            torch.save({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, f"{out}/adapter.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_graphs_in_two_processes_follow_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    _graphed_process(0, 1, str(tmp_path / "one"), port())
+    mp.spawn(_graphed_process, args=(2, str(tmp_path / "two"), port()), nprocs=2, join=True)
+    one = torch.load(tmp_path / "one" / "adapter.pt")
+    two = torch.load(tmp_path / "two" / "adapter.pt")
+    assert _rel(two, one) <= 1e-5

@@ -15,7 +15,8 @@ token counts come from the row lengths the host already knows, and the step's lo
 gradient norm are read (one sync) after the next step is queued. On CUDA, running out of
 memory under a token budget (one process) redoes the step at half the budget. With padding-free
 packing in one CUDA process each micro-batch's forward and backward is a CUDA graph, recorded
-once per padded shape and replayed (graphs.py): the host no longer paces the GPU.
+once per padded shape and replayed (graphs.py): the host no longer paces the GPU. Asked for in
+several processes (no DDP wrapper), the loop all-reduces the gradients itself once per step.
 
 N processes (``Dist(rank, world)``, model wrapped by ``wrap``: DDP or FSDP2): rank r takes
 micro-batches g*N + r, so the step's rows are a one-process step's. The step's token count n
@@ -235,6 +236,7 @@ class Trainer:
         )
         self.last_val_loss: float | None = None
         self.graphs = self._make_graphs(settings.cuda_graphs)
+        self._grad_buffers: list[torch.Tensor] | None = None  # graphs in several processes: flat gradients
 
     def _make_graphs(self, asked: bool | None) -> graphs.MicroBatchGraphs | None:
         """The micro-batch graphs: where asked (else a clear error where the step cannot be
@@ -244,8 +246,10 @@ class Trainer:
         why = None
         if self.device.type != "cuda":
             why = "they need a CUDA device"
-        elif self.dist.world > 1:
-            why = "they run in one process (not under --nproc)"
+        elif self.dist.world > 1 and (asked is None or self.model is not self.unwrapped):
+            # several processes: asked for, and the model unwrapped (the loop all-reduces the
+            # gradients itself, _all_reduce_grads); not by default until measured on several GPUs
+            why = "under --nproc they need --strategy ddp (the loop all-reduces the gradients itself)"
         elif not self.flat:
             why = (
                 "they need padding-free packed rows (--packing on a Llama, Mistral or Qwen model): "
@@ -356,13 +360,45 @@ class Trainer:
     def _graphed_step(self, plan: list[MicroBatch], n_tok: int) -> torch.Tensor:
         """:meth:`_backward_step` with every micro-batch padded to a bucket and run as a CUDA
         graph (graphs.py); the same loss and gradients as the unpadded micro-batches."""
+        if self.dist.world > 1 and self._grad_buffers is None:
+            self._share_gradients()
         loss_sum = torch.zeros((), device=self.device)
         for mb in plan:
             host = graphs.pad_packed(self._host_batch(mb), [self.lengths[i] for i in mb.rows], self.s.graph_bucket)
             if self.device.type == "cuda":  # copied into the graph's buffers without waiting
                 host = {k: v.pin_memory() for k, v in host.items()}
             loss_sum += self.graphs(self._graph_body, host, self.dist.world / n_tok)
+        if self.dist.world > 1:  # what DDP would do, once per step: the mean over processes
+            import torch.distributed as dist
+
+            for flat in self._grad_buffers:
+                dist.all_reduce(flat)
+                flat.div_(self.dist.world)
         return loss_sum
+
+    def _share_gradients(self) -> None:
+        """Graphs in several processes (no DDP wrapper): rank 0's parameters to every process,
+        and every gradient a view into one flat buffer per dtype, allocated before anything is
+        recorded (graphs accumulate into these very tensors), all-reduced once per step. The
+        adapter gradients are small: one all-reduce after backward costs little against
+        overlapping many with it."""
+        import torch.distributed as dist
+
+        by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+        for p in self.params.values():
+            dist.broadcast(p.data, 0)
+            by_dtype.setdefault(p.dtype, []).append(p)
+        self._grad_buffers = []
+        for dtype, ps in by_dtype.items():
+            flat = torch.zeros(sum(p.numel() for p in ps), dtype=dtype, device=self.device)
+            at = 0
+            for p in ps:
+                view = flat[at : at + p.numel()].view_as(p)
+                if p.grad is not None:
+                    view.copy_(p.grad)
+                p.grad = view
+                at += p.numel()
+            self._grad_buffers.append(flat)
 
     def _graph_body(self, batch: dict[str, torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
         """One padded packed micro-batch's forward and backward: what a graph records."""

@@ -19,7 +19,8 @@ the start of training (per process).
 Methods: ``bone``, ``bat``, ``bat-row`` ... (``flashbone train --method X``: its loop with the
 automatic token budget on CUDA; ``X@plain``: micro-batches of ``--batch`` rows as asked,
 ``X@packed``: packed rows, ``X@graphs``: packed rows as CUDA graphs (``--cuda-graphs``; the
-default loop uses them where it can), ``X@eager``: the default loop without them), ``lora`` and ``full`` through the same loop; ``hf-miss``,
+default loop uses them where it can; under ``--nproc``: no DDP wrapper, the loop all-reduces),
+``X@eager``: the default loop without them), ``lora`` and ``full`` through the same loop; ``hf-miss``,
 ``hf-bat``, ``hf-lora``, ``hf-full`` (``transformers.Trainer``; PEFT's float32 adapters,
 ``-bf16`` for bf16 ones). ``vs`` is tokens/s over the Trainer counterpart's in the same run.
 """
@@ -165,8 +166,8 @@ def _resolve(a: argparse.Namespace, dev: torch.device) -> None:
                 f"--e2e: unknown method {m!r}; choose from {', '.join(OURS)} (optionally @plain, "
                 f"@packed, @graphs or @eager) and {', '.join(HF)} (optionally -bf16)"
             )
-        if how == "graphs" and (dev.type != "cuda" or a.nproc > 1):
-            raise CLIError(f"--e2e: {m} runs CUDA graphs: it needs a CUDA device and one process")
+        if how == "graphs" and (dev.type != "cuda" or (a.nproc > 1 and a.strategy != "ddp")):
+            raise CLIError(f"--e2e: {m} runs CUDA graphs: it needs a CUDA device (and --strategy ddp under --nproc)")
 
 
 class RowTable:
@@ -274,7 +275,8 @@ def _run_ours(a, dev, method: str, rows: RowTable, env, work: Path) -> dict:
         packing={"plain": False, "packed": True, "graphs": True}.get(how),
         cuda_graphs={"graphs": True, "": None}.get(how, False),
     )
-    wrap = distributed.wrapper(a.strategy, dev, dev.type == "cuda", adapted.hf_model) if env else None
+    graphed = how == "graphs"  # several processes: no DDP wrapper, the loop all-reduces itself
+    wrap = distributed.wrapper(a.strategy, dev, dev.type == "cuda", adapted.hf_model) if env and not graphed else None
     trainer = Trainer(adapted.model, rows, 0, s, work, dist=dist, wrap=wrap)
     clock = trainer.step_hook = _Clock(dev, a.warmup, a.warmup + a.steps, keep_peak=trainer.graphs is not None)
     trainer.run()

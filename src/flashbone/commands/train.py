@@ -403,12 +403,14 @@ def _train(args: argparse.Namespace, v: TrainOptions, t_wall: float, env=None) -
 
     dist_main = env is None or env.rank == 0
     device = loading.pick_device(v.device)
-    if v.cuda_graphs and (device.type != "cuda" or v.nproc > 1 or v.packing is False or v.max_memory):
+    if v.cuda_graphs and (
+        device.type != "cuda" or (v.nproc > 1 and v.strategy != "ddp") or v.packing is False or v.max_memory
+    ):
         why = (
             "a CUDA device"
             if device.type != "cuda"
-            else "one process"
-            if v.nproc > 1
+            else "--strategy ddp under --nproc (the loop all-reduces the gradients itself)"
+            if v.nproc > 1 and v.strategy != "ddp"
             else "--packing"
             if v.packing is False
             else "no --max-memory (a graph's micro-batches keep their size)"
@@ -497,7 +499,8 @@ def _train_in(args: argparse.Namespace, v: TrainOptions, t_wall: float, env, fol
     st.attach_method(v, ctx)
     adapted = ctx.adapted
     _print_method(v, adapted)
-    wrap = distributed.wrapper(v.strategy, device, ctx.bf16, adapted.hf_model) if env else None
+    # graphs in several processes: no DDP wrapper, the loop all-reduces once per step (training.py)
+    wrap = distributed.wrapper(v.strategy, device, ctx.bf16, adapted.hf_model) if env and not v.cuda_graphs else None
     settings.lr_for = lr_for(v, list(adapted.named_trainable()))
     settings.report_to = report_to(v)
     settings.run_config = {k: getattr(v, k) for k in vars(args) if k not in NOT_SAVED}
