@@ -7,7 +7,7 @@ thousands of kernels.
                                                      larger of ``bucket`` and 1/8 of N's octave
                                                      (under 12.5% padding, 8 shapes per doubling)
                                               k+1 -> round_up(k+1, 8)    rows in cu_seqlens
-         the padding is one extra row of pad tokens (no targets) and empty rows after it,
+         the padding is one extra row (no targets; its ids never matter) and empty rows after it,
          target positions padded with position 0 and target -100 (ignored by the loss)
       -> key = the padded shapes; a micro-batch of a new key is recorded (its forward and
          backward) and replayed; the very first runs eagerly on a side stream before recording
@@ -20,25 +20,24 @@ pool: they never run at once and each one's outputs are read before the next rep
 
 Why: at the papers' micro-batches the step is host-bound (docs/benchmarks.md): the GPU waits
 for Python in every layer, and more so under gradient checkpointing, which runs each block's
-forward twice. A replay costs the host microseconds. What a graph cannot hold is refused up
-front: host syncs inside the step (attention masks with padding: hence packed rows only),
-several processes (their collectives), dropout-free is not needed (graph-safe RNG).
+forward twice. A replay costs the host microseconds. A graph cannot hold a step that waits on
+the GPU (padded rows' attention masks are checked on the host by transformers: hence packed rows
+only; a model that still syncs trains on eagerly), nor DDP's or FSDP's collectives inside
+backward (several processes: the loop all-reduces the gradients itself, after the replays).
+Random ops (dropout) are fine: PyTorch advances a recorded graph's RNG offsets on each replay.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
-
-import warnings
 
 import torch
 
 from .batching import IGNORE
 
 ROW_MULTIPLE = 8  # cu_seqlens entries are padded to a multiple of this (fewer shapes, fewer graphs)
-
-
 PER_OCTAVE = 8  # padded widths per doubling of the token count
 
 
@@ -64,7 +63,7 @@ def pad_packed(batch: dict[str, torch.Tensor], lengths: list[int], bucket: int) 
         padded = torch.full((1, width), IGNORE if fill is not None else 0, dtype=t.dtype)
         padded[:, :n] = t
         out[name] = padded
-    if width > n:  # the padding as one row of its own: positions from 0, pad ids, no targets
+    if width > n:  # the padding as one row of its own: positions from 0, no targets
         out["position_ids"][0, n:] = torch.arange(width - n)
         out["input_ids"][0, n:] = batch["input_ids"][0, -1]
     rows = list(lengths) + ([width - n] if width > n else [])
