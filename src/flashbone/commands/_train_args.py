@@ -126,7 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="record each packed micro-batch's forward and backward as a CUDA graph (one per padded "
         "shape) and replay it: the host stops being the bottleneck [on where it can run: one CUDA "
-        "process, padding-free packing, no --max-memory]",
+        "process, padding-free packing, no --max-memory; with --nproc: when asked, --strategy ddp]",
     )
     g.add_argument(
         "--max-memory",
