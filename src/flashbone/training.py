@@ -248,7 +248,7 @@ class Trainer:
             why = "they need a CUDA device"
         elif self.dist.world > 1 and (asked is None or self.model is not self.unwrapped):
             # several processes: asked for, and the model unwrapped (the loop all-reduces the
-            # gradients itself, _all_reduce_grads); not by default until measured on several GPUs
+            # gradients itself, _share_gradients); not by default until measured on several GPUs
             why = "under --nproc they need --strategy ddp (the loop all-reduces the gradients itself)"
         elif not self.flat:
             why = (
@@ -452,17 +452,6 @@ class Trainer:
             return contextlib.nullcontext()
         return self.model.no_sync()
 
-    def _release_layouts(self) -> None:
-        """After training: frozen weights that the kernels padded get their contiguous layout
-        back, so what runs next (evaluation, generation) computes as on a freshly loaded model,
-        bit for bit (cuBLAS may pick other algorithms for a padded row stride). Recorded graphs
-        read the old layout: they go too, and a later run records again."""
-        if self.graphs is not None:
-            self.graphs.reset()
-        from .layer import compact_weights
-
-        compact_weights(self.unwrapped)
-
     def _checkpoint(self, step: int, elapsed: float, tokens: int, loss: float | None = None) -> None:
         main = self.dist.is_main  # every process takes part in gathering the shards
         params = gather_full(self.params, keep=main)
@@ -618,7 +607,8 @@ class Trainer:
             if report is not None:
                 report.close()
         peak = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.device.type == "cuda" else None
-        self._release_layouts()
+        if self.graphs is not None:  # their pool holds a step's activations: free it for what runs
+            self.graphs.reset()  # next (evaluation, a merge that moves weights); a later run records again
         return {
             "steps": end,
             "total_steps": self.total,

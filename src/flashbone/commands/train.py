@@ -403,19 +403,16 @@ def _train(args: argparse.Namespace, v: TrainOptions, t_wall: float, env=None) -
 
     dist_main = env is None or env.rank == 0
     device = loading.pick_device(v.device)
-    if v.cuda_graphs and (
-        device.type != "cuda" or (v.nproc > 1 and v.strategy != "ddp") or v.packing is False or v.max_memory
-    ):
-        why = (
-            "a CUDA device"
-            if device.type != "cuda"
-            else "--strategy ddp under --nproc (the loop all-reduces the gradients itself)"
-            if v.nproc > 1 and v.strategy != "ddp"
-            else "--packing"
-            if v.packing is False
-            else "no --max-memory (a graph's micro-batches keep their size)"
-        )
-        raise CLIError(f"--cuda-graphs needs {why}; leave --cuda-graphs out")
+    if v.cuda_graphs:  # refused before anything loads (the loop checks the model's side again)
+        needs = [
+            (device.type != "cuda", "a CUDA device"),
+            (v.nproc > 1 and v.strategy != "ddp", "--strategy ddp under --nproc (the loop all-reduces itself)"),
+            (v.packing is False, "--packing"),
+            (bool(v.max_memory), "no --max-memory (a graph's micro-batches keep their size)"),
+        ]
+        why = next((text for missing, text in needs if missing), None)
+        if why:
+            raise CLIError(f"--cuda-graphs needs {why}; leave --cuda-graphs out")
     if env:
         device = distributed.init(env, device)
     folder = _plan_out(v)
