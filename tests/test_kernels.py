@@ -442,6 +442,20 @@ def test_unsupported_shapes_take_the_pytorch_path_on_cuda():
 
 @pytest.mark.cuda
 @cuda
+def test_recorded_steps_take_the_atomic_free_kernels_at_every_size():
+    x = torch.randn(64, 96, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(96, 96, device="cuda", dtype=torch.bfloat16)
+    SETTINGS.kernel_min_elements = x.numel() + 1
+    assert not kernels.supported("bone", x, w, 32)
+    with kernels.any_size():  # graphs pay no launches; bone's kernels repeat bit for bit
+        assert kernels.supported("bone", x, w, 32) and kernels.supported("bone-mini", x, w, 32)
+        for variant in ("bat", "bat-hadamard", "bat-row", "bone-ab"):  # float32 atomics: not here
+            assert not kernels.supported(variant, x, w, 32)
+    assert not kernels.supported("bone", x, w, 32)
+
+
+@pytest.mark.cuda
+@cuda
 @pytest.mark.parametrize("variant", list(kernels.GPU_PATHS))
 def test_tiny_llama_on_kernels_matches_pytorch_path(variant):
     from flashbone import BoneConfig, get_bone_model

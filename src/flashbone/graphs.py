@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 
 from .batching import IGNORE
+from .kernels import any_size
 
 ROW_MULTIPLE = 8  # cu_seqlens entries are padded to a multiple of this (fewer shapes, fewer graphs)
 PER_OCTAVE = 8  # padded widths per doubling of the token count
@@ -113,7 +114,13 @@ class MicroBatchGraphs:
     def __call__(
         self, body: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor], host: dict, scale: float
     ) -> torch.Tensor:
-        """Run ``body`` on ``host`` (pinned CPU tensors) with the loss scale ``scale``."""
+        """Run ``body`` on ``host`` (pinned CPU tensors) with the loss scale ``scale``. Every run
+        of ``body`` (eager, recorded) takes the kernels at every size (:func:`.kernels.any_size`):
+        replays pay no launches, and one path for all micro-batches keeps resume exact."""
+        with any_size():
+            return self._run(body, host, scale)
+
+    def _run(self, body, host: dict, scale: float) -> torch.Tensor:
         self.scale.fill_(scale)
         key = shape_key(host)
         g = self.graphs.get(key)

@@ -262,17 +262,20 @@ def _graphed(step, dev: torch.device, warmup: int = 3):
     PyTorch's whole-network capture does); calls replay it and return its loss buffer. Peak
     memory is counted from here: a replay allocates nothing, its activations live in the graph's
     pool since the capture."""
+    from ..kernels import any_size
+
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     side = torch.cuda.Stream(dev)
     side.wait_stream(torch.cuda.current_stream(dev))
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            step()
-    torch.cuda.current_stream(dev).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss = step()
+    with any_size():  # as the training loop's graphs: no launch cost, so kernels at every size
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                step()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = step()
 
     def replay() -> torch.Tensor:
         graph.replay()

@@ -27,7 +27,8 @@ Small calls take the PyTorch path too: below ``SETTINGS.kernel_min_elements`` in
 (tokens x in) a layer is bound by host launch overhead, where the kernels' extra launches cost
 more than their saved memory passes (H100, hidden 2048: the PyTorch path won at 2k tokens, the
 kernels at 4k; docs/kernel_notes.md); bat-row and bone-ab need twice that
-(``VariantKernels.min_elements_factor``).
+(``VariantKernels.min_elements_factor``). Steps recorded as CUDA graphs pay no launch cost:
+inside :func:`any_size` the deterministic variants (bone, bone-mini) take the kernels at every size.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .registry import (
     KERNELS,
     GroupKind,
     VariantKernels,
+    any_size,
     available,
     layer_group,
     padded_variants,
@@ -46,6 +48,7 @@ from .registry import (
 )
 
 __all__ = [
+    "any_size",
     "available",
     "supported",
     "layer_group",

@@ -72,6 +72,7 @@ def _bone_operands(b_of: BoneFactor):
 #   tokens, -4.9 ms at 7B with checkpointing (memory +0.001 and +0.013 of the floor).
 # - bone-mini (its tiled B^T in the columns): 1.078, 1.065 against 1.086, 1.075 unpadded, two
 #   same-call pairs; memory 0.995 against 0.990 of the floor.
+# Deterministic: cuBLAS GEMMs and kernels where one program writes each output (no atomics).
 for _variant, _b_of in (("bone", _bone_master), ("bone-mini", _bone_mini_tiled)):
     register(
         VariantKernels(
@@ -79,6 +80,7 @@ for _variant, _b_of in (("bone", _bone_master), ("bone-mini", _bone_mini_tiled))
             _bone_forward(_b_of),
             max_r=256,
             r_divides_weight=False,
+            deterministic=True,
             pads_by_default=True,
             group=BONE_GROUP,
             group_operands=_bone_operands(_b_of),

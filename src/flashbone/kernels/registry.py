@@ -15,6 +15,7 @@ a variant.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -53,7 +54,10 @@ class VariantKernels:
         max_r: ``r`` must be a power of two in ``16 .. max_r``.
         r_divides_weight: ``r`` must divide both sides of ``W``.
         min_elements_factor: calls need ``factor * SETTINGS.kernel_min_elements`` input
-            elements (below that a layer is host-bound and the PyTorch path wins).
+            elements (below that a layer is host-bound and the PyTorch path wins), except
+            inside :func:`any_size` for a ``deterministic`` variant.
+        deterministic: the kernels add no float32 atomics, so a step repeats bit for bit
+            (what exact resume needs).
         pads_by_default: the frozen weight gets r spare columns (:mod:`.padded`) unless
             ``SETTINGS.padded`` says otherwise.
         group: the :class:`GroupKind` this variant's layers form on one input, if any
@@ -66,6 +70,7 @@ class VariantKernels:
     max_r: int = 128
     r_divides_weight: bool = True
     min_elements_factor: int = 1
+    deterministic: bool = False
     pads_by_default: bool = False
     group: GroupKind | None = None
     group_operands: GroupOperands | None = None
@@ -75,6 +80,7 @@ KERNELS: dict[str, VariantKernels] = {}
 GPU_PATHS: dict[str, FastPath] = {}  # variant -> its dispatch function (also in ops)
 
 _HARDWARE: bool | None = None
+_ANY_SIZE = False  # inside any_size(): the size threshold is off for deterministic variants
 
 
 def register(spec: VariantKernels) -> None:
@@ -102,6 +108,21 @@ def available() -> bool:
     return SETTINGS.kernels and _HARDWARE
 
 
+@contextlib.contextmanager
+def any_size():
+    """Inside, deterministic variants take the kernels at every size. For steps recorded as
+    CUDA graphs: the threshold exists because small calls are bound by the host's launches,
+    which a replay does not pay, and on the GPU alone the kernels are faster at every size
+    (docs/benchmarks.md). Use it around every run of the step, eager ones included, so that
+    every micro-batch takes one path and a resumed run repeats the uninterrupted one."""
+    global _ANY_SIZE
+    old, _ANY_SIZE = _ANY_SIZE, True
+    try:
+        yield
+    finally:
+        _ANY_SIZE = old
+
+
 def _pow2(r: int, hi: int) -> bool:
     return 16 <= r <= hi and r & (r - 1) == 0
 
@@ -112,7 +133,10 @@ def supported(variant: str, x: Tensor, w: Tensor, r: int) -> bool:
     spec = KERNELS.get(variant)
     if spec is None or not (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and w.dtype == x.dtype):
         return False
-    if not available() or x.numel() < SETTINGS.kernel_min_elements * spec.min_elements_factor:
+    if not available():
+        return False
+    small = x.numel() < SETTINGS.kernel_min_elements * spec.min_elements_factor
+    if small and not (_ANY_SIZE and spec.deterministic):
         return False
     if not _pow2(r, spec.max_r):
         return False
