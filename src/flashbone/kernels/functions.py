@@ -7,6 +7,9 @@ each step makes (``|x|`` = one read or write of a ``T x in`` tensor)::
                      y = z + x W^T   (+ bias)             GEMM accumulating onto z
                 bwd  ds = dy B^T, c = tile_in(ds)         one read of dy, c written (Triton)
                      dx = c + dy W;  dB = s^T dy          GEMM onto c; skinny GEMM over dy
+    bone, padded fwd y = [x | s] W_ext^T, W_ext = [W|B^T] one GEMM, K = in + r
+                bwd  [h | ds] = dy W_ext                  one GEMM, N = in + r (members accumulate)
+                     dx = h + tile_in(ds); dB = s^T dy    one pass (Triton); skinny GEMM over dy
     row-affine  fwd  z, vsum = row_affine_fwd(x)          one read of x, one write of z
                      y = tile_out(vsum) + z W^T           tile written (rank_r), GEMM onto it
                 bwd  g = dy P (block sum); h = dy W       one read of dy; the base GEMM
@@ -103,9 +106,11 @@ class BonePaddedCuda(torch.autograd.Function):
 
     ``b`` is the master ``B`` (float32 in training): the forward's one copy into the spare
     columns also casts it, and ``dB`` is computed in float32 by its GEMM, so no separate cast
-    runs in either direction. The backward reads ``B^T`` back from the columns when no other
-    call has written them since (else it casts ``b`` again) and keeps the addend path, which
-    measured faster than ``[h | ds] = dy W_ext`` (docs/kernel_notes.md).
+    runs in either direction. The backward takes ``[h | ds] = dy W_ext`` and one tile-add pass
+    (:func:`_padded_input_grad`; the columns are written again if another call used them
+    since). ``CONFIG["bone_bwd"]["PADDED"] = 0`` keeps the addend path instead (``ds = dy B^T``,
+    its tile, cuBLAS adding onto it): 1.123x against 1.096x the floor at 4 x 409 tokens, both
+    as CUDA graphs on an H200 (docs/benchmarks.md).
     """
 
     @staticmethod
@@ -122,9 +127,28 @@ class BonePaddedCuda(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         w, b, s = ctx.saved_tensors
         dy = dy.contiguous()
+        if K.CONFIG["bone_bwd"]["PADDED"]:
+            dx = _padded_input_grad([(dy, w, b, ctx.key)], ctx.r) if ctx.needs_input_grad[0] else None
+            db = _bone_db(s, dy, b.dtype).to(b.dtype) if ctx.needs_input_grad[3] else None
+            return dx, None, _bias_grad(ctx, dy, 2), db, None, None
         bc = _compute_b(w, b, ctx.key, ctx.r, dy.dtype)
         dx, _, dbias, db = _bone_backward(ctx, dy, w, bc, s, ctx.r, b.dtype)
         return dx, None, dbias, None if db is None else db.to(b.dtype), None, None
+
+
+def _padded_input_grad(members: list[tuple[Tensor, Tensor, Tensor, object]], r: int) -> Tensor:
+    """``dx = sum_i (dy_i W_i + tile(dy_i B_i^T))`` for members ``(dy_i, w_i, b_i, key_i)``:
+    ``[h | ds] = sum_i dy_i W_ext_i`` (N = in + r: the ``ds`` columns come out of the token
+    GEMMs, which cuBLAS accumulates over the members), then one pass ``dx = h + tile(ds)``.
+    Instead of a skinny split-K GEMM per member for ``ds``, a tile write and cuBLAS reading it
+    back: fewer, larger kernels (what a micro-batch of a few thousand tokens is short of)."""
+    hg = None
+    for dy, w, b, key in members:
+        wx = _extended_saved(w, r)
+        padded.fill_(w, wx, b.t(), key=key)  # (skipped when the columns still hold this forward's B^T)
+        hg = dy @ wx if hg is None else hg.addmm_(dy, wx)
+    inn = hg.shape[1] - r
+    return K.rank_r(None, r, v=hg[:, inn:], expand="tile", n=inn, add=hg[:, :inn])[1]
 
 
 class BoneGroupCuda(torch.autograd.Function):
@@ -162,6 +186,7 @@ class BoneGroupCuda(torch.autograd.Function):
         *saved, s = ctx.saved_tensors
         r, need = ctx.r, ctx.needs_input_grad
         inn = saved[0].shape[1]
+        padded_bwd = K.CONFIG["bone_bwd"]["PADDED"]
         ds, live, grads = None, [], []
         for i, dy in enumerate(dys):
             w, b = saved[2 * i], saved[2 * i + 1]
@@ -169,7 +194,9 @@ class BoneGroupCuda(torch.autograd.Function):
                 grads += [None, None, None, None]
                 continue
             dy = dy.contiguous()
-            if need[0]:
+            if need[0] and padded_bwd:
+                live.append((dy, w, b, ctx.keys[i]))
+            elif need[0]:
                 bc = _compute_b(w, b, ctx.keys[i], r, dy.dtype)
                 ds = dy @ bc.t() if ds is None else ds.addmm_(dy, bc.t())
                 live.append((dy, w))
@@ -178,7 +205,9 @@ class BoneGroupCuda(torch.autograd.Function):
                 db = _bone_db(s, dy, b.dtype).to(b.dtype)
             grads += [None, _bias_grad(ctx, dy, 2 + 4 * i + 1), db, None]
         dx = None
-        if ds is not None:
+        if padded_bwd and live:
+            dx = _padded_input_grad(live, r)
+        elif ds is not None:
             dx = K.rank_r(None, r, v=ds, expand="tile", n=inn)[1]
             for dy, w in live:
                 dx.addmm_(dy, w)

@@ -3,7 +3,7 @@
     W_ext = [ W | X ]   (out x (in + r)), one allocation; the layer's weight is W_ext[:, :in]
 
     bone        X = B^T   forward   y       = [x | x P] W_ext^T = x W^T + (x P) B     K = in + r
-                          (backward keeps the addend: [h | ds] = dy W_ext measured slower)
+                          backward  [h | ds] = dy W_ext,  dx = h + tile(ds)           N = in + r
     row-affine  X = E     forward   y       = [z | vsum] W_ext^T = z W^T + tile(vsum)
     (bat-row,             backward  [h | g] = dy W_ext          = [dy W | block_sum(dy)]  N = in + r
      bone-ab)

@@ -44,6 +44,9 @@ def _grid_rows(t: int, bt: int) -> int:
 CONFIG: dict[str, dict[str, int]] = {
     "reduce": dict(BT=64, BK=256, num_warps=4, num_stages=3),
     "expand": dict(BT=64, BN=128, num_warps=4, num_stages=3),
+    # bone's backward: PADDED=1 takes [h | ds] = dy W_ext (the ds columns out of the token GEMM)
+    # and one tile-add pass; 0 keeps ds = dy B^T as skinny GEMMs and the tile as cuBLAS's addend
+    "bone_bwd": dict(PADDED=1),
     "extend": dict(BT=16, BK=256, num_warps=4, num_stages=3),
     "row_affine_fwd": dict(BT=64, PER_SM=4, num_warps=4, num_stages=3),
     # PER_SM=0: as many programs as fit on the GPU at once (one wave, from the compiled
@@ -122,19 +125,23 @@ def _expand_kernel(
     e_ptr,
     o_ptr,
     bias_ptr,
+    add_ptr,
     T,
     N,
     sv,
     sej,
     sen,
     so,
+    sadd,
     R: tl.constexpr,
     BT: tl.constexpr,
     BN: tl.constexpr,
     MATMUL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    HAS_ADD: tl.constexpr,
 ):
-    # o[t, n] = v[t, n mod R] (tile) or (v @ e)[t, n], plus bias[n]; one (BT, BN) tile each
+    # o[t, n] = v[t, n mod R] (tile) or (v @ e)[t, n], plus bias[n], plus add[t, n];
+    # one (BT, BN) tile each
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     n = tl.program_id(1) * BN + tl.arange(0, BN)
     j = tl.arange(0, R)
@@ -147,6 +154,8 @@ def _expand_kernel(
         o = tl.load(v_ptr + rows[:, None] * sv + (n % R)[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         o += tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+    if HAS_ADD:
+        o += tl.load(add_ptr + rows[:, None] * sadd + n[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(o_ptr + rows[:, None] * so + n[None, :], o.to(o_ptr.dtype.element_ty), mask=mask)
 
 
@@ -162,13 +171,14 @@ def rank_r(
     n: int = 0,
     out_dtype: torch.dtype | None = None,
     bias: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
 ):
     """Reduce the rows of ``a (T, K)`` to ``v (T, r)``, then expand ``v`` to ``o (T, n)``.
 
     Reduce: ``v`` given (``a=None``), the block sum of ``a`` (``m=None``), or ``a @ m``;
     one read of ``a``, split over K so the whole chip streams it (float32 atomics into v).
     Expand: ``None``, ``"tile"`` (``o[t, j] = v[t, j mod r]``) or ``"matmul"`` (``o = v @ e``),
-    plus ``bias``; one write of ``o``. Returns ``(v, o)``; a computed ``v`` is returned in
+    plus ``bias`` and ``add`` (``T x n``, any row stride); one write of ``o``. Returns ``(v, o)``; a computed ``v`` is returned in
     ``a``'s dtype when ``store_v`` (else float32). ``o`` is the addend cuBLAS accumulates onto.
     """
     dev = (a if a is not None else v).device
@@ -206,32 +216,43 @@ def rank_r(
         o = torch.empty(t, n, device=dev, dtype=out_dtype or (a if a is not None else v).dtype)
         if expand == "matmul" and e is None:
             raise ValueError("rank_r: expand='matmul' needs e")
-        _expand(vsrc, o, r, e=e if expand == "matmul" else None, bias=bias)
+        _expand(vsrc, o, r, e=e if expand == "matmul" else None, bias=bias, add=add)
     return v, o
 
 
 def _expand(
-    v: torch.Tensor, o: torch.Tensor, r: int, *, e: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    v: torch.Tensor,
+    o: torch.Tensor,
+    r: int,
+    *,
+    e: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
 ) -> None:
     t, n = o.shape
     cfg = CONFIG["expand"]
     bt, bn = cfg["BT"], cfg["BN"]
+    if add is not None and (add.shape != o.shape or add.stride(1) != 1):
+        raise ValueError(f"rank_r: add must be {tuple(o.shape)} with dense rows, got {tuple(add.shape)}")
     _expand_kernel[(triton.cdiv(t, bt), triton.cdiv(n, bn))](
         v,
         e if e is not None else o,
         o,
         bias if bias is not None else o,
+        add if add is not None else o,
         t,
         n,
         v.stride(0),
         e.stride(0) if e is not None else 0,
         e.stride(1) if e is not None else 0,
         o.stride(0),
+        add.stride(0) if add is not None else 0,
         R=r,
         BT=bt,
         BN=bn,
         MATMUL=e is not None,
         HAS_BIAS=bias is not None,
+        HAS_ADD=add is not None,
         **_launch("expand"),
     )
 
