@@ -88,7 +88,7 @@ def test_finetuning_raises_heldout_accuracy(tmp_path, capsys):
     assert f"({sum(r['correct'] for r in rows)}/50)" in stdout
 
 
-@pytest.mark.parametrize("method", ["bat", "lora"])
+@pytest.mark.parametrize("method", ["bone", "bat", "lora"])
 def test_resume_reaches_the_uninterrupted_adapter(method, tmp_path, capsys):
     args = ["--method", method, "--r", "16", "--max-samples", "24", "--grad-accum", "2", "--max-steps", "5"]
     rc, _, err = train(capsys, tmp_path / "a", *args)

@@ -107,6 +107,18 @@ def test_cuda_graphs_are_refused_where_they_cannot_run(tmp_path):
         Trainer(model, _rows(8), 0, TrainSettings(cuda_graphs=True, packing=True, progress=False), tmp_path)
 
 
+def test_why_graphs_cannot_run_names_the_first_obstacle():
+    from flashbone.training import graphs_obstacle
+
+    assert graphs_obstacle("cuda", 1, True, True, True) is None
+    assert graphs_obstacle("cuda", 2, False, True, True) is None  # --nproc with --strategy ddp, asked for
+    assert "CUDA device" in graphs_obstacle("cpu", 1, True, True, True)
+    assert "--strategy ddp" in graphs_obstacle("cuda", 2, True, True, True)
+    assert "packed rows" in graphs_obstacle("cuda", 1, True, False, True)
+    # float32 packed rows are attended row by row from boundaries read on the host (seen on an H200)
+    assert "--precision bf16" in graphs_obstacle("cuda", 1, True, True, False)
+
+
 def _cuda_train(tmp_path, name, eager_first, checkpointing=False, quantize=None, bucket=256):
     """A tiny Llama with bone on CUDA (bf16 autocast: the varlen flash kernel), packed rows."""
     from flashbone.config import BoneConfig

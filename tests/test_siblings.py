@@ -119,3 +119,23 @@ def test_small_groups_on_the_gpu_equal_the_layers_alone():
     torch.testing.assert_close(lg, la)
     for g, a in zip(gg, ga):
         torch.testing.assert_close(g, a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_settles_its_layers_before_the_first_step(tmp_path):
+    """Layers learn on their first forwards, so a run first spends those on a few tokens without
+    gradients: the first micro-batch of a resumed run then groups as the uninterrupted run's
+    did (on the GPU a group sums q/k/v's input gradients in another order). It leaves the random
+    state and the weights as they were."""
+    from flashbone.training import Trainer, TrainSettings
+    from test_batching import _rows
+
+    model = get_bone_model(llama(), BoneConfig(variant="bone", r=16))
+    trainer = Trainer(model, _rows(8), 0, TrainSettings(progress=False), tmp_path)
+    seen = []
+    q = model.model.model.layers[0].self_attn.q_proj
+    q.register_forward_pre_hook(lambda m, args: seen.append(torch.is_grad_enabled()))
+    rng, weights = torch.get_rng_state(), {n: p.clone() for n, p in trainer.params.items()}
+    trainer._settle()
+    assert seen == [False] * siblings.LEARN_CALLS
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(p, weights[n]) for n, p in trainer.params.items())

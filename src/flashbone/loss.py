@@ -115,7 +115,8 @@ def chunked_loss_sum(
     for s in range(0, positions.shape[0], chunk):
         p, y = positions[s : s + chunk], targets[s : s + chunk]
         if torch.is_grad_enabled() and flat.requires_grad:
-            total = total + checkpoint(_chunk_ce, head, flat, p, y, use_reentrant=False)
+            # (no random op inside: no RNG state to save and restore per chunk)
+            total = total + checkpoint(_chunk_ce, head, flat, p, y, use_reentrant=False, preserve_rng_state=False)
         else:
             total = total + _chunk_ce(head, flat, p, y)
     return total

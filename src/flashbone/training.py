@@ -50,7 +50,7 @@ from .data import IGNORE, DataError, collate, epoch_order
 from .distributed import full_optimizer_state, full_tensor, gather_full, is_sharded, place_like, shard_optimizer_state
 from .checkpoints import CheckpointError, check_resume, latest_checkpoint, load_checkpoint, save_checkpoint
 from .errors import BoneError
-from . import graphs, validation, varlen
+from . import graphs, siblings, validation, varlen
 from .loss import HeadCapture, chunked_loss_sum, target_positions
 from .reporting import Reporters
 
@@ -110,6 +110,27 @@ def param_groups(params: dict[str, torch.nn.Parameter], lr: float, lr_for: dict[
     for name, p in params.items():
         groups.setdefault(next((v for k, v in lr_for.items() if k in name), lr), []).append(p)
     return [{"params": ps, "lr": g} for g, ps in groups.items() if ps]
+
+
+def graphs_obstacle(device: str, world: int, wrapped: bool, flat: bool, half: bool) -> str | None:
+    """Why the loop cannot record its micro-batches as CUDA graphs (None: it can).
+
+    ``wrapped``: several processes by default or under DDP/FSDP (the loop all-reduces the
+    gradients itself, and only when asked until measured on several GPUs); ``flat``: padding-free
+    packed rows; ``half``: attention in half precision (float32 packed rows are attended row by
+    row, with the row boundaries read on the host)."""
+    if device != "cuda":
+        return "they need a CUDA device"
+    if world > 1 and wrapped:
+        return "under --nproc they need --strategy ddp (the loop all-reduces the gradients itself)"
+    if not flat:
+        return (
+            "they need padding-free packed rows (--packing on a Llama, Mistral or Qwen model): "
+            "padded rows carry attention masks that transformers checks on the host"
+        )
+    if not half:
+        return "they need half precision (--precision bf16): float32 packed rows are attended row by row"
+    return None
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -243,18 +264,10 @@ class Trainer:
         one), by default wherever they can run and no memory cap asks to halve micro-batches."""
         if asked is False:
             return None
-        why = None
-        if self.device.type != "cuda":
-            why = "they need a CUDA device"
-        elif self.dist.world > 1 and (asked is None or self.model is not self.unwrapped):
-            # several processes: asked for, and the model unwrapped (the loop all-reduces the
-            # gradients itself, _share_gradients); not by default until measured on several GPUs
-            why = "under --nproc they need --strategy ddp (the loop all-reduces the gradients itself)"
-        elif not self.flat:
-            why = (
-                "they need padding-free packed rows (--packing on a Llama, Mistral or Qwen model): "
-                "padded rows carry attention masks that transformers checks on the host"
-            )
+        half = self.s.bf16 or getattr(self.unwrapped, "dtype", None) in (torch.float16, torch.bfloat16)
+        why = graphs_obstacle(
+            self.device.type, self.dist.world, asked is None or self.model is not self.unwrapped, self.flat, half
+        )
         if asked is None:
             return None if why or self.s.max_memory_gib else graphs.MicroBatchGraphs(self.device)
         if why:
@@ -502,8 +515,25 @@ class Trainer:
             path.unlink()
         return open(path, "a")
 
+    def _settle(self) -> None:
+        """The model's first forwards, on a few tokens without gradients, before the first step.
+
+        Layers learn on their first forwards (siblings.py: q/k/v then run as one node whose
+        backward sums their input gradients in another order than autograd would), so without
+        this the first micro-batches of a run round differently from later ones, and a resumed
+        run would part from the uninterrupted one at its first step. The random state is left
+        as it was."""
+        ids = torch.tensor([list(self.rows[[0]]["input_ids"][0][:16])], device=self.device)
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.bf16 else contextlib.nullcontext()
+        extra = {"use_cache": False} if self.no_cache else {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), amp:
+            for _ in range(siblings.LEARN_CALLS):
+                self.model(input_ids=ids, **extra)
+
     def run(self, resume: bool = False) -> dict:
         """Train to the last step (or ``stop_after``); returns a summary."""
+        self._settle()
         start, elapsed0, tokens = self._resume() if resume else (0, 0.0, 0)
         if start >= self.total:  # its last checkpoint is its last step: only the outputs are left to write
             return {

@@ -408,6 +408,7 @@ def _train(args: argparse.Namespace, v: TrainOptions, t_wall: float, env=None) -
             (device.type != "cuda", "a CUDA device"),
             (v.nproc > 1 and v.strategy != "ddp", "--strategy ddp under --nproc (the loop all-reduces itself)"),
             (v.packing is False, "--packing"),
+            (v.precision == "fp32", "--precision bf16 (float32 packed rows are attended row by row)"),
             (bool(v.max_memory), "no --max-memory (a graph's micro-batches keep their size)"),
         ]
         why = next((text for missing, text in needs if missing), None)
