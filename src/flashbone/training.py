@@ -316,8 +316,12 @@ class Trainer:
             batch["loss_positions"], batch["loss_targets"] = target_positions(batch["labels"])
         return batch
 
+    def _autocast(self):
+        """bf16 autocast where the run asked for bf16, else nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.bf16 else contextlib.nullcontext()
+
     def _loss_sum(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.bf16 else contextlib.nullcontext()
+        amp = self._autocast()
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         if self.flat:
             inputs.pop("attention_mask", None)
@@ -524,16 +528,14 @@ class Trainer:
         run would part from the uninterrupted one at its first step. The random state is left
         as it was."""
         ids = torch.tensor([list(self.rows[[0]]["input_ids"][0][:16])], device=self.device)
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.s.bf16 else contextlib.nullcontext()
         extra = {"use_cache": False} if self.no_cache else {}
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), amp:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
             for _ in range(siblings.LEARN_CALLS):
                 self.model(input_ids=ids, **extra)
 
     def run(self, resume: bool = False) -> dict:
         """Train to the last step (or ``stop_after``); returns a summary."""
-        self._settle()
         start, elapsed0, tokens = self._resume() if resume else (0, 0.0, 0)
         if start >= self.total:  # its last checkpoint is its last step: only the outputs are left to write
             return {
@@ -545,6 +547,7 @@ class Trainer:
                 "train_seconds": elapsed0,
                 "resumed_seconds": elapsed0,
             }
+        self._settle()
         self.out.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
         metrics = self._metrics_file(start) if main else None
